@@ -1,0 +1,1 @@
+"""Quality measures: FSC (2D and 3D), correlation and PSNR of images."""

@@ -1,0 +1,1 @@
+"""Neural networks: U-Net generator, PatchGAN discriminator, CryoGAN critic, volume generators."""

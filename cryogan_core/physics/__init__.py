@@ -1,0 +1,1 @@
+"""The cryo-EM forward model in torch: Euler angles, CTF, projection, reconstruction, simulator."""

@@ -1,0 +1,1 @@
+"""Plots and reports (PNG and PDF, matplotlib Agg)."""

@@ -1,0 +1,1 @@
+"""Training loops: pix2pix (denoiser) and WGAN-GP (CryoGAN)."""

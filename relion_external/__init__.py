@@ -1,0 +1,1 @@
+"""relion_external: thin RELION External-job executables (protocol only, no science)."""
