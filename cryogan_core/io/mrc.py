@@ -195,10 +195,10 @@ def read_map(
                 f"{path}: the header has no pixel size (voxel size 0); set it, e.g. "
                 f"relion_image_handler --i {path.name} --o fixed.mrc --angpix <Å>"
             )
-        return np.ascontiguousarray(data, dtype=np.float32), 0.0
+        return np.array(data, dtype=np.float32, order="C"), 0.0
     if any(v > 0 and abs(v - vs[0]) > 1e-3 * vs[0] for v in vs[1:]):
         logger.warning(f"{path}: voxel size differs between axes {vs}; using x = {vs[0]:.4f} Å")
-    return np.ascontiguousarray(data, dtype=np.float32), vs[0]
+    return np.array(data, dtype=np.float32, order="C"), vs[0]  # a writable copy
 
 
 def write_map(path: str | Path, volume: np.ndarray, voxel_size_A: float) -> None:

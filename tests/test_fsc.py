@@ -1,0 +1,136 @@
+"""FSC/FRC against a brute-force numpy reference, known cases, resolution, STAR output."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+import starfile
+import torch
+
+from conftest import shared_path
+from cryogan_core.errors import InputError
+from cryogan_core.metrics.fsc import fsc, fsc_2d, mean_fsc_in_band, resolution_at, write_fsc_star
+
+
+def brute_force_fsc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Full complex FFT, explicit shell masks round(|k|·D), shells 0..D//2."""
+    d = a.shape[0]
+    fa, fb = np.fft.fftn(a), np.fft.fftn(b)
+    k = np.fft.fftfreq(d)
+    grids = np.meshgrid(*([k] * a.ndim), indexing="ij")
+    shell = np.rint(np.sqrt(sum(g**2 for g in grids)) * d).astype(int)
+    out = []
+    for s in range(d // 2 + 1):
+        m = shell == s
+        num = np.real(np.sum(fa[m] * np.conj(fb[m])))
+        out.append(num / np.sqrt(np.sum(np.abs(fa[m]) ** 2) * np.sum(np.abs(fb[m]) ** 2)))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("d", [24, 25])
+def test_fsc_matches_brute_force(d: int) -> None:
+    rng = np.random.default_rng(d)
+    signal = rng.normal(size=(d, d, d))
+    a = signal + rng.normal(size=(d, d, d))
+    b = signal + rng.normal(size=(d, d, d))
+    f, c = fsc(a, b, 1.5)
+    assert f.shape == c.shape == (d // 2 + 1,)
+    np.testing.assert_allclose(f, np.arange(d // 2 + 1) / (d * 1.5))
+    np.testing.assert_allclose(c, brute_force_fsc(a, b), atol=1e-10)
+    # equal signal and noise power: FSC ≈ SNR/(1+SNR) = 0.5 beyond the first shells
+    assert abs(c[4:].mean() - 0.5) < 0.05
+
+
+@pytest.mark.parametrize("d", [32, 33])
+def test_fsc_self_is_one_and_independent_noise_is_zero(d: int) -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(d, d, d))
+    _, same = fsc(a, torch.tensor(a), 1.0)  # numpy and torch inputs
+    np.testing.assert_allclose(same, 1.0, atol=1e-10)
+    _, scaled = fsc(a, -3.0 * a, 1.0)
+    np.testing.assert_allclose(scaled, -1.0, atol=1e-10)
+    _, noise = fsc(a, rng.normal(size=(d, d, d)), 1.0)
+    assert abs(noise[3:].mean()) < 0.05
+    assert np.abs(noise[3:]).max() < 0.3
+
+
+@pytest.mark.parametrize("h", [24, 25])
+def test_frc_matches_brute_force_per_image(h: int) -> None:
+    rng = np.random.default_rng(h)
+    a = rng.normal(size=(3, h, h))
+    b = a + rng.normal(size=(3, h, h)) * np.array([0.1, 1.0, 10.0])[:, None, None]
+    f, c = fsc_2d(torch.tensor(a), b, 2.0)
+    assert f.shape == (h // 2 + 1,) and c.shape == (3, h // 2 + 1)
+    for i in range(3):
+        np.testing.assert_allclose(c[i], brute_force_fsc(a[i], b[i]), atol=1e-10)
+    assert c[0, 1:].mean() > c[1, 1:].mean() > c[2, 1:].mean()
+
+
+def test_resolution_at_known_crossing() -> None:
+    freq = np.arange(17) / (32 * 2.0)  # box 32, 2 Å: Nyquist 4 Å
+    curve = 1.0 - np.arange(17) / 16.0  # crosses 0.143 at shell 16·0.857 = 13.712
+    assert resolution_at(freq, curve, 0.143) == pytest.approx(64.0 / 13.712, rel=1e-9)
+    assert resolution_at(freq, curve, 0.5) == pytest.approx(64.0 / 8.0, rel=1e-9)
+    assert resolution_at(freq, np.ones(17), 0.143) == pytest.approx(4.0)
+    below_at_1 = np.array([1.0, 0.1] + [0.9] * 15)
+    assert math.isinf(resolution_at(freq, below_at_1, 0.143))
+    shell0_ignored = np.array([0.0] + [0.9] * 16)
+    assert resolution_at(freq, shell0_ignored, 0.143) == pytest.approx(4.0)
+    with pytest.raises(ValueError):
+        resolution_at(freq, curve[:-1])
+
+
+def test_mean_fsc_in_band() -> None:
+    freq = np.arange(33) / (64 * 3.0)  # shells every 1/192 Å⁻¹
+    curves = np.stack([np.linspace(1, 0, 33), np.full(33, 0.3)])
+    got = mean_fsc_in_band(freq, curves, low_A=40.0, high_A=10.0)
+    band = (freq >= 1 / 40) & (freq <= 1 / 10)
+    np.testing.assert_allclose(got, curves[:, band].mean(axis=1))
+    assert band.sum() == 15  # shells 5..19
+    with pytest.raises(InputError):
+        mean_fsc_in_band(np.arange(5) / (8 * 10.0), np.ones(5), 15.0, 10.0)  # Nyquist 20 Å
+
+
+def test_write_fsc_star_round_trip(tmp_path: Path) -> None:
+    freq = np.arange(5) / 40.0
+    curve = np.array([1.0, 0.9, 0.5, 0.2, 0.01])
+    out = tmp_path / "fsc.star"
+    write_fsc_star(out, freq, curve)
+    table = starfile.read(out, always_dict=True)
+    assert list(table) == ["fsc"]
+    df = table["fsc"]
+    assert list(df.columns) == [
+        "rlnSpectralIndex", "rlnResolution", "rlnAngstromResolution", "rlnFourierShellCorrelation"
+    ]
+    np.testing.assert_array_equal(df["rlnSpectralIndex"], np.arange(5))
+    np.testing.assert_allclose(df["rlnResolution"], freq, atol=1e-6)
+    np.testing.assert_allclose(df["rlnAngstromResolution"][1:], 1 / freq[1:], rtol=1e-6)
+    assert df["rlnAngstromResolution"][0] == 999.0
+    np.testing.assert_allclose(df["rlnFourierShellCorrelation"], curve, atol=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fsc.star"]  # no temp file left
+
+
+def test_bad_inputs() -> None:
+    with pytest.raises(ValueError):
+        fsc(np.zeros((8, 8, 8)), np.zeros((8, 8, 9)), 1.0)
+    with pytest.raises(ValueError):
+        fsc(np.zeros((8, 8, 8)), np.zeros((8, 8, 8)), 0.0)
+    with pytest.raises(ValueError):
+        fsc_2d(np.zeros((2, 8, 8)), np.zeros((3, 8, 8)), 1.0)
+
+
+def test_real_half_maps() -> None:
+    folder = shared_path("betagal-relion-tutorial")
+    with mrcfile.open(folder / "recon_naive_half1_3.54A_box64.mrc", permissive=True) as m:
+        h1 = np.asarray(m.data, dtype=np.float32)
+    with mrcfile.open(folder / "recon_naive_half2_3.54A_box64.mrc", permissive=True) as m:
+        h2 = np.asarray(m.data, dtype=np.float32)
+    f, c = fsc(h1, h2, 3.54)
+    assert f[-1] == pytest.approx(1 / 7.08)
+    # SOURCES.md: 0.5 at about 18 Å, 0.143 at about 9 Å
+    assert 15.0 < resolution_at(f, c, 0.5) < 22.0
+    assert 7.5 < resolution_at(f, c, 0.143) < 11.0
