@@ -1,0 +1,69 @@
+"""Helpers shared by the ``cryogan`` sub-commands: devices, threads, maps matched to particles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from loguru import logger
+
+from cryogan_core.errors import InputError
+from cryogan_core.io.mrc import read_map
+from cryogan_core.physics.resample import resample_map
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """Pick the torch device: ``auto`` = CUDA when available, else CPU.
+
+    Raises:
+        InputError: if ``cuda`` is asked for and no GPU is visible, or the name is unknown.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: no CUDA GPU is visible on this machine")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise InputError(f"--device {name}: not a torch device ({exc})") from None
+
+
+def set_threads(n_threads: int) -> None:
+    """Use ``n_threads`` CPU threads for torch (RELION's ``--j``); values < 1 mean 1."""
+    torch.set_num_threads(max(1, int(n_threads)))
+
+
+def map_for_particles(
+    map_path: str | Path, pixel_size_A: float, box: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Read a map and match it to the particles' pixel size and box.
+
+    A map with another voxel size or box is resampled in Fourier space
+    (:func:`cryogan_core.physics.resample.resample_map`) and a log line says so; it is
+    never used silently at the wrong scale.
+
+    Args:
+        map_path: MRC map.
+        pixel_size_A: the particles' pixel size in Å.
+        box: the particles' box in pixels.
+        device: where the returned volume lives.
+
+    Returns:
+        ``(box, box, box)`` float32 tensor ``(z, y, x)``.
+
+    Raises:
+        InputError: if the map has no voxel size in its header (and it cannot be assumed).
+    """
+    volume, voxel_A = read_map(map_path)
+    d = volume.shape[0]
+    if voxel_A <= 0:
+        raise InputError(f"{map_path}: the header has no voxel size")
+    vol = torch.from_numpy(np.ascontiguousarray(volume)).float()
+    if abs(voxel_A - pixel_size_A) > 1e-3 * pixel_size_A or d != box:
+        logger.info(
+            f"Resampling {map_path} from {d} px at {voxel_A:.4f} Å to {box} px at {pixel_size_A:.4f} Å "
+            "(Fourier resampling) to match the particles"
+        )
+        vol = resample_map(vol, voxel_A, pixel_size_A, box)
+    return vol.to(device)

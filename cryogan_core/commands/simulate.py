@@ -1,0 +1,226 @@
+"""``cryogan simulate``: a particle set with known truth, from a map or the built-in volume.
+
+Writes ``particles.star`` (RELION 3.1+, true poses, origins, CTF, half sets),
+``particles.mrcs`` (noisy), ``clean.mrcs`` (noise-free CTF-modulated shifted projections,
+the ground truth), ``ground_truth_map.mrc`` (the map at the particles' pixel size and box)
+and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from loguru import logger
+
+from cryogan_core.io.mrc import read_map, write_map, write_stack
+from cryogan_core.io.star import ParticleStar, format_image_name, read_particles, write_particles
+from cryogan_core.io.summary import write_summary
+from cryogan_core.physics.ctf import CtfParams
+from cryogan_core.physics.euler import random_euler_deg
+from cryogan_core.physics.phantom import DEFAULT_BOX, DEFAULT_PIXEL_SIZE_A, procedural_volume
+from cryogan_core.physics.simulator import random_ctf_params, simulate_particles, uniform_shifts_px
+
+OPTICS_KEYS = ["rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"]
+
+
+def _sample_rows(n_rows: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Row indices: a random subset without replacement when possible, else with replacement."""
+    return rng.choice(n_rows, size=n, replace=n > n_rows)
+
+
+def build_particle_star(
+    angles_deg: np.ndarray,
+    origins_A: np.ndarray,
+    ctf: CtfParams | None,
+    pixel_size_A: float,
+    box: int,
+    stack_name: str,
+    star_path: Path,
+    random_subset: np.ndarray,
+) -> ParticleStar:
+    """Assemble the RELION 3.1+ particle table of a simulated set.
+
+    Particles with different (voltage, Cs, amplitude contrast) get different optics groups.
+
+    Args:
+        angles_deg: ``(n, 3)`` [rot, tilt, psi] in degrees.
+        origins_A: ``(n, 2)`` [x, y] origins in Å.
+        ctf: per-particle CTF, or None (then DefocusU/V are 0 and the STAR says so).
+        pixel_size_A: pixel size in Å.
+        box: box in pixels.
+        stack_name: the stack path as written in rlnImageName (relative to the project dir).
+        star_path: where the STAR will be written (recorded in the table).
+        random_subset: ``(n,)`` int half-set labels 1/2.
+
+    Returns:
+        A :class:`ParticleStar` ready for :func:`write_particles`.
+    """
+    n = angles_deg.shape[0]
+    df = pd.DataFrame(
+        {
+            "rlnImageName": [format_image_name(i + 1, stack_name) for i in range(n)],
+            "rlnAngleRot": angles_deg[:, 0].astype(np.float64),
+            "rlnAngleTilt": angles_deg[:, 1].astype(np.float64),
+            "rlnAnglePsi": angles_deg[:, 2].astype(np.float64),
+            "rlnOriginXAngst": origins_A[:, 0].astype(np.float64),
+            "rlnOriginYAngst": origins_A[:, 1].astype(np.float64),
+        }
+    )
+    if ctf is not None:
+        df["rlnDefocusU"] = ctf.defocus_u_A.double().numpy()
+        df["rlnDefocusV"] = ctf.defocus_v_A.double().numpy()
+        df["rlnDefocusAngle"] = ctf.defocus_angle_deg.double().numpy()
+        df["rlnPhaseShift"] = ctf.phase_shift_deg.double().numpy()
+        df["rlnCtfBfactor"] = ctf.bfactor_A2.double().numpy()
+        df["rlnCtfScalefactor"] = ctf.scale.double().numpy()
+        optics_values = np.stack(
+            [ctf.voltage_kV.double().numpy(), ctf.cs_mm.double().numpy(), ctf.amplitude_contrast.double().numpy()],
+            axis=1,
+        )
+    else:
+        optics_values = np.tile(np.array([[300.0, 2.7, 0.1]]), (n, 1))
+    df["rlnRandomSubset"] = random_subset.astype(int)
+    df["rlnClassNumber"] = 1
+    particle_columns = list(df.columns)
+
+    uniq, group_index = np.unique(np.round(optics_values, 6), axis=0, return_inverse=True)
+    df["rlnOpticsGroup"] = group_index.reshape(-1).astype(int) + 1
+    particle_columns.insert(1, "rlnOpticsGroup")
+    optics = pd.DataFrame(
+        {
+            "rlnOpticsGroup": np.arange(1, len(uniq) + 1),
+            "rlnOpticsGroupName": [f"opticsGroup{i}" for i in range(1, len(uniq) + 1)],
+            "rlnVoltage": uniq[:, 0],
+            "rlnSphericalAberration": uniq[:, 1],
+            "rlnAmplitudeContrast": uniq[:, 2],
+            "rlnImagePixelSize": float(pixel_size_A),
+            "rlnImageSize": int(box),
+            "rlnImageDimensionality": 2,
+            "rlnCtfDataAreCtfPremultiplied": 0,
+        }
+    )
+    merged = df.merge(optics.drop(columns=["rlnOpticsGroupName"]), on="rlnOpticsGroup", how="left")
+    for col in ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift", "rlnCtfBfactor"):
+        if col not in merged:
+            merged[col] = 0.0
+    if "rlnCtfScalefactor" not in merged:
+        merged["rlnCtfScalefactor"] = 1.0
+    return ParticleStar(
+        particles=merged,
+        optics=optics,
+        source_version="3.1",
+        path=star_path,
+        particle_columns=particle_columns,
+    )
+
+
+def run_simulate(
+    output_dir: Path,
+    n: int,
+    snr_db: float,
+    map_path: Path | None = None,
+    poses_from: Path | None = None,
+    ctf_from: Path | None = None,
+    shift_px: float = 0.0,
+    seed: int = 0,
+    project_dir: Path | None = None,
+    box: int = DEFAULT_BOX,
+    pixel_size_A: float = DEFAULT_PIXEL_SIZE_A,
+    device: torch.device | str = "cpu",
+) -> dict:
+    """Simulate a particle set and write it (see the module docstring for the files).
+
+    Poses are uniform over SO(3) unless ``poses_from`` gives a STAR whose rows are sampled
+    (without replacement when it has enough rows); CTFs come from the rows of ``ctf_from``
+    or from :func:`random_ctf_params`. When both name the same file, the same rows give
+    both. Origins are uniform in ``[-shift_px, shift_px]`` pixels on each axis. Half sets
+    (rlnRandomSubset) split the particles at random into two equal halves.
+
+    Args:
+        output_dir: output folder (created).
+        n: number of particles.
+        snr_db: SNR in dB, Gupta et al. definition (see ``simulator.noise_sigma_for_snr``).
+        map_path: MRC map; None uses the built-in procedural volume (box ``box``,
+            ``pixel_size_A``).
+        poses_from: STAR with rlnAngleRot/Tilt/Psi to draw poses from.
+        ctf_from: STAR with CTF columns to draw CTFs from.
+        shift_px: maximum origin shift in pixels.
+        seed: random seed (everything is reproducible from it).
+        project_dir: directory rlnImageName is written relative to (default: cwd).
+        box: box of the built-in volume (ignored with ``map_path``).
+        pixel_size_A: pixel size of the built-in volume (ignored with ``map_path``).
+        device: torch device for the projections.
+
+    Returns:
+        The summary dict (also written to ``summary.json``).
+
+    Raises:
+        InputError: on unreadable maps or STAR files, or missing columns.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    project_dir = Path(project_dir) if project_dir is not None else Path.cwd()
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+
+    if map_path is not None:
+        volume_np, pixel_size_A = read_map(map_path)
+        source = str(map_path)
+    else:
+        volume_np = procedural_volume(box=box, seed=0)
+        source = f"built-in procedural volume (box {box}, {pixel_size_A} Å)"
+    box = volume_np.shape[0]
+    volume = torch.from_numpy(np.ascontiguousarray(volume_np)).float().to(device)
+    logger.info(f"Simulating {n} particles of {source} at {snr_db} dB SNR, box {box}, {pixel_size_A:.3f} Å/px")
+
+    pose_rows = ctf_rows = None
+    if poses_from is not None:
+        pose_star = read_particles(poses_from, require_ctf=False, require_poses=True)
+        pose_rows = _sample_rows(len(pose_star.particles), n, rng)
+        p = pose_star.particles.iloc[pose_rows]
+        angles = torch.tensor(p[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(), dtype=torch.float32)
+    else:
+        angles = random_euler_deg(n, generator=gen)
+    if ctf_from is not None:
+        ctf_star = read_particles(ctf_from, require_ctf=True)
+        same = poses_from is not None and Path(ctf_from).resolve() == Path(poses_from).resolve()
+        ctf_rows = pose_rows if same else _sample_rows(len(ctf_star.particles), n, rng)
+        ctf = CtfParams.from_particles(ctf_star.particles.iloc[ctf_rows].reset_index(drop=True))
+    else:
+        ctf = random_ctf_params(n, generator=gen)
+    origins_A = uniform_shifts_px(n, shift_px, generator=gen) * pixel_size_A
+
+    sim = simulate_particles(volume, pixel_size_A, angles, origins_A, ctf, snr_db, generator=gen)
+
+    subset = np.ones(n, dtype=int)
+    subset[rng.permutation(n)[: n // 2]] = 2
+    stack_path = output_dir / "particles.mrcs"
+    stack_name = os.path.relpath(stack_path.resolve(), project_dir.resolve())
+    star = build_particle_star(
+        sim.angles_deg.numpy(), sim.origins_A.numpy(), ctf, pixel_size_A, box, stack_name,
+        output_dir / "particles.star", subset,
+    )
+    write_stack(stack_path, sim.noisy.numpy(), pixel_size_A)
+    write_stack(output_dir / "clean.mrcs", sim.clean.numpy(), pixel_size_A)
+    write_map(output_dir / "ground_truth_map.mrc", volume_np, pixel_size_A)
+    write_particles(output_dir / "particles.star", star)
+    summary = {
+        "command": "simulate",
+        "n_particles": n,
+        "snr_db": snr_db,
+        "noise_sigma": sim.noise_sigma,
+        "box": box,
+        "pixel_size_A": pixel_size_A,
+        "map": source,
+        "poses_from": str(poses_from) if poses_from else "uniform SO(3)",
+        "ctf_from": str(ctf_from) if ctf_from else "random ranges",
+        "shift_px_max": shift_px,
+        "seed": seed,
+    }
+    write_summary(output_dir / "summary.json", summary)
+    logger.info(f"Wrote {output_dir / 'particles.star'}, particles.mrcs, clean.mrcs, ground_truth_map.mrc")
+    return summary

@@ -1,0 +1,98 @@
+"""Plots people would rather look at than read: FSC curves, montages (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from cryogan_core.io.atomic import atomic_path  # noqa: E402
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> None:
+    """Save a figure atomically (temporary name + rename) and close it.
+
+    The format follows the suffix of ``path`` (``.png``, ``.pdf``).
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png", bbox_inches="tight")
+    plt.close(fig)
+
+
+def fsc_figure(
+    freq_inv_A: np.ndarray,
+    curves: Mapping[str, np.ndarray],
+    thresholds: Sequence[float] = (0.143,),
+    title: str = "Fourier shell correlation",
+) -> Figure:
+    """An FSC plot in RELION's style: FSC against resolution (1/Å), with threshold lines.
+
+    Args:
+        freq_inv_A: ``(n_shells,)`` spatial frequency of each shell in 1/Å.
+        curves: label -> ``(n_shells,)`` FSC values.
+        thresholds: horizontal lines to draw (0.143 gold-standard, 0.5 vs a reference).
+        title: the plot title.
+
+    Returns:
+        The matplotlib figure (save it with :func:`save_figure`).
+    """
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    for label, fsc in curves.items():
+        ax.plot(freq_inv_A, fsc, label=label, lw=1.5)
+    for t in thresholds:
+        ax.axhline(t, color="grey", ls="--", lw=0.8)
+        ax.text(freq_inv_A[-1], t, f" {t:g}", va="center", fontsize=8, color="grey")
+    ax.axhline(0.0, color="black", lw=0.5)
+    ax.set_xlabel("Resolution (1/Å)")
+    ax.set_ylabel("FSC")
+    ax.set_ylim(-0.1, 1.05)
+    ax.set_xlim(0.0, float(freq_inv_A[-1]))
+    top = ax.secondary_xaxis("top", functions=(lambda f: f, lambda f: f))
+    ticks = ax.get_xticks()
+    top.set_xticks(ticks[ticks > 0])
+    top.set_xticklabels([f"{1.0 / t:.1f}" for t in ticks[ticks > 0]])
+    top.set_xlabel("Resolution (Å)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def montage_figure(
+    rows: Mapping[str, np.ndarray], n_columns: int = 8, title: str | None = None
+) -> Figure:
+    """A grid of images: one row per labelled stack, the same particles in each column.
+
+    Args:
+        rows: label -> ``(n, H, W)`` images (the first ``n_columns`` are shown). Each image
+            is scaled to its own 1st-99th percentile range.
+        n_columns: number of particles shown.
+        title: optional figure title.
+
+    Returns:
+        The matplotlib figure.
+    """
+    labels = list(rows)
+    n_cols = min(n_columns, min(len(v) for v in rows.values()))
+    fig, axes = plt.subplots(len(labels), n_cols, figsize=(1.3 * n_cols, 1.4 * len(labels)), squeeze=False)
+    for r, label in enumerate(labels):
+        for c in range(n_cols):
+            img = np.asarray(rows[label][c], dtype=np.float32)
+            lo, hi = np.percentile(img, [1, 99])
+            ax = axes[r, c]
+            ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,50 @@
+"""The ``cryogan`` command line: commands run end to end, and bad input gives one ERROR line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cryogan_core.cli import main
+
+
+def _cryogan(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cryogan_core.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_simulate_then_check_poses_json(tmp_path: Path) -> None:
+    r = _cryogan("simulate", "--o", "sim", "--n", "60", "--box", "24", "--pixel-size", "8", "--snr-db", "0", "--shift-px", "1", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "sim/particles.star").is_file() and (tmp_path / "sim/clean.mrcs").is_file()
+    r = _cryogan("check-poses", "--i", "sim/particles.star", "--map", "sim/ground_truth_map.mrc", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["n_particles"] == 60 and out["cc_true_poses"] > out["cc_shuffled_poses"] + 0.3
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["check-poses", "--i", "missing.star", "--map", "m.mrc"], "missing.star"),
+        (["backproject", "--i", "bad.star", "--o", "out"], "bad.star"),
+        (["simulate", "--map", "notamap.mrc", "--o", "out", "--n", "4"], "notamap.mrc"),
+    ],
+)
+def test_bad_input_gives_one_error_line_and_exit_1(tmp_path: Path, args: list[str], expected: str) -> None:
+    (tmp_path / "bad.star").write_text("data_particles\n\nloop_\n_rlnImageName #1\n_rlnDefocusU #2\n000001@x.mrcs 1 2 3\n")
+    (tmp_path / "notamap.mrc").write_text("this is not an MRC file")
+    runner = CliRunner()
+    with runner.isolated_filesystem(temp_dir=tmp_path) as cwd:
+        for name in ("bad.star", "notamap.mrc"):
+            (Path(cwd) / name).write_bytes((tmp_path / name).read_bytes())
+        result = runner.invoke(main, args)
+    assert result.exit_code == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()] if hasattr(result, "stderr") else []
+    errors = [line for line in lines if line.startswith("ERROR:")]
+    assert len(errors) == 1 and expected in errors[0], result.output
+    assert "Traceback" not in result.output
