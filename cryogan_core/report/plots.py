@@ -96,3 +96,88 @@ def montage_figure(
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def write_pdf(path: str | Path, figures: Sequence[Figure]) -> None:
+    """Write figures as the pages of one PDF (e.g. RELION's ``logfile.pdf``), atomically.
+
+    Each figure is closed after it is written.
+
+    Args:
+        path: destination ``.pdf``.
+        figures: one figure per page, in order (at least one).
+
+    Raises:
+        ValueError: if ``figures`` is empty.
+    """
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    if not figures:
+        raise ValueError("write_pdf needs at least one figure")
+    with atomic_path(path) as tmp:
+        with PdfPages(tmp) as pdf:
+            for fig in figures:
+                pdf.savefig(fig, bbox_inches="tight")
+                plt.close(fig)
+
+
+def curves_figure(
+    x: np.ndarray,
+    curves: Mapping[str, np.ndarray],
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    logy: bool = False,
+) -> Figure:
+    """A simple line plot of several curves against one x axis (loss curves, resolution vs time).
+
+    Args:
+        x: ``(n,)`` x values.
+        curves: label -> ``(n,)`` y values (NaN gaps allowed).
+        xlabel, ylabel: axis labels (with units).
+        title: plot title.
+        logy: logarithmic y axis.
+
+    Returns:
+        The matplotlib figure.
+    """
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    for label, y in curves.items():
+        ax.plot(x, y, label=label, lw=1.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def histogram_figure(values: Mapping[str, np.ndarray], xlabel: str, title: str = "", bins: int = 50) -> Figure:
+    """Overlaid histograms (e.g. per-particle CC of raw and denoised particles).
+
+    Args:
+        values: label -> ``(n,)`` values.
+        xlabel: the quantity and its unit.
+        title: plot title.
+        bins: number of bins over the common range.
+
+    Returns:
+        The matplotlib figure.
+    """
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    finite = [np.asarray(v)[np.isfinite(v)] for v in values.values()]
+    lo = min(float(v.min()) for v in finite if v.size) if any(v.size for v in finite) else 0.0
+    hi = max(float(v.max()) for v in finite if v.size) if any(v.size for v in finite) else 1.0
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+    for (label, _), v in zip(values.items(), finite):
+        ax.hist(v, bins=edges, alpha=0.5, label=f"{label} (mean {v.mean():.3f})" if v.size else label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("particles")
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
