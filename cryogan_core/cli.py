@@ -128,5 +128,61 @@ def backproject(star_path, output_dir, wiener_constant, seed, project_dir, devic
     run_backproject(star_path, output_dir, project_dir, wiener_constant, seed, device=select_device(device))
 
 
+def _denoise_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add one click option per denoiser param (``DENOISE_PARAMS``: the RELION params too)."""
+    from cryogan_core.commands.denoise_params import DENOISE_PARAMS
+
+    for p in reversed(DENOISE_PARAMS):
+        flag = "--" + p.name.replace("_", "-")
+        if p.type is bool:
+            func = click.option(flag, p.name, is_flag=True, default=False, help=p.help)(func)
+        else:
+            func = click.option(flag, p.name, type=p.type, default=p.default, show_default=True, help=p.help)(func)
+    return func
+
+
+DEMO_N_PARTICLES = 2000
+DEMO_N_STEPS = 400
+
+
+@main.command()
+@click.option("--i", "star_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Refined particles (STAR: RELION 3.0-5.0).")
+@click.option("--map", "map_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="The refined map the poses refer to.")
+@click.option("--mask", "mask_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Optional 3D mask (sets the 2D mask radius).")
+@click.option("--o", "output_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
+@click.option("--demo", is_flag=True, help=f"Simulate {DEMO_N_PARTICLES} particles of the built-in volume at -10 dB into <o>/demo_data and denoise them ({DEMO_N_STEPS} steps unless --n-steps is given).")
+@_project
+@_threads
+@_denoise_options
+@user_errors
+def denoise(star_path, map_path, mask_path, output_dir, demo, project_dir, threads, **options) -> None:
+    """Train the cGAN denoiser on refined particles (half set 1), report on half set 2, denoise all."""
+    from cryogan_core.commands._common import set_threads
+    from cryogan_core.commands.denoise import DenoiseInputs, run_denoise
+    from cryogan_core.commands.simulate import run_simulate
+
+    set_threads(threads)
+    project_dir = project_dir or Path.cwd()
+    if demo:
+        sim_dir = output_dir / "demo_data"
+        run_simulate(sim_dir, DEMO_N_PARTICLES, -10.0, shift_px=2.0, seed=int(options["seed"]), project_dir=project_dir)
+        star_path, map_path = sim_dir / "particles.star", sim_dir / "ground_truth_map.mrc"
+        if click.get_current_context().get_parameter_source("n_steps").name == "DEFAULT":
+            options["n_steps"] = DEMO_N_STEPS
+    elif star_path is None:
+        raise InputError("give the particles with --i (or run the built-in example with --demo)")
+    run_denoise(DenoiseInputs(star_path, output_dir, map_path, mask_path, project_dir), options)
+
+
+def _register_commands() -> None:
+    """Add the sub-commands that live in their own modules (one module per command)."""
+    from cryogan_core.commands.export_cryosparc import cli_command as export_cryosparc
+
+    main.add_command(export_cryosparc)
+
+
+_register_commands()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,69 @@
+"""One entry point for particle sets: RELION ``.star`` or cryoSPARC ``.cs``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from cryogan_core.errors import InputError
+from cryogan_core.io.cryosparc import read_cryosparc_particles
+from cryogan_core.io.star import ParticleStar, read_particles
+
+__all__ = ["load_particles"]
+
+
+def load_particles(
+    path: str | Path,
+    require_ctf: bool = True,
+    require_images: bool = False,
+    require_poses: bool = False,
+    passthrough: Iterable[str | Path] = (),
+    cs_project_dir: str | Path | None = None,
+    project_dir: str | Path | None = None,
+) -> ParticleStar:
+    """Read a particle set from a RELION STAR or a cryoSPARC ``.cs`` file, by suffix.
+
+    Both give a :class:`ParticleStar` with the same canonical columns and units (Å,
+    degrees, kV, mm, Å²; see :mod:`cryogan_core.io.star` and :mod:`cryogan_core.io.cryosparc`).
+
+    Args:
+        path: ``*.star`` (:func:`~cryogan_core.io.star.read_particles`) or ``*.cs``
+            (:func:`~cryogan_core.io.cryosparc.read_cryosparc_particles`); the suffix is
+            matched case-insensitively.
+        require_ctf: require per-particle defocus and voltage/Cs.
+        require_images: require the image names (and, for ``.cs``, that the stacks exist).
+        require_poses: require 3D poses (``rlnAngleRot/Tilt/Psi``; ``alignments3D/pose``).
+        passthrough: ``.cs`` only: extra passthrough ``.cs`` files joined on ``uid``.
+        cs_project_dir: ``.cs`` only: the cryoSPARC project directory (default: the
+            ``.cs`` file's folder and its parents).
+        project_dir: ``.cs`` only: the RELION project directory that the ``rlnImageName``
+            values are made relative to (default: the current directory).
+
+    Returns:
+        The particle set.
+
+    Raises:
+        InputError: the suffix is neither ``.star`` nor ``.cs``; passthrough files given
+            with a ``.star``; plus every error of the reader used.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    passthrough = [Path(p) for p in passthrough]
+    if suffix == ".star":
+        if passthrough:
+            raise InputError(f"{path}: passthrough .cs files ({passthrough[0]}) go with a cryoSPARC .cs input, not a STAR file")
+        return read_particles(path, require_ctf=require_ctf, require_images=require_images, require_poses=require_poses)
+    if suffix == ".cs":
+        return read_cryosparc_particles(
+            path,
+            require_ctf=require_ctf,
+            require_images=require_images,
+            require_poses=require_poses,
+            passthrough=passthrough,
+            cs_project_dir=cs_project_dir,
+            project_dir=project_dir,
+        )
+    raise InputError(
+        f"{path}: unknown particle file type '{path.suffix or '(no suffix)'}' "
+        f"(expected a RELION .star or a cryoSPARC .cs file)"
+    )
