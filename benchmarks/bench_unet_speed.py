@@ -1,0 +1,96 @@
+"""Inference speed of the U-Net denoiser (particles/s), run by hand, never as a test.
+
+Usage::
+
+    python benchmarks/bench_unet_speed.py [--threads 2] [--batch 64] [--repeats 10] [--quick]
+
+For each config and box (64 and 128 px) it builds the model, switches it to eval mode, and
+times ``model(x)`` under ``torch.inference_mode()`` for a batch of random images (best of
+``--repeats`` after two warm-up calls). Target (issue): the DEFAULT config denoises >= 500
+particles/s at 64 px with ``torch.set_num_threads(2)``.
+
+Measured on the 2-core dev box (AMD EPYC Zen3, AVX2, torch 2.13 CPU, 2 threads, batch 256):
+see the table printed by the script and the lead's notes; the default row is marked ``*``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cryogan_core.models.unet import UNetGenerator, conv_flops_per_image, count_parameters  # noqa: E402
+
+CONFIGS: list[tuple[str, dict]] = [
+    ("default (b16 d3 r2 batch)*", {}),
+    ("b16 d3 r2 instance", {"norm": "instance"}),
+    ("b16 d3 r2 none", {"norm": "none"}),
+    ("b16 d4 r2 batch", {"depth": 4}),
+    ("b16 d3 r4 batch", {"n_res_blocks": 4}),
+    ("b24 d3 r2 batch", {"base_channels": 24}),
+    ("b32 d3 r2 batch", {"base_channels": 32}),
+    ("b8 d3 r2 batch", {"base_channels": 8}),
+]
+
+
+def particles_per_second(model: UNetGenerator, box: int, batch: int, repeats: int) -> tuple[float, float]:
+    """Throughput of ``model`` on a ``(batch, 1, box, box)`` float32 batch.
+
+    Returns:
+        ``(wall, cpu)``: particles per wall-clock second (best of ``repeats``) and per
+        CPU-second of this process (best of ``repeats``). On an idle machine
+        ``wall ≈ threads × cpu``; a much lower ``wall`` means other processes share the cores.
+    """
+    x = torch.randn(batch, model.config["in_channels"], box, box)
+    best, best_cpu = float("inf"), float("inf")
+    with torch.inference_mode():
+        for _ in range(2):
+            model(x)
+        for _ in range(repeats):
+            t0, c0 = time.perf_counter(), time.process_time()
+            model(x)
+            best = min(best, time.perf_counter() - t0)
+            best_cpu = min(best_cpu, time.process_time() - c0)
+    return batch / best, batch / best_cpu
+
+
+def main() -> None:
+    """Print the config table and a batch-size sweep of the default config."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--quick", action="store_true", help="default config only, no sweep")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch} (64 px) and "
+          f"{max(args.batch // 4, 1)} (128 px), eval + inference_mode, best of {args.repeats}")
+    print(f"{'config':28s} {'params':>8s} {'MFLOP/p':>8s} {'p/s@64':>7s} {'cpu-p/s@64':>10s} "
+          f"{'p/s@128':>8s} {'cpu-p/s@128':>11s} {'GFLOP/s@64':>10s}")
+    for name, cfg in CONFIGS[:1] if args.quick else CONFIGS:
+        model = UNetGenerator(**cfg)
+        # BatchNorm needs non-trivial running statistics to be a fair (folded) eval model.
+        with torch.no_grad():
+            model.train()(torch.randn(8, 1, 64, 64))
+        model.eval()
+        flops = conv_flops_per_image(model, 64, 64)
+        r64, c64 = particles_per_second(model, 64, args.batch, args.repeats)
+        r128, c128 = particles_per_second(model, 128, max(args.batch // 4, 1), args.repeats)
+        print(f"{name:28s} {count_parameters(model):8d} {flops / 1e6:8.1f} {r64:7.0f} {c64:10.0f} "
+              f"{r128:8.0f} {c128:11.0f} {flops * r64 / 1e9:10.1f}")
+    if args.quick:
+        return
+    print("\ndefault config, batch-size sweep at 64 px (wall p/s):")
+    model = UNetGenerator().eval()
+    for batch in (8, 16, 32, 64, 128, 256):
+        print(f"  batch {batch:4d}: {particles_per_second(model, 64, batch, args.repeats)[0]:7.0f}")
+
+
+if __name__ == "__main__":
+    main()
