@@ -42,6 +42,8 @@ DENOISE_PARAMS: tuple[Param, ...] = (
     Param("stack_size", int, 10000, "Particles per denoised output stack."),
     Param("no_scores", bool, False, "Skip the per-particle agreement columns (saves one projection per particle)."),
     Param("no_bias_controls", bool, False, "Skip the reference-bias controls."),
+    Param("in_parts_passthrough", str, "", "cryoSPARC input only: passthrough .cs file(s) for the particles .cs, comma-separated (default: found beside it)."),
+    Param("cs_project_dir", str, "", "cryoSPARC input only: the cryoSPARC project directory that blob paths are relative to (default: the .cs folder and its parents)."),
     Param("seed", int, 0, "Random seed (initialisation, batches, subsets)."),
     Param("device", str, "auto", "torch device: auto (CUDA if present), cpu, cuda, cuda:1 ..."),
 )

@@ -15,15 +15,16 @@ from matplotlib.figure import Figure  # noqa: E402
 from cryogan_core.io.atomic import atomic_path  # noqa: E402
 
 
-def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> None:
-    """Save a figure atomically (temporary name + rename) and close it.
+def save_figure(fig: Figure, path: str | Path, dpi: int = 110, close: bool = True) -> None:
+    """Save a figure atomically (temporary name + rename), and close it unless ``close=False``.
 
     The format follows the suffix of ``path`` (``.png``, ``.pdf``).
     """
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png", bbox_inches="tight")
-    plt.close(fig)
+    if close:
+        plt.close(fig)
 
 
 def fsc_figure(

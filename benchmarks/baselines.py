@@ -1,0 +1,90 @@
+"""Classical denoisers the cGAN is compared with (benchmarks only).
+
+- Gaussian low-pass: amplitude 0.5 at the given resolution (scipy.ndimage.gaussian_filter).
+- CTF-aware Wiener filter for the CTF-modulated projection:
+  ``H_i(k) = CTF_i(k)² S(k) / (CTF_i(k)² S(k) + N(k))`` with S the radial power of the
+  CTF-free signal and N the radial noise power, both estimated from training pairs
+  (particle, scaled reference) of half set 1.
+- BM3D (Dabov et al. 2007; the ``bm3d`` package) with the noise std of normalised particles.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from cryogan_core.physics.ctf import CtfParams, compute_ctf
+
+
+def gaussian_lowpass(images: np.ndarray, pixel_size_A: float, resolution_A: float = 20.0) -> np.ndarray:
+    """Gaussian low-pass whose transfer is 0.5 at ``1/resolution_A`` (periodic boundary).
+
+    Args:
+        images: ``(n, H, W)`` float32.
+        pixel_size_A: pixel size in Å.
+        resolution_A: resolution where the amplitude is halved.
+
+    Returns:
+        ``(n, H, W)`` float32 filtered images.
+    """
+    sigma_k = (1.0 / resolution_A) / math.sqrt(2.0 * math.log(2.0))  # 1/Å
+    sigma_px = 1.0 / (2.0 * math.pi * sigma_k * pixel_size_A)
+    return ndimage.gaussian_filter(images, sigma=(0, sigma_px, sigma_px), mode="wrap").astype(np.float32)
+
+
+def _radial_index(box: int) -> torch.Tensor:
+    """Integer radius (Fourier shell) of each rfft2 sample, ``(box, box//2+1)``."""
+    ky = torch.fft.fftfreq(box) * box
+    kx = torch.fft.rfftfreq(box) * box
+    return torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2).round().long()
+
+
+def _radial_mean(power: torch.Tensor, shells: torch.Tensor) -> torch.Tensor:
+    """Mean of ``(…, H, W//2+1)`` power over each shell (averaged over leading dims)."""
+    p = power.reshape(-1, *power.shape[-2:]).mean(0)
+    n = int(shells.max()) + 1
+    s = torch.zeros(n).index_add_(0, shells.flatten(), p.flatten())
+    c = torch.zeros(n).index_add_(0, shells.flatten(), torch.ones_like(p.flatten()))
+    return s / c.clamp_min(1)
+
+
+class CtfWiener:
+    """A CTF-aware Wiener filter fitted on (particle, reference) training pairs.
+
+    Args:
+        inputs: ``(n, H, W)`` normalised training particles.
+        references: ``(n, H, W)`` their noise-free CTF-modulated references (same units).
+        ctf: the training particles' CTFs.
+        pixel_size_A: pixel size of the images.
+    """
+
+    def __init__(self, inputs: torch.Tensor, references: torch.Tensor, ctf: CtfParams, pixel_size_A: float) -> None:
+        box = inputs.shape[-1]
+        self.box, self.pixel_size_A = box, pixel_size_A
+        self.shells = _radial_index(box)
+        c2 = compute_ctf(ctf, box, pixel_size_A) ** 2
+        sig = _radial_mean(torch.fft.rfft2(references).abs() ** 2, self.shells)
+        noise = _radial_mean(torch.fft.rfft2(inputs - references).abs() ** 2, self.shells)
+        c2r = _radial_mean(c2, self.shells).clamp_min(1e-3)
+        self.signal = (sig / c2r)[self.shells]
+        self.noise = noise.clamp_min(1e-12)[self.shells]
+
+    def __call__(self, images: torch.Tensor, ctf: CtfParams) -> torch.Tensor:
+        """Filter ``(n, H, W)`` images with their own CTFs; returns ``(n, H, W)``."""
+        c2 = compute_ctf(ctf, self.box, self.pixel_size_A) ** 2
+        h = c2 * self.signal / (c2 * self.signal + self.noise)
+        return torch.fft.irfft2(torch.fft.rfft2(images) * h, s=images.shape[-2:])
+
+
+def bm3d_denoise(images: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """BM3D on each image (``bm3d`` package), noise std ``sigma`` (1 for normalised particles).
+
+    Raises:
+        ImportError: when the ``bm3d`` package is not installed (``pip install bm3d``).
+    """
+    import bm3d
+
+    return np.stack([bm3d.bm3d(img.astype(np.float64), sigma_psd=sigma).astype(np.float32) for img in images])

@@ -1,0 +1,480 @@
+"""``cryogan denoise``: train the cGAN denoiser on refined particles and denoise them.
+
+Gold standard by default: the network trains on half set 1 (rlnRandomSubset), is scored on
+half set 2 as unseen particles, then denoises every particle. Outputs (in the output
+folder): ``Denoised/particles_NNNNNN.mrcs``, ``particles.star`` (every input column kept;
+rlnImageName -> denoised, rlnImageOriginalName -> original; per-particle agreement
+columns), ``model.pt``, ``checkpoint.pt``, ``summary.json``, PNGs and ``logfile.pdf``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from loguru import logger
+
+from cryogan_core.commands._common import map_for_particles, select_device
+from cryogan_core.commands.backproject import half_set_labels
+from cryogan_core.commands.denoise_params import param_defaults
+from cryogan_core.commands.export_cryosparc import import_instructions
+from cryogan_core.errors import InputError
+from cryogan_core.io.atomic import atomic_path
+from cryogan_core.io.images import ParticleImages
+from cryogan_core.io.mrc import StackWriter, read_map
+from cryogan_core.io.cryosparc import write_cryosparc_particles
+from cryogan_core.io.particles import load_particles
+from cryogan_core.io.star import ParticleStar, format_image_name, read_particles, write_particles
+from cryogan_core.io.summary import write_summary
+from cryogan_core.metrics.images import circular_mask, masked_pearson
+from cryogan_core.models.unet import UNetGenerator
+from cryogan_core.physics.projection import forward_model
+from cryogan_core.report.denoise_report import write_denoise_report
+from cryogan_core.train.evaluate import extra_domain_control, image_scores, noise_control
+from cryogan_core.train.pairs import PairSettings, build_pairs, default_bg_radius_px, input_transform, particle_arrays
+from cryogan_core.train.pix2pix import Pix2PixConfig, Pix2PixTrainer, denoise_images, eta_seconds, train_pix2pix
+
+MODEL_FORMAT = "cryogan-denoiser-v1"
+
+
+@dataclass
+class DenoiseInputs:
+    """Where the data are: particles, reference map, optional mask, output folder."""
+
+    star_path: Path
+    output_dir: Path
+    map_path: Path | None = None
+    mask_path: Path | None = None
+    project_dir: Path = field(default_factory=Path.cwd)
+
+
+def mask_radius_from_map(mask_path: Path, pixel_size_A: float, box: int) -> float:
+    """Radius (px at the particles' pixel size) of a circle holding a 3D mask's voxels > 0.5.
+
+    Raises:
+        InputError: if the mask has no voxel above 0.5.
+    """
+    mask, voxel_A = read_map(mask_path)
+    d = mask.shape[0]
+    zz, yy, xx = np.nonzero(mask > 0.5)
+    if len(zz) == 0:
+        raise InputError(f"{mask_path}: the mask has no voxel above 0.5")
+    c = d // 2
+    r_vox = float(np.sqrt((xx - c) ** 2 + (yy - c) ** 2 + (zz - c) ** 2).max())
+    return min(r_vox * voxel_A / pixel_size_A + 1.0, box / 2.0)
+
+
+def save_model(path: Path, generator: UNetGenerator, settings: PairSettings, pixel_size_train_A: float, extra: dict[str, Any]) -> None:
+    """Write ``model.pt``: plain tensors and numbers, loadable with ``torch.load(..., weights_only=True)``."""
+    blob = {
+        "format": MODEL_FORMAT,
+        "generator_config": dict(generator.config),
+        "generator_state": generator.state_dict(),
+        "settings": settings.to_dict(),
+        "pixel_size_train_A": float(pixel_size_train_A),
+        **extra,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
+
+
+def load_model(path: Path, device: torch.device) -> tuple[UNetGenerator, PairSettings, float]:
+    """Read a ``model.pt`` written by :func:`save_model` (``weights_only=True``).
+
+    Returns:
+        ``(generator in eval mode, pair settings, training pixel size in Å)``.
+
+    Raises:
+        InputError: if the file is missing or not one of our models.
+    """
+    if not Path(path).is_file():
+        raise InputError(f"--model {path}: file not found")
+    try:
+        blob = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a user-file problem
+        raise InputError(f"--model {path}: not a cryogan denoiser model ({exc.__class__.__name__})") from None
+    if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
+        raise InputError(f"--model {path}: not a cryogan denoiser model (format {blob.get('format') if isinstance(blob, dict) else '?'})")
+    gen = UNetGenerator.from_config(blob["generator_config"]).to(device)
+    gen.load_state_dict(blob["generator_state"])
+    gen.eval()
+    return gen, PairSettings(**blob["settings"]), float(blob["pixel_size_train_A"])
+
+
+def _progress(total_steps: int, batch_size: int, every_s: float = 20.0) -> Callable[[dict[str, float]], None]:
+    """A per-step callback that logs step, losses, particles/s and time left every ``every_s``."""
+    t0 = time.time()
+    state = {"last": 0.0, "first_step": None}
+
+    def on_step(rec: dict[str, float]) -> None:
+        step = int(rec["step"])
+        if state["first_step"] is None:
+            state["first_step"] = step - 1
+        now = time.time()
+        if now - state["last"] < every_s and step != total_steps and step != state["first_step"] + 1:
+            return
+        state["last"] = now
+        done = step - state["first_step"]
+        rate = done * batch_size / max(now - t0, 1e-9)
+        eta = eta_seconds(done, total_steps - state["first_step"], now - t0)
+        logger.info(
+            f"step {step}/{total_steps}  L1 {rec['loss_g_l1']:.4f}  G_adv {rec['loss_g_gan']:.3f}  D {rec['loss_d']:.3f}  "
+            f"{rate:.0f} particles/s  {eta / 60:.1f} min left"
+        )
+
+    return on_step
+
+
+def _select_rows(rows: np.ndarray, n_max: int, rng: np.random.Generator) -> np.ndarray:
+    """A sorted random subset of at most ``n_max`` rows (all when n_max <= 0)."""
+    if n_max > 0 and len(rows) > n_max:
+        return np.sort(rng.choice(rows, size=n_max, replace=False))
+    return rows
+
+
+def run_denoise(
+    inputs: DenoiseInputs,
+    options: dict[str, Any] | None = None,
+    should_stop: Callable[[], None] | None = None,
+    resume: bool = True,
+) -> dict[str, Any]:
+    """Train (or load) the denoiser, report on held-out particles, denoise all particles.
+
+    Args:
+        inputs: particles, map, mask, output folder, project directory.
+        options: denoiser options (see ``denoise_params.DENOISE_PARAMS``; missing keys take
+            their defaults).
+        should_stop: called between training steps and batches; raises to abort.
+        resume: continue from ``checkpoint.pt`` and finished stacks in the output folder
+            (RELION's "Continue!"); False starts over.
+
+    Returns:
+        The summary dict (also written to ``summary.json``).
+
+    Raises:
+        InputError: for unusable inputs (missing columns, stacks, a map that cannot be
+            matched, NaNs in images, an empty half set, a model of another box).
+    """
+    opts = {**param_defaults(), **(options or {})}
+    unknown = set(opts) - set(param_defaults())
+    if unknown:
+        raise InputError(f"unknown denoise option(s): {', '.join(sorted(unknown))}")
+    t_start = time.time()
+    out_dir = Path(inputs.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    project_dir = Path(inputs.project_dir)
+    device = select_device(str(opts["device"]))
+    seed = int(opts["seed"])
+    rng = np.random.default_rng(seed)
+    logger.info(f"cryogan denoise: device {device}, {torch.get_num_threads()} CPU threads, seed {seed}")
+
+    training = not opts["model"]
+    need_map = training or not opts["no_scores"]
+    if need_map and inputs.map_path is None:
+        raise InputError("a reference map (--in_3dref / --map) is needed to train (or to score particles; add --no_scores)")
+    passthrough = tuple(Path(x) for x in str(opts["in_parts_passthrough"]).split(",") if x.strip())
+    star = load_particles(
+        inputs.star_path, require_ctf=True, require_images=True, require_poses=need_map, passthrough=passthrough,
+        cs_project_dir=Path(opts["cs_project_dir"]) if opts["cs_project_dir"] else None, project_dir=project_dir,
+    )
+    df = star.particles
+    images = ParticleImages(df, project_dir, inputs.star_path)
+    box = images.box
+    pixel_sizes = np.unique(df["rlnImagePixelSize"].to_numpy())
+    pixel_size_A = float(pixel_sizes[0])
+    if len(pixel_sizes) > 1:
+        logger.info(f"{len(pixel_sizes)} pixel sizes among the optics groups: the map is resampled for each")
+    logger.info(f"{len(df)} particles, box {box} px, {pixel_size_A:.3f} Å/px, {len(star.optics)} optics group(s)")
+
+    volumes: dict[float, torch.Tensor] = {}
+
+    def volume_for_pixel(p: float) -> torch.Tensor:
+        if p not in volumes:
+            volumes[p] = map_for_particles(inputs.map_path, p, box, device)
+        return volumes[p]
+
+    if opts["mask_radius_px"]:
+        mask_radius = float(opts["mask_radius_px"])
+    elif inputs.mask_path is not None:
+        mask_radius = mask_radius_from_map(inputs.mask_path, pixel_size_A, box)
+        logger.info(f"Mask {inputs.mask_path}: circular mask of radius {mask_radius:.1f} px for fits and scores")
+    else:
+        mask_radius = 0.45 * box
+
+    summary: dict[str, Any] = {"command": "denoise", "n_particles_in": int(len(df)), "box": box, "pixel_size_A": pixel_size_A, "seed": seed}
+    history: list[dict[str, float]] = []
+    report: dict[str, Any] = {}
+    if training:
+        train_box = int(opts["train_box"]) or box
+        if train_box > box or train_box < 16:
+            raise InputError(f"--train_box {train_box}: must be between 16 and the particles' box ({box})")
+        settings = PairSettings(box, train_box, default_bg_radius_px(box), mask_radius, not opts["ctf_free"], str(opts["scale_mode"]))
+        generator, history, report = _train_and_report(
+            inputs, opts, df, images, settings, volume_for_pixel, device, rng, should_stop, resume, out_dir, summary
+        )
+        pixel_size_train = pixel_size_A * box / train_box
+    else:
+        generator, settings, pixel_size_train = load_model(Path(opts["model"]), device)
+        expected = round(box * pixel_size_A / pixel_size_train)
+        if settings.box != box or abs(pixel_size_A - pixel_size_train * settings.train_box / settings.box) > 1e-3 * pixel_size_A:
+            raise InputError(
+                f"--model {opts['model']}: trained on box {settings.box} at {pixel_size_train * settings.train_box / settings.box:.3f} Å/px; "
+                f"these particles are box {box} at {pixel_size_A:.3f} Å/px (re-extract or rescale them to match; expected box {expected})"
+            )
+        logger.info(f"Loaded {opts['model']}: no training, denoising only (train box {settings.train_box})")
+        summary["model_from"] = str(opts["model"])
+
+    written = _denoise_all(inputs, opts, star, images, generator, settings, volume_for_pixel if need_map else None, project_dir, out_dir, device, should_stop, resume)
+    summary.update(written["summary"])
+    summary.update({f"heldout_{k}": v for k, v in report.get("scores", {}).items()})
+    summary.update(report.get("bias", {}))
+    summary["train_box"] = settings.train_box
+    summary["pixel_size_output_A"] = pixel_size_train
+    summary["ctf_targets"] = settings.ctf_targets
+    summary["wall_time_s"] = time.time() - t_start
+    summary["options"] = {k: v for k, v in opts.items()}
+    write_denoise_report(out_dir, history, report, written.get("scores"))
+    write_summary(out_dir / "summary.json", summary)
+    logger.info(f"Done in {summary['wall_time_s'] / 60:.1f} min: {summary['n_particles_written']} denoised particles in {out_dir / 'particles.star'}")
+    return summary
+
+
+def _train_and_report(
+    inputs: DenoiseInputs,
+    opts: dict[str, Any],
+    df: pd.DataFrame,
+    images: ParticleImages,
+    settings: PairSettings,
+    volume_for_pixel: Callable[[float], torch.Tensor],
+    device: torch.device,
+    rng: np.random.Generator,
+    should_stop: Callable[[], None] | None,
+    resume: bool,
+    out_dir: Path,
+    summary: dict[str, Any],
+) -> tuple[UNetGenerator, list[dict[str, float]], dict[str, Any]]:
+    """Build pairs, train on half 1 (resuming from a checkpoint), score half 2, bias controls."""
+    labels = half_set_labels(df, int(opts["seed"]))
+    train_rows = _select_rows(np.flatnonzero(labels == 1), int(opts["max_train_particles"]), rng)
+    heldout_rows = _select_rows(np.flatnonzero(labels == 2), int(opts["n_report"]), rng)
+    logger.info(f"Training on {len(train_rows)} particles of half set 1; reporting on {len(heldout_rows)} unseen particles of half set 2")
+    t0 = time.time()
+    train = build_pairs(images, df, train_rows, volume_for_pixel, settings, device=device, should_stop=should_stop)
+    held = build_pairs(images, df, heldout_rows, volume_for_pixel, settings, device=device, should_stop=should_stop)
+    logger.info(f"Prepared {len(train_rows) + len(heldout_rows)} training/report pairs in {time.time() - t0:.0f} s (projection, CTF, scale fit)")
+
+    n_steps = int(opts["n_steps"])
+    config = Pix2PixConfig(
+        l1_weight=float(opts["l1_weight"]), gan_weight=float(opts["gan_weight"]), lr=float(opts["lr"]), beta1=float(opts["beta1"]),
+        batch_size=int(opts["batch_size"]), n_steps=n_steps, seed=int(opts["seed"]),
+        generator={"base_channels": int(opts["base_channels"]), "depth": int(opts["depth"]), "n_res_blocks": int(opts["n_res_blocks"])},
+        # the 70 x 70 PatchGAN (3 layers) needs >= 32 px; smaller training boxes judge 34-px patches
+        discriminator={"n_layers": 3 if settings.train_box >= 32 else 2},
+    )
+    trainer = Pix2PixTrainer(config, device)
+    ckpt = out_dir / "checkpoint.pt"
+    if resume and ckpt.is_file():
+        state = torch.load(ckpt, map_location=device, weights_only=True)
+        if state.get("config") == _config_dict(config):
+            trainer.load_state_dict(state)
+            logger.info(f"Continuing from {ckpt} at step {trainer.step_count}/{n_steps}")
+        else:
+            logger.warning(f"{ckpt} was made with other training options: starting training over")
+
+    def save_checkpoint() -> None:
+        with atomic_path(ckpt) as tmp:
+            torch.save(trainer.state_dict(), tmp)
+
+    train_pix2pix(
+        trainer, train["inputs"], train["targets"], n_steps, on_step=_progress(n_steps, config.batch_size),
+        checkpoint=save_checkpoint, should_stop=should_stop,
+    )
+    summary["train_steps"] = trainer.step_count
+    summary["n_train_particles"] = int(len(train_rows))
+    summary["n_heldout_particles"] = int(len(heldout_rows))
+
+    generator = trainer.generator
+    report = _heldout_report(generator, held, settings, df.iloc[heldout_rows], volume_for_pixel, opts, device)
+    if opts["train_both_halves"]:
+        both_rows = np.concatenate([train_rows, heldout_rows])
+        both = build_pairs(images, df, both_rows, volume_for_pixel, settings, device=device, should_stop=should_stop)
+        extra = n_steps + n_steps // 2
+        trainer.config.n_steps = extra
+        logger.info(f"Training further on both halves ({len(both_rows)} particles) up to step {extra}")
+        train_pix2pix(trainer, both["inputs"], both["targets"], extra, on_step=_progress(extra, config.batch_size), checkpoint=save_checkpoint, should_stop=should_stop)
+        summary["train_steps"] = trainer.step_count
+    save_model(out_dir / "model.pt", generator, settings, float(df["rlnImagePixelSize"].iloc[0]) * settings.box / settings.train_box,
+               {"train_steps": trainer.step_count, "seed": int(opts["seed"])})
+    return generator, trainer.history, report
+
+
+def _config_dict(config: Pix2PixConfig) -> dict:
+    """The config as stored in checkpoints."""
+    from dataclasses import asdict
+
+    return asdict(config)
+
+
+def _heldout_report(
+    generator: UNetGenerator,
+    held: dict[str, torch.Tensor],
+    settings: PairSettings,
+    held_df: pd.DataFrame,
+    volume_for_pixel: Callable[[float], torch.Tensor],
+    opts: dict[str, Any],
+    device: torch.device,
+) -> dict[str, Any]:
+    """Scores of raw and denoised unseen particles against their references, and bias controls."""
+    tb = settings.train_box
+    pixel_train = float(held_df["rlnImagePixelSize"].iloc[0]) * settings.box / tb
+    mask = circular_mask(tb, settings.mask_radius_px * tb / settings.box)
+    denoised = denoise_images(generator, held["inputs"])
+    raw_scores = image_scores(held["inputs"], held["reference_ctf"], mask, pixel_train)
+    den_scores = image_scores(denoised, held["targets"], mask, pixel_train)
+    scores = {
+        "cc_raw": float(raw_scores["cc"].mean()),
+        "cc_denoised": float(den_scores["cc"].mean()),
+        "fsc_40_10A_raw": float(raw_scores["fsc_band"].mean()),
+        "fsc_40_10A_denoised": float(den_scores["fsc_band"].mean()),
+        "psnr_db_raw": float(np.mean(raw_scores["psnr_db"])),
+        "psnr_db_denoised": float(np.mean(den_scores["psnr_db"])),
+    }
+    logger.info(
+        f"Held-out half set 2 ({len(held_df)} particles): CC with reference {scores['cc_raw']:.3f} raw -> {scores['cc_denoised']:.3f} denoised; "
+        f"mean FSC 40-10 Å {scores['fsc_40_10A_raw']:.3f} -> {scores['fsc_40_10A_denoised']:.3f}"
+    )
+    report: dict[str, Any] = {"scores": scores, "raw": raw_scores, "denoised_scores": den_scores,
+                              "montage": {"raw (unseen)": held["inputs"][:8].numpy(), "denoised": denoised[:8].numpy(), "reference": held["targets"][:8].numpy()}}
+    if not opts["no_bias_controls"]:
+        def denoise(x: torch.Tensor) -> torch.Tensor:
+            return denoise_images(generator, x.cpu())
+
+        bias = noise_control(denoise, held["inputs"], denoised, held["targets"], mask, seed=int(opts["seed"]))
+        angles, origins, ctf, pix = particle_arrays(held_df, device)
+        p0 = float(pix[0])
+        sel = torch.nonzero(pix == p0).squeeze(1)
+        slope = float(held["slope"].median())
+        bias.update(extra_domain_control(denoise, volume_for_pixel(p0), angles[sel], origins[sel], ctf[sel], p0, slope, settings, seed=int(opts["seed"])))
+        logger.info(
+            f"Bias controls: noise outputs' best CC with references {bias['bias_noise_max_cc_with_references']:.3f} "
+            f"(real particles {bias['bias_real_max_cc_with_references']:.3f}), noise output RMS ratio {bias['bias_noise_output_rms_ratio']:.2f}; "
+            f"extra domain ({100 * bias['bias_extra_domain_mass_fraction']:.0f}% mass) recovered r = {bias['bias_extra_domain_recovery_r']:.2f} "
+            f"(noise-free {bias['bias_extra_domain_r_noise_free']:.2f})"
+        )
+        report["bias"] = bias
+    return report
+
+
+def _denoise_all(
+    inputs: DenoiseInputs,
+    opts: dict[str, Any],
+    star: ParticleStar,
+    images: ParticleImages,
+    generator: UNetGenerator,
+    settings: PairSettings,
+    volume_for_pixel: Callable[[float], torch.Tensor] | None,
+    project_dir: Path,
+    out_dir: Path,
+    device: torch.device,
+    should_stop: Callable[[], None] | None,
+    resume: bool,
+) -> dict[str, Any]:
+    """Denoise every particle into stacks of ``stack_size``; write particles.star.
+
+    Finished stacks (and their score files) are kept on a resumed run.
+    """
+    df = star.particles
+    n = len(df)
+    tb = settings.train_box
+    stack_size = max(1, int(opts["stack_size"]))
+    dtype = np.float16 if opts["float16"] else np.float32
+    den_dir = out_dir / "Denoised"
+    den_dir.mkdir(exist_ok=True)
+    score = volume_for_pixel is not None
+    cc_raw = np.full(n, np.nan, dtype=np.float32)
+    cc_den = np.full(n, np.nan, dtype=np.float32)
+    names: list[str] = []
+    mask_full = circular_mask(settings.box, settings.mask_radius_px, device=device)
+    mask_train = circular_mask(tb, settings.mask_radius_px * tb / settings.box, device=device)
+    t0 = time.time()
+    done = 0
+    for chunk_start in range(0, n, stack_size):
+        rows = np.arange(chunk_start, min(chunk_start + stack_size, n))
+        stack_path = den_dir / f"particles_{chunk_start // stack_size + 1:06d}.mrcs"
+        scores_path = den_dir / f".scores_{chunk_start // stack_size + 1:06d}.npy"
+        rel = os.path.relpath(stack_path.resolve(), project_dir.resolve())
+        names.extend(format_image_name(i + 1, rel) for i in range(len(rows)))
+        if resume and stack_path.is_file() and (scores_path.is_file() or not score):
+            if score:
+                s = np.load(scores_path)
+                cc_raw[rows], cc_den[rows] = s[0], s[1]
+            continue
+        with StackWriter(stack_path, len(rows), tb, float(df["rlnImagePixelSize"].iloc[0]) * settings.box / tb, dtype=dtype) as writer:
+            for b in range(0, len(rows), 256):
+                if should_stop is not None:
+                    should_stop()
+                idx = rows[b : b + 256]
+                raw = torch.from_numpy(images.read(idx)).to(device)
+                transform = input_transform(raw, settings)
+                x = transform(raw)
+                with torch.inference_mode():
+                    y = generator(x.unsqueeze(1))[:, 0]
+                writer.write(b, y.cpu().numpy().astype(dtype))
+                if score:
+                    angles, origins, ctf, pix = particle_arrays(df.iloc[idx], device)
+                    pred = torch.empty_like(raw)
+                    for p in torch.unique(pix):
+                        sel = torch.nonzero(pix == p).squeeze(1)
+                        with torch.no_grad():
+                            pred[sel] = forward_model(volume_for_pixel(float(p)), angles[sel], origins[sel], float(p), ctf=ctf[sel] if settings.ctf_targets else None)
+                            if not settings.ctf_targets:
+                                pred_ctf = forward_model(volume_for_pixel(float(p)), angles[sel], origins[sel], float(p), ctf=ctf[sel])
+                                cc_raw[idx[sel.cpu().numpy()]] = masked_pearson(raw[sel], pred_ctf, mask_full).cpu().numpy()
+                    if settings.ctf_targets:
+                        cc_raw[idx] = masked_pearson(raw, pred, mask_full).cpu().numpy()
+                    cc_den[idx] = masked_pearson(y, transform.crop(pred), mask_train).cpu().numpy()
+                done += len(idx)
+        if score:
+            with atomic_path(scores_path) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, np.stack([cc_raw[rows], cc_den[rows]]))
+        rate = done / max(time.time() - t0, 1e-9)
+        logger.info(f"Denoised {chunk_start + len(rows)}/{n} particles ({rate:.0f} particles/s)")
+    out = df.copy()
+    if "rlnImageOriginalName" in out:
+        logger.info("rlnImageOriginalName is replaced by the names of the particles given to this job")
+    out["rlnImageOriginalName"] = df["rlnImageName"].to_numpy()
+    out["rlnImageName"] = names
+    if score:
+        out["rlnCryoganCCRaw"] = cc_raw.astype(np.float64)
+        out["rlnCryoganCCDenoised"] = cc_den.astype(np.float64)
+    if tb != settings.box:
+        out["rlnImagePixelSize"] = df["rlnImagePixelSize"].to_numpy() * settings.box / tb
+        out["rlnImageSize"] = tb
+    version = star.source_version if star.source_version in ("3.1", "4.0", "5.0") else "3.1"
+    if version != star.source_version:
+        logger.info(f"Input is {star.source_version}: particles.star is written in RELION 3.1+ format")
+    write_particles(out_dir / "particles.star", star.with_particles(out), version=version)
+    export = write_cryosparc_particles(read_particles(out_dir / "particles.star", require_ctf=False, require_images=True), out_dir, project_dir)
+    logger.info(f"For cryoSPARC: Import Result Group with {export.csg_path} (slots: {', '.join(export.slots)})")
+    elapsed = time.time() - t0
+    result: dict[str, Any] = {
+        "summary": {
+            "n_particles_written": int(n),
+            "denoise_particles_per_s": done / elapsed if done else None,
+            "star_version_written": version,
+            "cryosparc_import": {"job": "Import Result Group", "csg": str(export.csg_path.absolute()), "cs": str(export.cs_path.absolute()),
+                                 "steps": import_instructions(export.csg_path, out_dir.absolute().name)},
+        }
+    }
+    if score:
+        result["scores"] = {"cc_raw": cc_raw, "cc_denoised": cc_den}
+        result["summary"]["mean_cc_raw_all"] = float(np.nanmean(cc_raw))
+        result["summary"]["mean_cc_denoised_all"] = float(np.nanmean(cc_den))
+    return result

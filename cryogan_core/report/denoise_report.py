@@ -1,0 +1,74 @@
+"""The denoiser's figures: loss curves, held-out montage, FSC curves, agreement histograms.
+
+Each figure is written as a PNG and all of them as the pages of ``logfile.pdf`` (RELION
+shows it from the Display menu when the node is labelled ``LogFile.pdf.relion``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+from cryogan_core.report.plots import curves_figure, fsc_figure, histogram_figure, montage_figure, save_figure, write_pdf
+
+
+def _text_figure(lines: Sequence[str]) -> Figure:
+    """A page of plain text (used when there is nothing to plot)."""
+    fig = plt.figure(figsize=(6.0, 3.0))
+    fig.text(0.05, 0.95, "\n".join(lines), va="top", family="monospace", fontsize=9)
+    return fig
+
+
+def write_denoise_report(
+    out_dir: Path,
+    history: Sequence[Mapping[str, float]],
+    report: Mapping[str, Any],
+    scores: Mapping[str, np.ndarray] | None,
+) -> list[Path]:
+    """Write the PNGs and ``logfile.pdf`` of a denoiser run.
+
+    Args:
+        out_dir: the job's output folder.
+        history: per-step losses (``step``, ``loss_g_l1``, ``loss_g_gan``, ``loss_d``); may be empty.
+        report: the held-out report (``scores``, ``raw``/``denoised_scores`` with ``frc`` and
+            ``frc_freq_inv_A``, ``montage``, ``bias``); may be empty (``--model`` runs).
+        scores: per-particle ``cc_raw`` and ``cc_denoised`` of all particles, or None.
+
+    Returns:
+        The paths written (PNGs, then the PDF).
+    """
+    pages: list[tuple[str, Figure]] = []
+    if history:
+        steps = np.array([h["step"] for h in history])
+        pages.append(("loss_curves.png", curves_figure(
+            steps,
+            {"generator L1": np.array([h["loss_g_l1"] for h in history]),
+             "generator adversarial": np.array([h["loss_g_gan"] for h in history]),
+             "discriminator": np.array([h["loss_d"] for h in history])},
+            "training step", "loss", title="Training losses (pix2pix)", logy=True)))
+    if report.get("montage"):
+        pages.append(("montage_heldout.png", montage_figure(report["montage"], title="Unseen particles (half set 2): raw / denoised / reference")))
+    if report.get("raw") is not None and report.get("denoised_scores") is not None:
+        raw, den = report["raw"], report["denoised_scores"]
+        pages.append(("fsc_heldout.png", fsc_figure(
+            raw["frc_freq_inv_A"], {"raw vs reference": raw["frc"].mean(axis=0), "denoised vs reference": den["frc"].mean(axis=0)},
+            thresholds=(0.143, 0.5), title="Mean single-particle FSC, unseen particles")))
+    if scores is not None:
+        pages.append(("agreement_histogram.png", histogram_figure(
+            {"raw": scores["cc_raw"], "denoised": scores["cc_denoised"]}, "CC with the projection at the particle's pose",
+            title="Per-particle agreement (rlnCryoganCCRaw / rlnCryoganCCDenoised)")))
+    lines = ["cryogan denoise"]
+    for key, value in {**report.get("scores", {}), **report.get("bias", {})}.items():
+        lines.append(f"{key:40s} {value:.4g}" if isinstance(value, float) else f"{key:40s} {value}")
+    pages.insert(0, ("summary_text.png", _text_figure(lines)))
+    written = []
+    for name, fig in pages[1:]:
+        save_figure(fig, out_dir / name, close=False)
+        written.append(out_dir / name)
+    write_pdf(out_dir / "logfile.pdf", [fig for _, fig in pages])
+    written.append(out_dir / "logfile.pdf")
+    return written

@@ -1,0 +1,254 @@
+"""Training pairs of the cGAN denoiser: (normalised particle, reference image at its pose).
+
+Su et al. 2018 train the generator to map each particle to the projection of the refined
+map at the particle's pose, modulated by the particle's CTF. Here:
+
+1. the particle is normalised as RELION does (background outside ``bg_radius_px``: mean 0,
+   std 1; RELION ``relion_preprocess --norm --bg_radius``);
+2. the reference image is RELION's prediction of the particle (projection at the pose,
+   CTF, shift by -origin: :func:`cryogan_core.physics.projection.forward_model`), or the
+   same without the CTF for CTF-free targets (denoise and CTF-correct at once);
+3. the reference is put in the particle's units by least squares inside the mask,
+   ``target = a·ref + b`` with ``(a, b)`` the regression of the particle on the CTF'd
+   prediction (per particle, or one pooled slope for all particles);
+4. both are optionally Fourier-cropped to a smaller training box (then re-normalised).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cryogan_core.io.images import ParticleImages
+from cryogan_core.metrics.images import circular_mask, least_squares_scale
+from cryogan_core.physics.ctf import CtfParams
+from cryogan_core.physics.projection import forward_model
+from cryogan_core.physics.resample import fourier_crop_images
+
+
+@dataclass(frozen=True)
+class PairSettings:
+    """How particles and targets are prepared (stored with a trained model).
+
+    Attributes:
+        box: the particles' box in pixels.
+        train_box: the box the network sees (``box``, or smaller: Fourier crop).
+        bg_radius_px: RELION normalisation radius at ``box`` (pixels outside are background).
+        mask_radius_px: radius of the circular mask (at ``box``) used for the target
+            scale fit and the scores.
+        ctf_targets: True: targets are CTF-modulated projections (Su et al.); False:
+            CTF-free projections (the network also corrects the CTF).
+        scale_mode: ``"particle"`` (a least-squares slope per particle) or ``"pooled"``
+            (one slope over all particles of the batch set, robust at very low SNR).
+    """
+
+    box: int
+    train_box: int
+    bg_radius_px: float
+    mask_radius_px: float
+    ctf_targets: bool = True
+    scale_mode: str = "particle"
+
+    def to_dict(self) -> dict:
+        """Plain-dict form (for checkpoints loaded with ``weights_only=True``)."""
+        return dict(self.__dict__)
+
+
+def default_bg_radius_px(box: int) -> float:
+    """RELION's default background radius: 75 % of half the box (``relion_preprocess``)."""
+    return 0.375 * box
+
+
+def _background_stats(images: torch.Tensor, radius_px: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and population std of the pixels outside ``radius_px`` (RELION's background)."""
+    bg = ~circular_mask(images.shape[-1], radius_px, device=images.device)
+    values = images[:, bg]
+    return values.mean(dim=1), values.std(dim=1, unbiased=False).clamp_min(1e-12)
+
+
+@dataclass
+class InputTransform:
+    """The per-particle affine map from raw particle units to network-input units.
+
+    ``inputs = T2(T1(raw))`` with ``T1(img) = (img - mean1) / std1`` (RELION normalisation at
+    the particle box) and, when the training box is smaller,
+    ``T2(y) = (crop(y) - mean2) / std2`` (Fourier crop, then normalised again). Applying the
+    same map to reference images keeps targets in exactly the inputs' units.
+
+    Attributes:
+        settings: the pair settings.
+        mean1, std1: ``(n,)`` background statistics at the particle box.
+        mean2, std2: ``(n,)`` background statistics after cropping (0 and 1 without crop).
+    """
+
+    settings: PairSettings
+    mean1: torch.Tensor
+    std1: torch.Tensor
+    mean2: torch.Tensor
+    std2: torch.Tensor
+
+    def crop(self, normalised: torch.Tensor) -> torch.Tensor:
+        """T2: ``(n, box, box)`` images in T1 units -> ``(n, train_box, train_box)`` input units."""
+        if self.settings.train_box == self.settings.box:
+            return normalised
+        y = fourier_crop_images(normalised, self.settings.train_box)
+        return (y - self.mean2[:, None, None]) / self.std2[:, None, None]
+
+    def normalise(self, raw_units: torch.Tensor) -> torch.Tensor:
+        """T1: ``(n, box, box)`` images in raw particle units -> normalised units at the box."""
+        return (raw_units - self.mean1[:, None, None]) / self.std1[:, None, None]
+
+    def __call__(self, raw_units: torch.Tensor) -> torch.Tensor:
+        """T2(T1(x)): raw particle units -> network-input units."""
+        return self.crop(self.normalise(raw_units))
+
+
+def input_transform(raw: torch.Tensor, settings: PairSettings) -> InputTransform:
+    """The normalisation (and crop) that turns these raw particles into network inputs.
+
+    Args:
+        raw: ``(n, box, box)`` float32 raw particles.
+        settings: the pair settings.
+
+    Returns:
+        The :class:`InputTransform`; ``transform(raw)`` are the network inputs.
+    """
+    mean1, std1 = _background_stats(raw, settings.bg_radius_px)
+    n = raw.shape[0]
+    mean2 = torch.zeros(n, device=raw.device)
+    std2 = torch.ones(n, device=raw.device)
+    if settings.train_box != settings.box:
+        y = fourier_crop_images((raw - mean1[:, None, None]) / std1[:, None, None], settings.train_box)
+        mean2, std2 = _background_stats(y, settings.bg_radius_px * settings.train_box / settings.box)
+    return InputTransform(settings, mean1, std1, mean2, std2)
+
+
+def prepare_inputs(images: torch.Tensor, settings: PairSettings) -> torch.Tensor:
+    """Normalise particles as RELION does and Fourier-crop them to the training box.
+
+    Args:
+        images: ``(n, box, box)`` float32 raw particles.
+        settings: the pair settings.
+
+    Returns:
+        ``(n, train_box, train_box)`` float32, background mean 0 and std 1 (at the training box).
+    """
+    return input_transform(images, settings)(images)
+
+
+def make_targets(
+    particles_norm: torch.Tensor,
+    predicted_ctf: torch.Tensor,
+    predicted_target: torch.Tensor,
+    mask: torch.Tensor,
+    scale_mode: str = "particle",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Put reference images in the particles' units by least squares inside the mask.
+
+    ``target = a·predicted_target + b`` where ``a`` is the regression slope of the particle
+    on ``predicted_ctf`` (:func:`least_squares_scale`) and ``b`` matches the masked means.
+
+    Args:
+        particles_norm: ``(n, D, D)`` normalised particles.
+        predicted_ctf: ``(n, D, D)`` CTF-modulated predictions (used for the fit).
+        predicted_target: ``(n, D, D)`` the images to scale (the same, or CTF-free).
+        mask: ``(D, D)`` bool.
+        scale_mode: ``"particle"`` or ``"pooled"`` (one slope for all n).
+
+    Returns:
+        ``(targets (n, D, D), slopes (n,))``.
+
+    Raises:
+        ValueError: for an unknown ``scale_mode``.
+    """
+    a = least_squares_scale(particles_norm, predicted_ctf, mask)
+    if scale_mode == "pooled":
+        m = mask.to(particles_norm.dtype)
+        pc = particles_norm - (particles_norm * m).sum((-2, -1), keepdim=True) / m.sum()
+        rc = predicted_ctf - (predicted_ctf * m).sum((-2, -1), keepdim=True) / m.sum()
+        pooled = (pc * rc * m).sum() / (rc * rc * m).sum().clamp_min(1e-30)
+        a = torch.full_like(a, float(pooled))
+    elif scale_mode != "particle":
+        raise ValueError(f"scale_mode must be 'particle' or 'pooled', got {scale_mode!r}")
+    m = mask.to(particles_norm.dtype)
+    mean_p = (particles_norm * m).sum((-2, -1)) / m.sum()
+    mean_t = (predicted_target * m).sum((-2, -1)) / m.sum()
+    b = mean_p - a * mean_t
+    return a[:, None, None] * predicted_target + b[:, None, None], a
+
+
+def particle_arrays(df: pd.DataFrame, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, CtfParams, torch.Tensor]:
+    """Poses, origins, CTF and pixel sizes of a particle table as tensors.
+
+    Returns:
+        ``angles_deg (n, 3)``, ``origins_A (n, 2)``, :class:`CtfParams`, ``pixel_size_A (n,)``
+        (float32, on ``device``).
+    """
+    angles = torch.tensor(df[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(), dtype=torch.float32, device=device)
+    origins = torch.tensor(df[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(), dtype=torch.float32, device=device)
+    pix = torch.tensor(df["rlnImagePixelSize"].to_numpy(), dtype=torch.float32, device=device)
+    return angles, origins, CtfParams.from_particles(df.reset_index(drop=True), device=device), pix
+
+
+def build_pairs(
+    images: ParticleImages,
+    df: pd.DataFrame,
+    rows: np.ndarray,
+    volume_for_pixel: Callable[[float], torch.Tensor],
+    settings: PairSettings,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    should_stop: Callable[[], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Read particles and compute their training targets and reference images.
+
+    Args:
+        images: lazy particle images.
+        df: the full particle table (positional rows index it).
+        rows: ``(n,)`` positional indices of the particles to prepare.
+        volume_for_pixel: pixel size (Å) -> map ``(box, box, box)`` at that pixel size.
+        settings: the pair settings.
+        batch_size: particles per batch.
+        device: torch device for the projections.
+        should_stop: called between batches (raises to abort).
+
+    Returns:
+        Dict of CPU float32 tensors: ``inputs`` and ``targets`` ``(n, train_box, train_box)``,
+        ``reference_ctf`` (the scaled CTF'd prediction, what the particle should look like
+        without noise, at ``train_box``) and ``slope (n,)``.
+    """
+    n = len(rows)
+    tb = settings.train_box
+    out = {k: torch.empty((n, tb, tb), dtype=torch.float32) for k in ("inputs", "targets", "reference_ctf")}
+    out["slope"] = torch.empty(n, dtype=torch.float32)
+    mask = circular_mask(settings.box, settings.mask_radius_px, device=device)
+    for start in range(0, n, batch_size):
+        if should_stop is not None:
+            should_stop()
+        idx = rows[start : start + batch_size]
+        sub = df.iloc[idx]
+        raw = torch.from_numpy(images.read(idx)).to(device)
+        angles, origins, ctf, pix = particle_arrays(sub, device)
+        pred_ctf = torch.empty_like(raw)
+        pred_free = torch.empty_like(raw) if not settings.ctf_targets else None
+        for p in torch.unique(pix):
+            sel = torch.nonzero(pix == p).squeeze(1)
+            vol = volume_for_pixel(float(p))
+            with torch.no_grad():
+                pred_ctf[sel] = forward_model(vol, angles[sel], origins[sel], float(p), ctf=ctf[sel])
+                if pred_free is not None:
+                    pred_free[sel] = forward_model(vol, angles[sel], origins[sel], float(p), ctf=None)
+        transform = input_transform(raw, settings)
+        x_full = transform.normalise(raw)
+        ref_ctf, slope = make_targets(x_full, pred_ctf, pred_ctf, mask, settings.scale_mode)
+        target = ref_ctf if pred_free is None else make_targets(x_full, pred_ctf, pred_free, mask, settings.scale_mode)[0]
+        stop = start + len(idx)
+        out["inputs"][start:stop] = transform.crop(x_full).cpu()
+        out["targets"][start:stop] = transform.crop(target).cpu()
+        out["reference_ctf"][start:stop] = transform.crop(ref_ctf).cpu()
+        out["slope"][start:stop] = slope.cpu()
+    return out

@@ -1,0 +1,236 @@
+"""The pix2pix training loop of the cGAN denoiser (Isola et al. 2017; Su et al. 2018).
+
+The generator G maps a noisy particle x to its clean reference image y (the CTF-modulated
+projection of the map at the particle's pose). Losses, as pix2pix (Isola et al. 2017,
+eq. 4): ``L_G = BCE(D(x, G(x)), 1) + lambda_L1 * |G(x) - y|_1`` and
+``L_D = 0.5 * [BCE(D(x, y), 1) + BCE(D(x, G(x)), 0)]``, with the PatchGAN D giving a grid of
+logits; Adam (lr 2e-4, beta1 0.5, beta2 0.999), lambda_L1 = 100.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cryogan_core.models.patchgan import PatchGANDiscriminator
+from cryogan_core.models.unet import UNetGenerator
+
+
+@dataclass
+class Pix2PixConfig:
+    """Hyper-parameters of the denoiser training (defaults: pix2pix's, Isola et al. 2017).
+
+    Attributes:
+        l1_weight: weight of the L1 term (lambda_L1; pix2pix 100).
+        gan_weight: weight of the adversarial term (1; 0 trains a plain L1 U-Net).
+        lr: Adam learning rate of both networks (2e-4).
+        beta1: Adam beta1 (0.5).
+        beta2: Adam beta2 (0.999).
+        batch_size: particles per step.
+        n_steps: total optimisation steps.
+        lr_decay_start: fraction of n_steps after which the lr decays linearly to 0 (pix2pix).
+        seed: seed of initialisation and batch order.
+        generator: keyword arguments of :class:`UNetGenerator`.
+        discriminator: keyword arguments of :class:`PatchGANDiscriminator`.
+    """
+
+    l1_weight: float = 100.0
+    gan_weight: float = 1.0
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    batch_size: int = 32
+    n_steps: int = 3000
+    lr_decay_start: float = 0.5
+    seed: int = 0
+    generator: dict = field(default_factory=dict)
+    discriminator: dict = field(default_factory=dict)
+
+
+class Pix2PixTrainer:
+    """Holds the two networks, their optimisers and the step counter; one call = one step.
+
+    Args:
+        config: the hyper-parameters.
+        device: torch device of the networks and of the batches passed to :meth:`step`.
+
+    Attributes:
+        generator: the :class:`UNetGenerator`.
+        discriminator: the :class:`PatchGANDiscriminator`.
+        step_count: number of steps taken (restored from checkpoints).
+        history: list of per-step loss dicts (``step``, ``loss_g_gan``, ``loss_g_l1``, ``loss_d``).
+    """
+
+    def __init__(self, config: Pix2PixConfig, device: torch.device | str = "cpu") -> None:
+        self.config = config
+        self.device = torch.device(device)
+        torch.manual_seed(config.seed)
+        self.generator = UNetGenerator(**config.generator).to(self.device)
+        self.discriminator = PatchGANDiscriminator(**config.discriminator).to(self.device)
+        betas = (config.beta1, config.beta2)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr, betas=betas)
+        self.step_count = 0
+        self.history: list[dict[str, float]] = []
+
+    def learning_rate(self, step: int) -> float:
+        """pix2pix's schedule: constant, then linear decay to 0 over the last part of training."""
+        start = int(self.config.lr_decay_start * self.config.n_steps)
+        if step < start:
+            return self.config.lr
+        return self.config.lr * max(0.0, 1.0 - (step - start) / max(1, self.config.n_steps - start))
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """One optimisation step of D then G on a batch.
+
+        Args:
+            x: ``(n, 1, H, W)`` float32 noisy particles (normalised).
+            y: ``(n, 1, H, W)`` float32 reference images (same units as x).
+
+        Returns:
+            The losses of this step (floats).
+        """
+        lr = self.learning_rate(self.step_count)
+        for opt in (self.opt_g, self.opt_d):
+            for group in opt.param_groups:
+                group["lr"] = lr
+        self.generator.train()
+        self.discriminator.train()
+        fake = self.generator(x)
+        loss_d = torch.zeros((), device=x.device)
+        if self.config.gan_weight > 0:
+            self.opt_d.zero_grad(set_to_none=True)
+            logits_real = self.discriminator(x, y)
+            logits_fake = self.discriminator(x, fake.detach())
+            loss_d = 0.5 * (
+                F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real))
+                + F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake))
+            )
+            loss_d.backward()
+            self.opt_d.step()
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_l1 = F.l1_loss(fake, y)
+        loss_gan = torch.zeros((), device=x.device)
+        if self.config.gan_weight > 0:
+            logits = self.discriminator(x, fake)
+            loss_gan = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+        (self.config.gan_weight * loss_gan + self.config.l1_weight * loss_l1).backward()
+        self.opt_g.step()
+        self.step_count += 1
+        record = {
+            "step": float(self.step_count),
+            "lr": lr,
+            "loss_g_gan": float(loss_gan.detach()),
+            "loss_g_l1": float(loss_l1.detach()),
+            "loss_d": float(loss_d.detach()),
+        }
+        self.history.append(record)
+        return record
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume: networks, optimisers, step, history, config."""
+        return {
+            "generator": self.generator.state_dict(),
+            "discriminator": self.discriminator.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "step_count": self.step_count,
+            "history": self.history,
+            "config": asdict(self.config),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from :meth:`state_dict` (the config must build the same networks)."""
+        self.generator.load_state_dict(state["generator"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.step_count = int(state["step_count"])
+        self.history = list(state["history"])
+
+
+def train_pix2pix(
+    trainer: Pix2PixTrainer,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    n_steps: int,
+    on_step: Callable[[dict[str, float]], None] | None = None,
+    checkpoint: Callable[[], None] | None = None,
+    checkpoint_every: int = 200,
+    should_stop: Callable[[], None] | None = None,
+) -> None:
+    """Train until ``trainer.step_count == n_steps``, drawing random batches.
+
+    Batches are drawn with a generator seeded by ``(config.seed, step)``, so a resumed run
+    draws the same batches as an uninterrupted one. Each batch gets a random one of the 8
+    symmetries of the square (flips and 90° rotations) applied to both images: the map's
+    projections at other poses are as valid, and it avoids learning a fixed orientation.
+
+    Args:
+        trainer: the networks and optimisers (its step counter says where to start).
+        inputs: ``(n, H, W)`` float32 noisy particles (CPU or device).
+        targets: ``(n, H, W)`` float32 reference images.
+        n_steps: the step count to reach.
+        on_step: called with each step's losses (progress logging).
+        checkpoint: called every ``checkpoint_every`` steps and at the end.
+        checkpoint_every: steps between checkpoints.
+        should_stop: called before each step; raises to stop (e.g. RELION's abort file).
+    """
+    n = inputs.shape[0]
+    bs = min(trainer.config.batch_size, n)
+    device = trainer.device
+    while trainer.step_count < n_steps:
+        if should_stop is not None:
+            should_stop()
+        g = torch.Generator().manual_seed(trainer.config.seed * 1_000_003 + trainer.step_count)
+        idx = torch.randint(0, n, (bs,), generator=g)
+        k = int(torch.randint(0, 4, (1,), generator=g))
+        flip = bool(torch.randint(0, 2, (1,), generator=g))
+        x = inputs[idx].to(device).unsqueeze(1)
+        y = targets[idx].to(device).unsqueeze(1)
+        x = torch.rot90(x, k, dims=(-2, -1))
+        y = torch.rot90(y, k, dims=(-2, -1))
+        if flip:
+            x, y = x.flip(-1), y.flip(-1)
+        record = trainer.step(x, y)
+        if on_step is not None:
+            on_step(record)
+        if checkpoint is not None and (trainer.step_count % checkpoint_every == 0 or trainer.step_count == n_steps):
+            checkpoint()
+
+
+def denoise_images(generator: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Apply a trained generator to particle images.
+
+    Args:
+        generator: the trained U-Net (switched to eval mode here).
+        images: ``(n, H, W)`` float32 normalised particles (any device; batches are moved
+            to the generator's device).
+        batch_size: particles per forward pass.
+
+    Returns:
+        ``(n, H, W)`` float32 denoised images on the CPU.
+    """
+    generator.eval()
+    device = next(generator.parameters()).device
+    out = torch.empty(images.shape, dtype=torch.float32)
+    with torch.inference_mode():
+        for start in range(0, images.shape[0], batch_size):
+            batch = images[start : start + batch_size].to(device).unsqueeze(1)
+            out[start : start + batch.shape[0]] = generator(batch)[:, 0].float().cpu()
+    return out
+
+
+def eta_seconds(steps_done: int, steps_total: int, elapsed_s: float) -> float:
+    """Estimated time left from the mean step time so far (inf before the first step)."""
+    if steps_done <= 0:
+        return math.inf
+    return elapsed_s / steps_done * max(0, steps_total - steps_done)
+
+
+__all__ = ["Pix2PixConfig", "Pix2PixTrainer", "train_pix2pix", "denoise_images", "eta_seconds"]

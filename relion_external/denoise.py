@@ -1,0 +1,69 @@
+"""``cryogan-denoise``: the cGAN denoiser as a RELION External job.
+
+RELION runs, from the project directory::
+
+    cryogan-denoise --o External/job012/ --in_parts Refine3D/job025/run_data.star \\
+        --in_3dref Refine3D/job025/run_class001.mrc [--in_mask MaskCreate/job020/mask.mrc] \\
+        [--<param> <value> | --<flag>]... --j 8 [--pipeline_control External/job012/]
+
+Params (the GUI's Params tab) are the options of ``cryogan denoise`` with underscores
+(``--train_box 48``, ``--n_steps 3000``, ``--ctf_free``; see
+``cryogan_core.commands.denoise_params``). Running the same command again on the same
+``--o`` (RELION's "Continue!") resumes from the last checkpoint and keeps finished stacks.
+Output nodes: ``particles.star`` (particles) and ``logfile.pdf`` (PDF log).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from cryogan_core.commands.denoise import DenoiseInputs, run_denoise
+from cryogan_core.commands.denoise_params import DENOISE_PARAMS
+from cryogan_core.errors import InputError
+from relion_external._job import Node, RelionArgs, RelionJob, configure_logging, parse_relion_args_or_exit
+
+
+def options_from_params(args: RelionArgs) -> dict[str, Any]:
+    """Translate RELION params into denoiser options (typed), rejecting unknown ones.
+
+    Raises:
+        InputError: for an unknown param or a value of the wrong type.
+    """
+    args.reject_unknown_params([p.name for p in DENOISE_PARAMS])
+    getters = {int: args.param_int, float: args.param_float, bool: args.param_bool}
+    options: dict[str, Any] = {}
+    for p in DENOISE_PARAMS:
+        if p.type is str:
+            value = args.param_str(p.name, p.default)
+            options[p.name] = p.default if value is None else value
+        else:
+            options[p.name] = getters[p.type](p.name, p.default)
+    return options
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``cryogan-denoise`` console script (RELION External job)."""
+    args = parse_relion_args_or_exit(list(sys.argv[1:] if argv is None else argv))
+    configure_logging()
+    with RelionJob(args.o, project_dir=Path.cwd(), name="cryogan-denoise") as job:
+        torch.set_num_threads(max(1, args.j))
+        options = options_from_params(args)
+        if not args.in_parts:
+            raise InputError("no input particles: fill 'Input particles' (--in_parts) with a refined particles STAR")
+        inputs = DenoiseInputs(
+            star_path=Path(args.in_parts),
+            output_dir=job.job_dir,
+            map_path=Path(args.in_3dref) if args.in_3dref else None,
+            mask_path=Path(args.in_mask) if args.in_mask else None,
+            project_dir=job.project_dir,
+        )
+        run_denoise(inputs, options, should_stop=job.check_abort, resume=True)
+        job.set_output_nodes([Node(job.node_name("particles.star"), "particles"), Node(job.node_name("logfile.pdf"), "logfile")])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

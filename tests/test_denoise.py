@@ -1,0 +1,163 @@
+"""The denoiser's science: training pairs, gold-standard training, reuse of a model, outputs, bias metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+import torch
+
+from cryogan_core.commands.denoise import DenoiseInputs, run_denoise
+from cryogan_core.commands.simulate import run_simulate
+from cryogan_core.errors import InputError
+from cryogan_core.io.mrc import open_stack
+from cryogan_core.io.star import read_particles
+from cryogan_core.metrics.bias import add_extra_domain, max_cc_with_library, recovery_fraction
+from cryogan_core.metrics.images import circular_mask, masked_pearson
+from cryogan_core.physics.phantom import procedural_volume
+from cryogan_core.train.pairs import PairSettings, input_transform, make_targets, prepare_inputs
+
+SMALL = {"base_channels": 8, "depth": 2, "batch_size": 8, "n_report": 60, "stack_size": 100}
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("den")
+    run_simulate(root / "sim", n=240, snr_db=-10.0, shift_px=1.0, seed=7, box=32, pixel_size_A=7.0, project_dir=root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(sim: Path) -> tuple[Path, dict]:
+    out = sim / "run1"
+    summary = run_denoise(DenoiseInputs(sim / "sim/particles.star", out, sim / "sim/ground_truth_map.mrc", project_dir=sim), {**SMALL, "n_steps": 300})
+    return out, summary
+
+
+def test_make_targets_recovers_a_known_scale_and_offset() -> None:
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(20, 24, 24, generator=g)
+    particles = 3.0 * ref + 0.5 + 0.01 * torch.randn(20, 24, 24, generator=g)
+    mask = circular_mask(24, 10)
+    targets, slope = make_targets(particles, ref, ref, mask)
+    assert torch.allclose(slope, torch.full((20,), 3.0), atol=0.01)
+    assert (targets - particles)[:, mask].abs().max() < 0.1
+    pooled, s2 = make_targets(particles, ref, ref, mask, scale_mode="pooled")
+    assert torch.allclose(s2, torch.full((20,), 3.0), atol=0.01)
+    with pytest.raises(ValueError):
+        make_targets(particles, ref, ref, mask, scale_mode="bogus")
+
+
+@pytest.mark.parametrize("box, train_box", [(32, 32), (33, 33), (32, 24), (33, 20)])
+def test_inputs_are_relion_normalised_and_targets_share_their_units(box: int, train_box: int) -> None:
+    g = torch.Generator().manual_seed(1)
+    raw = 5.0 + 2.0 * torch.randn(6, box, box, generator=g)
+    s = PairSettings(box, train_box, 0.375 * box, 0.45 * box)
+    x = prepare_inputs(raw, s)
+    assert x.shape == (6, train_box, train_box)
+    bg = ~circular_mask(train_box, 0.375 * train_box)
+    assert torch.allclose(x[:, bg].mean(1), torch.zeros(6), atol=1e-4)
+    assert torch.allclose(x[:, bg].std(1, unbiased=False), torch.ones(6), atol=1e-4)
+    t = input_transform(raw, s)
+    # the same affine map applied to the particle itself gives the inputs exactly
+    assert torch.allclose(t(raw), x, atol=1e-5)
+    assert torch.allclose(t.crop(t.normalise(raw)), x, atol=1e-5)
+
+
+def test_gold_standard_training_improves_unseen_particles(trained: tuple[Path, dict]) -> None:
+    out, s = trained
+    assert s["n_train_particles"] == 120 and s["n_heldout_particles"] == 60  # half 1 trains, half 2 is unseen
+    assert s["train_steps"] == 300
+    assert s["heldout_cc_denoised"] > s["heldout_cc_raw"] + 0.1
+    for key in ("n_particles_written", "heldout_cc_raw", "heldout_cc_denoised", "heldout_fsc_40_10A_denoised",
+                "heldout_fsc_40_10A_raw", "bias_noise_max_cc_with_references", "bias_extra_domain_recovery_r"):
+        assert key in s, key
+    written = json.loads((out / "summary.json").read_text())
+    assert written["n_particles_written"] == 240
+    for name in ("particles.star", "model.pt", "logfile.pdf", "loss_curves.png", "montage_heldout.png", "fsc_heldout.png", "agreement_histogram.png"):
+        assert (out / name).is_file(), name
+
+
+def test_per_particle_scores_separate_right_from_wrong_poses(trained: tuple[Path, dict]) -> None:
+    out, _ = trained
+    df = read_particles(out / "particles.star", require_poses=True).particles
+    assert (df["rlnCryoganCCDenoised"] > df["rlnCryoganCCRaw"]).mean() > 0.9
+
+
+def test_a_trained_model_denoises_another_run_identically(trained: tuple[Path, dict], sim: Path) -> None:
+    out, _ = trained
+    out2 = sim / "run2"
+    s2 = run_denoise(DenoiseInputs(sim / "sim/particles.star", out2, None, project_dir=sim), {"model": str(out / "model.pt"), "no_scores": True, "stack_size": 100})
+    assert "train_steps" not in s2 and s2["n_particles_written"] == 240
+    a = np.asarray(open_stack(out / "Denoised/particles_000001.mrcs"))
+    b = np.asarray(open_stack(out2 / "Denoised/particles_000001.mrcs"))
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    df = read_particles(out2 / "particles.star", require_ctf=True).particles
+    assert "rlnCryoganCCRaw" not in df
+
+
+def test_model_of_another_box_is_refused(trained: tuple[Path, dict], tmp_path: Path) -> None:
+    out, _ = trained
+    run_simulate(tmp_path / "other", n=10, snr_db=0.0, seed=1, box=24, pixel_size_A=7.0, project_dir=tmp_path)
+    with pytest.raises(InputError, match="trained on box 32"):
+        run_denoise(DenoiseInputs(tmp_path / "other/particles.star", tmp_path / "o", None, project_dir=tmp_path),
+                    {"model": str(out / "model.pt"), "no_scores": True, "stack_size": 100})
+
+
+def test_train_box_float16_and_ctf_free_outputs(sim: Path) -> None:
+    out = sim / "run3"
+    s = run_denoise(DenoiseInputs(sim / "sim/particles.star", out, sim / "sim/ground_truth_map.mrc", project_dir=sim),
+                    {**SMALL, "n_steps": 3, "train_box": 24, "float16": True, "ctf_free": True, "no_bias_controls": True})
+    assert s["pixel_size_output_A"] == pytest.approx(7.0 * 32 / 24)
+    with mrcfile.open(out / "Denoised/particles_000001.mrcs", permissive=True) as m:
+        assert m.header.mode == 12 and m.data.shape == (100, 24, 24)
+        assert float(m.voxel_size.x) == pytest.approx(7.0 * 32 / 24, rel=1e-4)
+    star = read_particles(out / "particles.star")
+    assert np.allclose(star.particles["rlnImagePixelSize"], 7.0 * 32 / 24)
+    assert (star.particles["rlnImageSize"] == 24).all()
+    assert not s["ctf_targets"]
+
+
+def test_bad_inputs_are_one_line_errors(sim: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="reference map"):
+        run_denoise(DenoiseInputs(sim / "sim/particles.star", tmp_path / "a", None, project_dir=sim), {})
+    with pytest.raises(InputError, match="train_box 8"):
+        run_denoise(DenoiseInputs(sim / "sim/particles.star", tmp_path / "b", sim / "sim/ground_truth_map.mrc", project_dir=sim), {"train_box": 8})
+    with pytest.raises(InputError, match="unknown denoise option"):
+        run_denoise(DenoiseInputs(sim / "sim/particles.star", tmp_path / "c", sim / "sim/ground_truth_map.mrc", project_dir=sim), {"n_stepz": 3})
+
+
+def test_recovery_fraction_is_one_for_truth_zero_for_reference_and_linear_between() -> None:
+    g = torch.Generator().manual_seed(2)
+    pa = torch.randn(5, 16, 16, generator=g)
+    pb = pa + 0.3 * torch.randn(5, 16, 16, generator=g)
+    m = circular_mask(16, 7)
+    assert recovery_fraction(pb, pa, pb, m) == pytest.approx(1.0)
+    assert recovery_fraction(pa, pa, pb, m) == pytest.approx(0.0, abs=1e-6)
+    assert recovery_fraction(0.5 * (pa + pb), pa, pb, m) == pytest.approx(0.5, abs=1e-5)
+    with pytest.raises(ValueError):
+        recovery_fraction(pa, pa, pa, m)
+
+
+def test_extra_domain_has_the_requested_mass_outside_the_reference() -> None:
+    a = torch.from_numpy(procedural_volume(32))
+    b = add_extra_domain(a, mass_fraction=0.06, seed=3)
+    extra = b - a
+    assert float(extra.sum() / a.clamp_min(0).sum()) == pytest.approx(0.06, rel=1e-3)
+    empty = a < 0.1 * a.max()
+    assert float(extra[empty].sum() / extra.sum()) > 0.6  # mostly where A has no density
+    assert not torch.equal(add_extra_domain(a, seed=4), b)  # the seed moves it
+
+
+def test_max_cc_with_library_matches_pairwise_pearson() -> None:
+    g = torch.Generator().manual_seed(4)
+    out = torch.randn(6, 16, 16, generator=g)
+    lib = torch.randn(9, 16, 16, generator=g)
+    lib[4] = 2 * out[1] - 1
+    m = circular_mask(16, 6)
+    ref = torch.stack([max(masked_pearson(out[i:i + 1], lib[j:j + 1], m)[0] for j in range(9)) for i in range(6)])
+    assert torch.allclose(max_cc_with_library(out, lib, m), ref, atol=1e-5)
+    assert max_cc_with_library(out, lib, m)[1] == pytest.approx(1.0, abs=1e-5)
