@@ -314,6 +314,19 @@ def _train_and_report(
     return generator, trainer.history, report
 
 
+def _model_fingerprint(generator: UNetGenerator, settings: PairSettings, dtype: type) -> str:
+    """SHA-1 of the network weights, the pair settings and the output dtype."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for key, value in sorted(generator.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    h.update(repr(sorted(settings.to_dict().items())).encode())
+    h.update(np.dtype(dtype).name.encode())
+    return h.hexdigest()
+
+
 def _config_dict(config: Pix2PixConfig) -> dict:
     """The config as stored in checkpoints."""
     from dataclasses import asdict
@@ -396,6 +409,15 @@ def _denoise_all(
     dtype = np.float16 if opts["float16"] else np.float32
     den_dir = out_dir / "Denoised"
     den_dir.mkdir(exist_ok=True)
+    # finished stacks are kept on "Continue!" only if the same network made them
+    fingerprint = _model_fingerprint(generator, settings, dtype)
+    marker = den_dir / ".model_fingerprint"
+    if resume and (not marker.is_file() or marker.read_text() != fingerprint):
+        if any(den_dir.glob("particles_*.mrcs")):
+            logger.info("Denoised stacks of an earlier run were made by another network: denoising all particles again")
+        resume = False
+    with atomic_path(marker) as tmp:
+        Path(tmp).write_text(fingerprint)
     score = volume_for_pixel is not None
     cc_raw = np.full(n, np.nan, dtype=np.float32)
     cc_den = np.full(n, np.nan, dtype=np.float32)
