@@ -177,8 +177,10 @@ def denoise(star_path, map_path, mask_path, output_dir, demo, project_dir, threa
 def _register_commands() -> None:
     """Add the sub-commands that live in their own modules (one module per command)."""
     from cryogan_core.commands.export_cryosparc import cli_command as export_cryosparc
+    from cryogan_core.commands.reconstruct import cli_command as reconstruct
 
     main.add_command(export_cryosparc)
+    main.add_command(reconstruct)
 
 
 _register_commands()

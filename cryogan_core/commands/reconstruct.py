@@ -1,0 +1,777 @@
+"""``cryogan reconstruct``: CryoGAN reconstruction without pose estimation (gold standard).
+
+Gupta, McCann, Donati & Unser, "CryoGAN", IEEE TCI 2021. The two half sets
+(``rlnRandomSubset``, a seeded random split when absent) are reconstructed independently
+from the same starting volume by :mod:`cryogan_core.train.wgan`: a voxel volume whose
+simulated particles (random poses from the prior, the CTF of a random real particle of the
+same half, shifts from the prior, noise from the real background) a WGAN-GP critic learns
+to tell from the real ones. Poses in the input are ignored unless ``pose_prior = star``.
+
+Maps reconstructed without poses have an arbitrary orientation and hand, so half 2 is
+aligned to half 1 (rotation over both hands, then translation, :func:`align_maps`) before
+the half-map FSC and the average; with a reference, all maps are then aligned to it and
+written in its frame (the reference is never used in training).
+
+Outputs in ``output_dir`` (names as RELION's Refine3D): ``run_half1_class001_unfil.mrc``,
+``run_half2_class001_unfil.mrc``, ``run_class001.mrc`` (their average; all at the
+particles' pixel size and box, Fourier-padded from the training box), ``fsc.star`` and
+``fsc.png`` (half-map FSC), ``fsc_vs_reference.star/.png`` (with a reference),
+``snapshots/`` (central slices and real-versus-simulated particles during training),
+``logfile.pdf`` (every plot), ``summary.json`` and ``checkpoint.pt`` (resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from loguru import logger  # noqa: E402
+
+from cryogan_core.commands._common import map_for_particles, select_device, set_threads  # noqa: E402
+from cryogan_core.commands.backproject import half_set_labels  # noqa: E402
+from cryogan_core.errors import InputError  # noqa: E402
+from cryogan_core.io.atomic import atomic_path  # noqa: E402
+from cryogan_core.io.images import ParticleImages  # noqa: E402
+from cryogan_core.io.mrc import write_map  # noqa: E402
+from cryogan_core.io.star import read_particles  # noqa: E402
+from cryogan_core.io.summary import write_summary  # noqa: E402
+from cryogan_core.metrics.align import align_maps, apply_alignment  # noqa: E402
+from cryogan_core.metrics.fsc import fsc, resolution_at, write_fsc_star  # noqa: E402
+from cryogan_core.metrics.images import normalize_background  # noqa: E402
+from cryogan_core.models.volume import VoxelVolume, symmetry_matrices  # noqa: E402
+from cryogan_core.physics.ctf import CtfParams  # noqa: E402
+from cryogan_core.physics.noise import (  # noqa: E402
+    BackgroundNoise,
+    micrograph_noise_patches,
+    noise_from_micrograph_windows,
+)
+from cryogan_core.physics.resample import fourier_crop_images, fourier_crop_or_pad_map  # noqa: E402
+from cryogan_core.report.plots import curves_figure, fsc_figure, montage_figure, save_figure, write_pdf  # noqa: E402
+from cryogan_core.train.wgan import (  # noqa: E402
+    SHIFT_PRIORS,
+    CryoGanTrainer,
+    ScaledVolume,
+    SimulationPriors,
+    WganConfig,
+    clean_signal_variance,
+    estimate_signal_variance,
+    gaussian_ball,
+    simulate_batch,
+    soft_sphere_mask,
+    train_cryogan,
+)
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+POSE_PRIORS = ("uniform", "star")
+NOISE_SOURCES = ("auto", "patches", "white", "micrographs")
+MIN_BOX = 16
+
+
+@dataclass
+class ReconstructOptions:
+    """Every setting of the reconstruction; each is a ``--name value`` option of the CLI and a
+    RELION Params-tab label of the job (see :data:`OPTION_HELP`).
+
+    Units are in the names (px = pixels of the input particles unless said otherwise).
+    """
+
+    box_train: int = 0
+    particle_diameter_A: float = 0.0
+    symmetry: str = "C1"
+    positivity: bool = True
+    max_minutes: float = 60.0
+    n_epochs: float = 200.0
+    lr: float = 5e-3
+    lr_critic: float = 0.0
+    lr_gamma: float = 0.99
+    n_critic: int = 4
+    gp_lambda: float = 1.0
+    beta1: float = 0.5
+    beta2: float = 0.9
+    batch_size: int = 8
+    blur_sigma_px: float = 2.0
+    blur_end: float = 0.8
+    pose_prior: str = "uniform"
+    shift_prior: str = "uniform"
+    shift_px: float = 2.0
+    noise: str = "auto"
+    pad_factor: float = 1.5
+    eval_minutes: float = 5.0
+    log_seconds: float = 30.0
+    max_particles: int = 0
+    seed: int = 0
+    device: str = "auto"
+
+
+OPTION_HELP: dict[str, str] = {
+    "box_train": "Training box (px): particles and volume are Fourier-cropped to it for speed (0 = the particles' box). Final maps are written at the particles' box.",
+    "particle_diameter_A": "Particle diameter (Å): background radius for normalisation and noise patches, and the spherical volume mask (0 = 0.8 × box × pixel size).",
+    "symmetry": "Point group imposed on the volume (C1, Cn, Dn, T, O, I).",
+    "positivity": "Constrain the density to be >= 0 (yes/no).",
+    "max_minutes": "Training-time budget in minutes, earlier runs of a continued job included (0 = no limit).",
+    "n_epochs": "Epochs (each real particle seen once by the critic per epoch); training ends at n_epochs or max_minutes.",
+    "lr": "Adam learning rate of the volume (and of the critic unless lr_critic is set).",
+    "lr_critic": "Adam learning rate of the critic (0 = lr).",
+    "lr_gamma": "Learning-rate decay per epoch (lr · gamma^epoch).",
+    "n_critic": "Critic updates per volume update.",
+    "gp_lambda": "Weight of the WGAN-GP gradient penalty.",
+    "beta1": "Adam beta1.",
+    "beta2": "Adam beta2.",
+    "batch_size": "Particles per critic / volume step.",
+    "blur_sigma_px": "Gaussian blur sigma (training px) of the critic inputs at the start; it shrinks to 0.",
+    "blur_end": "Fraction of the run at which the blur reaches 0.",
+    "pose_prior": "Pose prior: uniform (SO(3)) or star (the input's rlnAngleRot/Tilt/Psi distribution).",
+    "shift_prior": "Shift prior: uniform (±shift_px), gaussian (sigma shift_px), star (the input's origins) or none.",
+    "shift_px": "Half-width (uniform) or sigma (gaussian) of the shift prior, in pixels of the input particles.",
+    "noise": "Noise source: auto (micrographs with --in_mics, else background patches), patches, white or micrographs.",
+    "pad_factor": "Padding of the Fourier-slice projector during training (1 = fastest, 2 = RELION's).",
+    "eval_minutes": "Minutes between half-map FSC evaluations and snapshots during training (0 = only at the end).",
+    "log_seconds": "Seconds between progress lines.",
+    "max_particles": "Use at most this many particles (random subset; 0 = all).",
+    "seed": "Random seed (half sets when absent, initialisation, every random draw).",
+    "device": "torch device: auto (CUDA if present), cpu, cuda, cuda:1 ...",
+}
+
+
+def options_from_mapping(values: dict[str, Any]) -> ReconstructOptions:
+    """Build options from ``name -> value`` (strings allowed), checking each value.
+
+    Args:
+        values: option names (as in :class:`ReconstructOptions`) to values; strings are
+            converted (bools from yes/no, true/false, 1/0).
+
+    Returns:
+        The :class:`ReconstructOptions` (defaults for names not given).
+
+    Raises:
+        InputError: unknown name, a value of the wrong type, or a value out of range.
+    """
+    known = {f.name: f for f in fields(ReconstructOptions)}
+    kwargs: dict[str, Any] = {}
+    for name, value in values.items():
+        if name not in known:
+            raise InputError(f"unknown option --{name} (known: {', '.join('--' + k for k in known)})")
+        kwargs[name] = _convert(name, value, type(getattr(ReconstructOptions(), name)))
+    opts = ReconstructOptions(**kwargs)
+    validate_options(opts)
+    return opts
+
+
+def _convert(name: str, value: Any, kind: type) -> Any:
+    """Convert one option value to ``kind``; InputError naming the option otherwise."""
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    text = str(value).strip()
+    try:
+        if kind is bool:
+            low = text.lower()
+            if low in ("1", "true", "yes", "y", "on"):
+                return True
+            if low in ("0", "false", "no", "n", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+    except ValueError:
+        what = {bool: "yes or no", int: "an integer", float: "a number"}[kind]
+        raise InputError(f"--{name} {text}: expected {what}") from None
+    return text
+
+
+def validate_options(opts: ReconstructOptions) -> None:
+    """Check option values that do not depend on the data.
+
+    Raises:
+        InputError: naming the first bad option and value.
+    """
+    def bad(name: str, why: str) -> InputError:
+        return InputError(f"--{name} {getattr(opts, name)}: {why}")
+
+    positive = ("lr", "batch_size", "n_critic", "pad_factor", "log_seconds", "n_epochs")
+    for name in positive:
+        if not getattr(opts, name) > 0:
+            raise bad(name, "must be > 0")
+    nonneg = ("box_train", "particle_diameter_A", "max_minutes", "lr_critic", "gp_lambda", "blur_sigma_px",
+              "shift_px", "eval_minutes", "max_particles", "blur_end")
+    for name in nonneg:
+        if getattr(opts, name) < 0:
+            raise bad(name, "must be >= 0")
+    if not 0 < opts.lr_gamma <= 1:
+        raise bad("lr_gamma", "must be in (0, 1]")
+    for name in ("beta1", "beta2"):
+        if not 0 <= getattr(opts, name) < 1:
+            raise bad(name, "must be in [0, 1)")
+    if opts.pad_factor < 1:
+        raise bad("pad_factor", "must be >= 1")
+    if 0 < opts.box_train < MIN_BOX:
+        raise bad("box_train", f"must be >= {MIN_BOX} px (the critic pools 4 times)")
+    if opts.pose_prior not in POSE_PRIORS:
+        raise bad("pose_prior", f"must be one of {', '.join(POSE_PRIORS)}")
+    if opts.shift_prior not in SHIFT_PRIORS:
+        raise bad("shift_prior", f"must be one of {', '.join(SHIFT_PRIORS)}")
+    if opts.noise not in NOISE_SOURCES:
+        raise bad("noise", f"must be one of {', '.join(NOISE_SOURCES)}")
+    try:
+        symmetry_matrices(opts.symmetry)
+    except ValueError as exc:
+        raise InputError(f"--symmetry {opts.symmetry}: {exc}") from None
+    try:
+        select_device(opts.device)
+    except InputError:
+        raise
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class HalfData:
+    """The inputs of one half set at the training sampling.
+
+    Attributes:
+        label: 1 or 2.
+        rows: ``(n,)`` rows of the particle table in this half.
+        images: ``(n, d, d)`` float32 normalised particles (CPU).
+        priors: the simulation priors of this half.
+        signal_variance: estimated signal variance inside the particle radius.
+    """
+
+    label: int
+    rows: np.ndarray
+    images: torch.Tensor
+    priors: SimulationPriors
+    signal_variance: float
+
+
+def _format_duration(seconds: float) -> str:
+    """``1h02m03s`` / ``4m05s`` / ``12s``."""
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(round(max(0.0, seconds)))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def _load_images(images: ParticleImages, rows: np.ndarray, box_out: int, radius_px: float) -> torch.Tensor:
+    """Read ``rows``, Fourier-crop to ``box_out`` and normalise the background; CPU float32."""
+    out = torch.empty((len(rows), box_out, box_out), dtype=torch.float32)
+    for start in range(0, len(rows), 512):
+        chunk = rows[start : start + 512]
+        imgs = torch.from_numpy(images.read(chunk))
+        if imgs.shape[-1] != box_out:
+            imgs = fourier_crop_images(imgs, box_out)
+        out[start : start + len(chunk)] = normalize_background(imgs, radius_px)
+    return out
+
+
+def _check_star(star_path: Path, df, opts: ReconstructOptions) -> float:
+    """Return the single pixel size; InputError for several sizes or CTF-premultiplied data."""
+    sizes = np.unique(df["rlnImagePixelSize"].to_numpy())
+    if len(sizes) != 1:
+        raise InputError(
+            f"{star_path}: particles have several pixel sizes ({', '.join(f'{s:g}' for s in sizes)} Å); "
+            "reconstruct needs one"
+        )
+    if "rlnCtfDataAreCtfPremultiplied" in df and (df["rlnCtfDataAreCtfPremultiplied"].to_numpy() == 1).any():
+        raise InputError(f"{star_path}: column rlnCtfDataAreCtfPremultiplied is 1: CTF-premultiplied particles are not supported")
+    return float(sizes[0])
+
+
+def _build_noise(opts: ReconstructOptions, imgs: torch.Tensor, radius_t: float, mics_windows: torch.Tensor | None,
+                 gen: torch.Generator) -> BackgroundNoise:
+    """The noise source of one half set (see ``--noise``)."""
+    mode = opts.noise
+    if mode == "auto":
+        mode = "micrographs" if mics_windows is not None else "patches"
+    if mode == "micrographs":
+        if mics_windows is None:
+            raise InputError("--noise micrographs needs --in_mics (a micrograph STAR)")
+        noise = BackgroundNoise.from_particles(imgs, radius_t)  # for the variance
+        return noise_from_micrograph_windows(mics_windows, noise.variance)
+    if mode == "white":
+        return BackgroundNoise("white", imgs.shape[-1], BackgroundNoise.from_particles(imgs, radius_t, patch_px=0).variance)
+    noise = BackgroundNoise.from_particles(imgs, radius_t, generator=gen)
+    if noise.mode == "white":
+        logger.warning(
+            f"No background patch fits outside the particle radius ({radius_t:.1f} px in a {imgs.shape[-1]} px box): "
+            "using white Gaussian noise of the background variance"
+        )
+    return noise
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _slices_figure(volumes: dict[str, np.ndarray], title: str) -> plt.Figure:
+    """Central z, y and x slices of each volume (one row per volume)."""
+    fig, axes = plt.subplots(len(volumes), 3, figsize=(7.5, 2.5 * len(volumes)), squeeze=False)
+    for r, (label, vol) in enumerate(volumes.items()):
+        c = vol.shape[0] // 2
+        for k, (img, name) in enumerate([(vol[c], "z"), (vol[:, c], "y"), (vol[:, :, c], "x")]):
+            ax = axes[r, k]
+            ax.imshow(img, cmap="gray", origin="lower")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if k == 0:
+                ax.set_ylabel(label, fontsize=8)
+            if r == 0:
+                ax.set_title(f"central {name} slice", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _particles_figure(half: HalfData, trainer: CryoGanTrainer, step: int, title: str) -> plt.Figure:
+    """Real particles vs simulated (noisy and noise-free) particles of the current volume."""
+    gen = torch.Generator().manual_seed(12345 + step)
+    with torch.no_grad():
+        vol = trainer.volume()
+        sim = simulate_batch(vol, half.priors, 8, gen).cpu().numpy()
+        clean = simulate_batch(vol, half.priors, 8, torch.Generator().manual_seed(12345 + step), add_noise=False).cpu().numpy()
+    real = half.images[:8].numpy()
+    return montage_figure({"real": real, "simulated": sim, "simulated, no noise": clean}, n_columns=8, title=title)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _checkpoint_meta(opts: ReconstructOptions, box_train: int, halves: list[HalfData], star_path: Path) -> dict:
+    """What a checkpoint must agree with to be resumed."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "box_train": box_train,
+        "n_half": [len(h.rows) for h in halves],
+        "symmetry": opts.symmetry,
+        "positivity": opts.positivity,
+        "batch_size": opts.batch_size,
+        "n_critic": opts.n_critic,
+        "star": str(star_path),
+    }
+
+
+def _load_checkpoint(path: Path, meta: dict, trainers: list[CryoGanTrainer]) -> list[dict]:
+    """Restore trainers from ``path``; return the evaluation history stored with them.
+
+    Raises:
+        InputError: unreadable file, or made with other settings (named).
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types on a corrupt file
+        raise InputError(f"{path}: cannot read the checkpoint ({type(exc).__name__}); delete it to start again") from None
+    saved = state.get("meta", {})
+    for key, value in meta.items():
+        if key == "star":
+            continue
+        if saved.get(key) != value:
+            raise InputError(
+                f"{path}: made with {key} = {saved.get(key)}, this run has {value}; "
+                "use the same settings to continue, or delete the checkpoint to start again"
+            )
+    for t, s in zip(trainers, state["trainers"]):
+        t.load_state_dict(s)
+    return list(state.get("evals", []))
+
+
+def run_reconstruct(
+    star_path: str | Path,
+    output_dir: str | Path,
+    options: ReconstructOptions | None = None,
+    ref_path: str | Path | None = None,
+    mask_path: str | Path | None = None,
+    mics_path: str | Path | None = None,
+    project_dir: str | Path | None = None,
+    should_stop: Callable[[], None] | None = None,
+    resume: bool = True,
+) -> dict:
+    """Reconstruct both half sets with CryoGAN and write maps, FSC, plots and summary.
+
+    Args:
+        star_path: particle STAR with CTF and rlnImageName (one pixel size; poses ignored
+            unless ``pose_prior = star``).
+        output_dir: output folder (created); see the module docstring for the files.
+        options: the settings (defaults: :class:`ReconstructOptions`).
+        ref_path: optional reference map, only for alignment and FSC after training.
+        mask_path: optional mask (resampled to the particles, then to the training box),
+            multiplied into the volume (a non-spherical mask fixes the orientation, so the
+            log warns).
+        mics_path: optional micrograph STAR for noise windows.
+        project_dir: RELION project directory (rlnImageName and micrograph paths are
+            relative to it; default: the current directory).
+        should_stop: called before every training iteration; raises to stop (RELION abort).
+            A checkpoint is written first.
+        resume: continue from ``output_dir/checkpoint.pt`` when it exists.
+
+    Returns:
+        The summary dict (also in ``summary.json``), with ``resolution_A_fsc_0.143`` and,
+        with a reference, ``resolution_A_vs_reference_fsc_0.5``.
+
+    Raises:
+        InputError: unusable inputs or options (one line naming the file, column, row or value).
+    """
+    opts = options or ReconstructOptions()
+    validate_options(opts)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    snap_dir = output_dir / "snapshots"
+    snap_dir.mkdir(exist_ok=True)
+    project_dir = Path(project_dir) if project_dir is not None else Path.cwd()
+    star_path = Path(star_path)
+    device = select_device(opts.device)
+
+    star = read_particles(star_path, require_ctf=True, require_images=True, require_poses=opts.pose_prior == "star")
+    df = star.particles
+    pixel_A = _check_star(star_path, df, opts)
+    images = ParticleImages(df, project_dir, star_path)
+    box = images.box
+    d = box if opts.box_train == 0 else opts.box_train
+    if d > box:
+        raise InputError(f"--box_train {d}: larger than the particles' box ({box} px); it can only crop")
+    if d < MIN_BOX:
+        raise InputError(f"{star_path}: the particles' box ({box} px) is below {MIN_BOX} px; the critic needs at least {MIN_BOX}")
+    pixel_t = pixel_A * box / d
+    diameter_A = opts.particle_diameter_A or 0.8 * box * pixel_A
+    radius_t = 0.5 * diameter_A / pixel_t
+    if radius_t >= d / 2 * math.sqrt(2):
+        raise InputError(f"--particle_diameter_A {diameter_A:g}: larger than the box ({box * pixel_A:.0f} Å): no background left")
+    if radius_t < 2:
+        raise InputError(f"--particle_diameter_A {diameter_A:g}: smaller than 4 training pixels ({pixel_t:.2f} Å each)")
+
+    labels = half_set_labels(df, opts.seed)
+    rng = np.random.default_rng(opts.seed)
+    use = np.arange(len(df))
+    if 0 < opts.max_particles < len(df):
+        use = np.sort(rng.choice(len(df), opts.max_particles, replace=False))
+        logger.info(f"Using a random subset of {opts.max_particles} of {len(df)} particles (--max_particles)")
+    logger.info(
+        f"{len(use)} particles of {box} px at {pixel_A:.3f} Å/px; training at {d} px ({pixel_t:.3f} Å/px, "
+        f"Nyquist {2 * pixel_t:.2f} Å){' by Fourier cropping (--box_train)' if d != box else ''}; particle diameter "
+        f"{diameter_A:.0f} Å (radius {radius_t:.1f} training px); device {device}"
+    )
+    if "rlnAngleRot" in df and opts.pose_prior == "uniform":
+        logger.info("The input has poses: they are ignored (pose prior uniform over SO(3))")
+
+    mics_windows = None
+    if opts.noise in ("auto", "micrographs") and mics_path is not None:
+        mics_windows = micrograph_noise_patches(
+            mics_path, project_dir, pixel_A, box, d, particles=df, generator=torch.Generator().manual_seed(opts.seed)
+        )
+        logger.info(f"{len(mics_windows)} background windows of {box} px cut from the micrographs of {mics_path}")
+    elif opts.noise == "micrographs":
+        raise InputError("--noise micrographs needs --in_mics (a micrograph STAR)")
+
+    if mask_path is not None:
+        vol_mask = map_for_particles(mask_path, pixel_A, box).cpu()
+        if d != box:
+            vol_mask = fourier_crop_or_pad_map(vol_mask, d)
+        vol_mask = vol_mask.clamp(0.0, 1.0)
+        if float(vol_mask.sum()) <= 0:
+            raise InputError(f"{mask_path}: the mask is empty (no voxel > 0)")
+        logger.warning(
+            f"Using the mask {mask_path}: a CryoGAN map has no fixed orientation, so a non-spherical mask "
+            "imposes the orientation of the mask"
+        )
+    else:
+        vol_mask = soft_sphere_mask(d, radius_t, 2.0)
+
+    halves: list[HalfData] = []
+    for h in (1, 2):
+        rows = use[labels[use] == h]
+        if len(rows) < opts.batch_size:
+            raise InputError(f"{star_path}: half set {h} has {len(rows)} particles, fewer than --batch_size {opts.batch_size}")
+        sub = df.iloc[rows].reset_index(drop=True)
+        imgs = _load_images(images, rows, d, radius_t)
+        gen = torch.Generator().manual_seed(opts.seed * 31 + h)
+        noise = _build_noise(opts, imgs, radius_t, mics_windows, gen)
+        angles = origins = None
+        if opts.pose_prior == "star":
+            angles = torch.tensor(sub[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(), dtype=torch.float32)
+        if opts.shift_prior == "star":
+            origins = torch.tensor(sub[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(), dtype=torch.float32) / pixel_t
+        priors = SimulationPriors(
+            ctf=CtfParams.from_particles(sub), pixel_size_A=pixel_t, box=d, noise=noise.to(device),
+            bg_radius_px=radius_t, shift_prior=opts.shift_prior, shift_px=opts.shift_px * d / box,
+            angles_deg=angles, origins_px=origins, pad_factor=opts.pad_factor,
+        )
+        sv = estimate_signal_variance(imgs, radius_t)
+        halves.append(HalfData(h, rows, imgs, priors, sv))
+        logger.info(f"Half set {h}: {len(rows)} particles; noise: {noise.describe()}; signal variance {sv:.4f}")
+
+    config = WganConfig(
+        n_critic=opts.n_critic, gp_lambda=opts.gp_lambda, lr=opts.lr, lr_critic=opts.lr_critic or None,
+        lr_gamma=opts.lr_gamma, beta1=opts.beta1, beta2=opts.beta2, batch_size=opts.batch_size,
+        blur_sigma_px=opts.blur_sigma_px, blur_end=opts.blur_end, n_epochs=opts.n_epochs, seed=opts.seed,
+    )
+    start = gaussian_ball(d, radius_t / 2.0) * vol_mask
+    trainers: list[CryoGanTrainer] = []
+    for half in halves:
+        voxels = VoxelVolume(d, init=start, positivity=opts.positivity, mask=vol_mask, symmetry=opts.symmetry)
+        sv0 = clean_signal_variance(voxels().detach().to(device), half.priors, seed=opts.seed)
+        amplitude = math.sqrt(max(half.signal_variance, 1e-4) / max(sv0, 1e-12))
+        trainers.append(
+            CryoGanTrainer(ScaledVolume(voxels, amplitude), half.priors, config, device, name=f"half{half.label}", seed_offset=half.label)
+        )
+
+    ckpt_path = output_dir / CHECKPOINT
+    meta = _checkpoint_meta(opts, d, halves, star_path)
+    evals: list[dict] = []
+    if resume and ckpt_path.exists():
+        evals = _load_checkpoint(ckpt_path, meta, trainers)
+        logger.info(
+            f"Continuing from {ckpt_path}: step {trainers[0].step_count}, "
+            f"{_format_duration(trainers[0].elapsed_s)} of training done"
+        )
+    else:
+        logger.info("Starting both half sets from the same volume (a Gaussian ball inside the mask)")
+
+    def save_checkpoint() -> None:
+        state = {"meta": meta, "trainers": [t.state_dict() for t in trainers], "evals": evals,
+                 "options": dataclasses.asdict(opts)}
+        with atomic_path(ckpt_path) as tmp:
+            torch.save(state, tmp)
+
+    max_seconds = opts.max_minutes * 60.0 if opts.max_minutes > 0 else None
+    reals = [h.images.to(device) for h in halves]
+    last_log = [time.monotonic() - opts.log_seconds]
+
+    def time_left(elapsed: float) -> float:
+        eps = [t.epoch(len(h.rows)) for t, h in zip(trainers, halves)]
+        rate = elapsed / max(min(eps), 1e-9)
+        left = (opts.n_epochs - min(eps)) * rate if min(eps) > 0 else math.inf
+        if max_seconds is not None:
+            left = min(left, max_seconds - elapsed)
+        return left
+
+    def on_step(records: list[dict], elapsed: float, progress: float) -> None:
+        if time.monotonic() - last_log[0] < opts.log_seconds:
+            return
+        last_log[0] = time.monotonic()
+        r = records[0]
+        join = lambda key, fmt: "/".join(format(x[key], fmt) for x in records)  # noqa: E731
+        logger.info(
+            f"epoch {r['epoch']:.2f}/{opts.n_epochs:g} | step {int(r['step'])} | critic loss {join('loss_critic', '.3f')} | "
+            f"generator loss {join('loss_gen', '.3f')} | Wasserstein {join('wasserstein', '.3f')} | "
+            f"blur {r['sigma_px']:.2f} px | lr {r['lr']:.2e} | {_format_duration(elapsed)} elapsed, "
+            f"{_format_duration(time_left(elapsed))} left"
+        )
+
+    def evaluate(elapsed: float) -> dict:
+        v1, v2 = (t.current_volume() for t in trainers)
+        al = align_maps(v2, v1, pixel_t)
+        res = resolution_at(al.freq_inv_A, al.fsc, 0.143)
+        entry = {"elapsed_s": elapsed, "step": trainers[0].step_count,
+                 "epoch": trainers[0].epoch(len(halves[0].rows)), "resolution_A_fsc_0.143": res,
+                 "resolution_A_fsc_0.5": resolution_at(al.freq_inv_A, al.fsc, 0.5)}
+        if ref_small is not None:
+            ral = align_maps(0.5 * (v1 + al.aligned), ref_small, pixel_t)
+            entry["resolution_A_vs_reference_fsc_0.5"] = ral.resolution_A(0.5)
+        evals.append(entry)
+        tag = f"step{trainers[0].step_count:06d}"
+        save_figure(_slices_figure({"half 1": v1.numpy(), "half 2 (aligned to half 1)": al.aligned.numpy()},
+                                   f"{_format_duration(elapsed)}, step {trainers[0].step_count}"), snap_dir / f"slices_{tag}.png")
+        save_figure(_particles_figure(halves[0], trainers[0], trainers[0].step_count, f"half 1, step {trainers[0].step_count}"),
+                    snap_dir / f"particles_{tag}.png")
+        vs_ref = (f"; average vs reference (aligned): 0.5 at {entry['resolution_A_vs_reference_fsc_0.5']:.1f} Å"
+                  if ref_small is not None else "")
+        logger.info(
+            f"half-map FSC after {_format_duration(elapsed)} (step {entry['step']}, epoch {entry['epoch']:.2f}): "
+            f"0.143 at {res:.1f} Å, 0.5 at {entry['resolution_A_fsc_0.5']:.1f} Å (training Nyquist {2 * pixel_t:.1f} Å)"
+            f"{vs_ref}"
+        )
+        return entry
+
+    ref_small = None
+    if ref_path is not None:
+        ref_small = map_for_particles(ref_path, pixel_A, box).cpu()  # read early: a bad file fails before training
+        if d != box:
+            ref_small = fourier_crop_or_pad_map(ref_small, d)
+
+    t_start = time.monotonic()
+    reason = train_cryogan(
+        trainers, reals, max_seconds=max_seconds, should_stop=should_stop, on_step=on_step,
+        on_eval=evaluate if opts.eval_minutes > 0 else None,
+        eval_every_s=opts.eval_minutes * 60.0 if opts.eval_minutes > 0 else None,
+        checkpoint=save_checkpoint,
+    )
+    logger.info(
+        f"Training ended ({'epochs done' if reason == 'epochs' else 'time budget reached'}) after step "
+        f"{trainers[0].step_count}, {_format_duration(trainers[0].elapsed_s)} of training "
+        f"({_format_duration(time.monotonic() - t_start)} in this run)"
+    )
+    if not evals or evals[-1]["step"] != trainers[0].step_count:
+        evaluate(trainers[0].elapsed_s)
+        save_checkpoint()
+
+    summary = _write_outputs(output_dir, opts, trainers, halves, evals, pixel_A, box, pixel_t, d, ref_path, star_path, reason)
+    return summary
+
+
+def _write_outputs(
+    output_dir: Path, opts: ReconstructOptions, trainers: list[CryoGanTrainer], halves: list[HalfData],
+    evals: list[dict], pixel_A: float, box: int, pixel_t: float, d: int, ref_path: str | Path | None,
+    star_path: Path, reason: str,
+) -> dict:
+    """Final maps at the particles' sampling, FSCs, figures, PDF and summary."""
+    vols = [t.current_volume() for t in trainers]
+    if d != box:
+        vols = [fourier_crop_or_pad_map(v, box) for v in vols]
+        logger.info(f"Maps Fourier-padded from the training box {d} px to the particles' box {box} px ({pixel_A:.3f} Å/px)")
+    al = align_maps(vols[1], vols[0], pixel_A)
+    h1, h2 = vols[0], al.aligned
+    logger.info(f"Half 2 aligned to half 1: CC {al.cc:.3f}{', mirrored (other hand)' if al.mirror else ''}")
+    freq, curve = fsc(h1, h2, pixel_A)
+    res = resolution_at(freq, curve, 0.143)
+    figures = []
+    summary: dict[str, Any] = {
+        "command": "reconstruct",
+        "n_particles": int(sum(len(h.rows) for h in halves)),
+        "n_half1": int(len(halves[0].rows)),
+        "n_half2": int(len(halves[1].rows)),
+        "pixel_size_A": pixel_A,
+        "box": box,
+        "box_train": d,
+        "pixel_size_train_A": pixel_t,
+        "nyquist_train_A": 2 * pixel_t,
+        "steps": trainers[0].step_count,
+        "epochs": trainers[0].epoch(len(halves[0].rows)),
+        "training_time_s": trainers[0].elapsed_s,
+        "stopped_by": reason,
+        "resolution_A_fsc_0.143": res,
+        "resolution_A_fsc_0.5": resolution_at(freq, curve, 0.5),
+        "fsc_freq_inv_A": freq,
+        "fsc": curve,
+        "half2_to_half1": {"rotation": al.rotation, "shift_vox": al.shift_vox, "mirror": al.mirror, "cc": al.cc},
+        "history": evals,
+        "options": dataclasses.asdict(opts),
+        "star": str(star_path),
+    }
+    avg = 0.5 * (h1 + h2)
+    if ref_path is not None:
+        ref = map_for_particles(ref_path, pixel_A, box).cpu()
+        ral = align_maps(avg, ref, pixel_A)
+        h1 = apply_alignment(h1, ral.rotation, ral.shift_vox, ral.mirror)
+        h2 = apply_alignment(h2, ral.rotation, ral.shift_vox, ral.mirror)
+        avg = ral.aligned
+        res_ref = ral.resolution_A(0.5)
+        write_fsc_star(output_dir / "fsc_vs_reference.star", ral.freq_inv_A, ral.fsc)
+        fig = fsc_figure(ral.freq_inv_A, {"map vs reference (aligned)": ral.fsc}, (0.5, 0.143),
+                         title=f"FSC with {Path(ref_path).name}: {res_ref:.1f} Å at 0.5")
+        save_figure(fig, output_dir / "fsc_vs_reference.png")
+        figures.append(fsc_figure(ral.freq_inv_A, {"map vs reference (aligned)": ral.fsc}, (0.5, 0.143),
+                                  title=f"FSC with {Path(ref_path).name}: {res_ref:.1f} Å at 0.5"))
+        summary.update({
+            "reference": str(ref_path),
+            "resolution_A_vs_reference_fsc_0.5": res_ref,
+            "resolution_A_vs_reference_fsc_0.143": ral.resolution_A(0.143),
+            "fsc_vs_reference": ral.fsc,
+            "to_reference": {"rotation": ral.rotation, "shift_vox": ral.shift_vox, "mirror": ral.mirror, "cc": ral.cc},
+        })
+        logger.info(
+            f"Aligned to the reference {ref_path} (CC {ral.cc:.3f}{', other hand' if ral.mirror else ''}): "
+            f"FSC 0.5 at {res_ref:.1f} Å; maps written in the reference's frame"
+        )
+    write_map(output_dir / "run_half1_class001_unfil.mrc", h1.numpy(), pixel_A)
+    write_map(output_dir / "run_half2_class001_unfil.mrc", h2.numpy(), pixel_A)
+    write_map(output_dir / "run_class001.mrc", avg.numpy(), pixel_A)
+    write_fsc_star(output_dir / "fsc.star", freq, curve)
+    title = f"Half-map FSC: {res:.1f} Å at 0.143 (training Nyquist {2 * pixel_t:.1f} Å)"
+    save_figure(fsc_figure(freq, {"half 1 vs half 2 (aligned, unmasked)": curve}, (0.143, 0.5), title=title), output_dir / "fsc.png")
+    figures.insert(0, fsc_figure(freq, {"half 1 vs half 2 (aligned, unmasked)": curve}, (0.143, 0.5), title=title))
+
+    hist = [t.history for t in trainers]
+    n = min(len(x) for x in hist)
+    if n > 0:
+        steps = np.arange(1, n + 1)
+        def smooth(v: np.ndarray) -> np.ndarray:
+            k = max(1, n // 100)
+            return np.convolve(v, np.ones(k) / k, mode="same")
+        curves = {}
+        for i, hh in enumerate(hist, start=1):
+            for key, label in (("wasserstein", "Wasserstein estimate"), ("loss_critic", "critic loss")):
+                curves[f"{label}, half {i}"] = smooth(np.array([r[key] for r in hh[:n]]))
+        figures.append(curves_figure(steps, curves, "volume update (step)", "loss", title="Critic losses (moving average)"))
+        gen_curves = {f"generator loss, half {i}": smooth(np.array([r["loss_gen"] for r in hh[:n]])) for i, hh in enumerate(hist, 1)}
+        figures.append(curves_figure(steps, gen_curves, "volume update (step)", "loss", title="Generator loss (moving average)"))
+    if evals:
+        t_min = np.array([e["elapsed_s"] / 60.0 for e in evals])
+        figures.append(curves_figure(
+            t_min,
+            {"half-map FSC 0.143": np.array([e["resolution_A_fsc_0.143"] for e in evals], dtype=float),
+             "half-map FSC 0.5": np.array([e["resolution_A_fsc_0.5"] for e in evals], dtype=float),
+             **({"average vs reference, FSC 0.5": np.array([e.get("resolution_A_vs_reference_fsc_0.5", np.nan) for e in evals], dtype=float)}
+                if ref_path is not None else {})},
+            "training time (min)", "resolution (Å)", title="Resolution against time",
+        ))
+        save_figure(curves_figure(
+            t_min, {"half-map FSC 0.143": np.array([e["resolution_A_fsc_0.143"] for e in evals], dtype=float)},
+            "training time (min)", "resolution (Å)", title="Resolution against time"), output_dir / "resolution_vs_time.png")
+    figures.append(_slices_figure({"half 1": h1.numpy(), "half 2": h2.numpy(), "average": avg.numpy()}, "Final maps"))
+    figures.append(_particles_figure(halves[0], trainers[0], trainers[0].step_count, "Real versus simulated particles (half 1, final volume)"))
+    save_figure(_particles_figure(halves[0], trainers[0], trainers[0].step_count, "Real versus simulated particles (half 1, final volume)"),
+                output_dir / "particles_real_vs_simulated.png")
+    write_pdf(output_dir / "logfile.pdf", figures)
+    write_summary(output_dir / "summary.json", summary)
+    logger.info(f"Half-map FSC = 0.143 at {res:.1f} Å (training Nyquist {2 * pixel_t:.1f} Å); wrote {output_dir}")
+    return summary
+
+
+# ----------------------------------------------------------------------------- click
+
+
+def _click_type(value: Any) -> Any:
+    """click parameter type for a default value."""
+    if isinstance(value, bool):
+        return click.BOOL
+    if isinstance(value, int):
+        return int
+    if isinstance(value, float):
+        return float
+    return str
+
+
+def _add_options(func: Callable) -> Callable:
+    """Decorate ``func`` with one click option per :class:`ReconstructOptions` field."""
+    defaults = ReconstructOptions()
+    for f in reversed(fields(ReconstructOptions)):
+        value = getattr(defaults, f.name)
+        func = click.option(f"--{f.name}", f.name, type=_click_type(value), default=value, show_default=True,
+                            help=OPTION_HELP[f.name])(func)
+    return func
+
+
+@click.command("reconstruct")
+@click.option("--in_parts", "star_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Particle STAR with CTF (poses are ignored).")
+@click.option("--o", "output_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
+@click.option("--in_3dref", "ref_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Reference map for alignment and FSC after training (never used in training).")
+@click.option("--in_mask", "mask_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Mask multiplied into the volume (default: a sphere of the particle diameter).")
+@click.option("--in_mics", "mics_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Micrograph STAR: noise windows are cut from the micrographs.")
+@click.option("--project_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Directory rlnImageName paths are relative to (default: current directory).")
+@click.option("--restart", is_flag=True, help="Ignore an existing checkpoint.pt in --o and start again.")
+@click.option("--j", "threads", default=2, show_default=True, help="CPU threads.")
+@_add_options
+def cli_command(star_path: Path, output_dir: Path, ref_path: Path | None, mask_path: Path | None, mics_path: Path | None,
+                project_dir: Path | None, restart: bool, threads: int, **kwargs: Any) -> None:
+    """CryoGAN reconstruction without pose estimation: half maps, average, half-map FSC."""
+    try:
+        set_threads(threads)
+        opts = options_from_mapping(kwargs)
+        run_reconstruct(star_path, output_dir, opts, ref_path=ref_path, mask_path=mask_path, mics_path=mics_path,
+                        project_dir=project_dir, resume=not restart)
+    except InputError as exc:
+        click.echo(f"ERROR: {' '.join(str(exc).split())}", err=True)
+        raise SystemExit(1) from None

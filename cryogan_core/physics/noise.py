@@ -1,0 +1,507 @@
+"""Background noise for the CryoGAN simulator, drawn from the real data.
+
+CryoGAN (Gupta, McCann, Donati & Unser, IEEE TCI 2021, Sec. III-B and V-B) adds to every
+simulated particle a noise image taken from the real background, so that the simulated
+and real particles share their noise statistics (coloured, non-Gaussian, with ice and
+detector features) without any noise model. Three sources, in order of preference:
+
+* ``micrographs``: full-box windows cut from the micrographs away from the picked
+  particles (``--in_mics``), resampled to the particles' pixel size — the paper's source;
+* ``patches`` (default without micrographs): square patches of the particles' own
+  background, i.e. fully outside the particle radius, where the particle box leaves room
+  (its corners). A full-size noise image is a mosaic of randomly drawn patches (random
+  flips / 90° turns), overlap-added with 50 % overlap and the power-complementary window
+  ``w(t) = sin(π (t + ½) / p)`` on each axis: ``w²(t) + w²(t + p/2) = 1``, so the sum of
+  independent zero-mean patches keeps their variance exactly and has no visible seams
+  (weighted overlap-add; e.g. Crochiere, IEEE TASSP 1980);
+* ``white``: white Gaussian noise with the variance measured in the background pixels
+  (the fallback when no patch fits outside the radius).
+
+Patches with an outlying variance (neighbouring particles, ice edges, carbon) are
+dropped: a patch is kept when its variance is at most ``max_var_ratio`` times the median
+patch variance ("low-variance regions").
+
+Conventions: images ``(n, y, x)``, centre at ``N//2``; a pixel belongs to the background
+when its distance to the centre is > ``radius_px`` (RELION ``--bg_radius``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+import mrcfile
+import numpy as np
+import pandas as pd
+import starfile
+import torch
+import torch.nn.functional as F
+
+from cryogan_core.errors import InputError
+from cryogan_core.io.images import resolve_image_path
+from cryogan_core.physics.resample import fourier_crop_images
+
+NOISE_MODES = ("patches", "white", "micrographs")
+
+__all__ = [
+    "NOISE_MODES",
+    "BackgroundNoise",
+    "background_variance",
+    "candidate_patch_corners",
+    "default_patch_px",
+    "extract_background_patches",
+    "micrograph_noise_patches",
+    "noise_from_micrograph_windows",
+    "mosaic_window",
+    "random_dihedral",
+]
+
+
+def default_patch_px(box: int, radius_px: float) -> int:
+    """Largest even patch side ``p >= 4`` whose corner square lies fully outside the radius.
+
+    The corner square ``[0, p) x [0, p)`` has its pixel nearest to the centre ``box//2`` at
+    ``(p−1, p−1)``, at distance ``√2 · (box//2 − p + 1)``; the opposite corner square
+    ``[box−p, box)²`` at ``√2 · (box − p − box//2)`` (one pixel less for even boxes). Both
+    must exceed ``radius_px``, so that all four corners are usable. Patches are capped at
+    ``box // 2``.
+
+    Args:
+        box: image side in pixels.
+        radius_px: particle radius in pixels.
+
+    Returns:
+        The patch side in pixels, or 0 when not even a 4-px square fits.
+    """
+    c = box // 2
+    for p in range(box // 2 - box // 2 % 2, 3, -2):
+        if math.sqrt(2.0) * min(c - p + 1, box - p - c) > radius_px:
+            return p
+    return 0
+
+
+def candidate_patch_corners(box: int, radius_px: float, patch_px: int, stride_px: int | None = None) -> torch.Tensor:
+    """Top-left corners of the ``patch_px`` squares that lie entirely outside the radius.
+
+    Squares sit on a grid of step ``stride_px`` (default ``patch_px // 2``) inside the box,
+    plus the last row and column (start ``box − patch_px``) so the far corners are included;
+    a square is kept when every one of its pixels is farther than ``radius_px`` from the
+    centre ``(box//2, box//2)``.
+
+    Args:
+        box: image side in pixels.
+        radius_px: particle radius in pixels.
+        patch_px: patch side in pixels (>= 1).
+        stride_px: grid step in pixels (>= 1).
+
+    Returns:
+        ``(k, 2)`` int64 tensor of ``(y, x)`` corners (k may be 0).
+
+    Raises:
+        ValueError: ``patch_px`` outside ``1..box`` or ``stride_px < 1``.
+    """
+    if not 1 <= patch_px <= box:
+        raise ValueError(f"patch_px must be in 1..{box}, got {patch_px}")
+    stride = max(1, patch_px // 2) if stride_px is None else int(stride_px)
+    if stride < 1:
+        raise ValueError(f"stride_px must be >= 1, got {stride_px}")
+    c = box // 2
+    starts = torch.unique(torch.cat([torch.arange(0, box - patch_px + 1, stride), torch.tensor([box - patch_px])]))
+    y0, x0 = torch.meshgrid(starts, starts, indexing="ij")
+    y0, x0 = y0.reshape(-1), x0.reshape(-1)
+    # nearest pixel of [a, a+p-1] to c along one axis
+    def nearest(a: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(torch.full_like(a, c), a, a + patch_px - 1)
+
+    dy = (nearest(y0) - c).float()
+    dx = (nearest(x0) - c).float()
+    keep = dy * dy + dx * dx > float(radius_px) ** 2
+    return torch.stack([y0[keep], x0[keep]], dim=1)
+
+
+def background_variance(images: torch.Tensor, radius_px: float) -> float:
+    """Mean over images of the variance of the pixels outside ``radius_px``.
+
+    Args:
+        images: ``(n, H, W)`` float images.
+        radius_px: particle radius in pixels.
+
+    Returns:
+        The mean background variance (image units²).
+
+    Raises:
+        InputError: no pixel lies outside the radius.
+    """
+    h, w = images.shape[-2:]
+    yy = (torch.arange(h, device=images.device) - h // 2).reshape(-1, 1).float()
+    xx = (torch.arange(w, device=images.device) - w // 2).reshape(1, -1).float()
+    bg = (yy**2 + xx**2) > float(radius_px) ** 2
+    if not bool(bg.any()):
+        raise InputError(f"background radius {radius_px:.1f} px leaves no background pixels in a {h} px box")
+    return float(images[:, bg].float().var(dim=1).mean())
+
+
+def extract_background_patches(
+    images: torch.Tensor,
+    radius_px: float,
+    patch_px: int | None = None,
+    max_var_ratio: float = 2.0,
+    max_patches: int = 20000,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Square background patches of particle images, fully outside the particle radius.
+
+    Every image contributes the squares of :func:`candidate_patch_corners`; patches whose
+    variance exceeds ``max_var_ratio`` × the median patch variance are dropped
+    (neighbouring particles, contamination), then at most ``max_patches`` are kept at
+    random.
+
+    Args:
+        images: ``(n, box, box)`` float images (normalised particles).
+        radius_px: particle radius in pixels (background = farther than this).
+        patch_px: patch side; default :func:`default_patch_px`.
+        max_var_ratio: variance threshold relative to the median patch variance (> 0).
+        max_patches: cap on the number of patches returned.
+        generator: CPU generator for the random subset.
+
+    Returns:
+        ``(m, p, p)`` float32 patches on the images' device (``m = 0`` when no square fits
+        outside the radius).
+
+    Raises:
+        ValueError: images not ``(n, box, box)`` or ``max_var_ratio <= 0``.
+    """
+    if images.ndim != 3 or images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"images must be (n, box, box), got {tuple(images.shape)}")
+    if max_var_ratio <= 0:
+        raise ValueError(f"max_var_ratio must be > 0, got {max_var_ratio}")
+    box = int(images.shape[-1])
+    p = default_patch_px(box, radius_px) if patch_px is None else int(patch_px)
+    if p < 1:
+        return images.new_zeros((0, 0, 0))
+    corners = candidate_patch_corners(box, radius_px, p)
+    if corners.shape[0] == 0:
+        return images.new_zeros((0, p, p))
+    ar = torch.arange(p)
+    rows = (corners[:, 0, None] + ar[None, :]).to(images.device)  # (k, p)
+    cols = (corners[:, 1, None] + ar[None, :]).to(images.device)
+    patches = images[:, rows[:, :, None], cols[:, None, :]].reshape(-1, p, p).float()
+    var = patches.reshape(patches.shape[0], -1).var(dim=1)
+    keep = var <= max_var_ratio * var.median()
+    patches = patches[keep]
+    if patches.shape[0] > max_patches:
+        sel = torch.randperm(patches.shape[0], generator=generator)[:max_patches].to(patches.device)
+        patches = patches[sel]
+    return patches.contiguous()
+
+
+def mosaic_window(patch_px: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """2-D power-complementary window ``w(y)·w(x)``, ``w(t) = sin(π (t + ½) / p)``.
+
+    For 50 % overlap (hop ``p/2``) the squared windows of overlapping patches sum to 1 at
+    every pixel, so a weighted overlap-add of independent zero-mean patches keeps their
+    variance.
+
+    Args:
+        patch_px: even patch side ``p`` (>= 2).
+        device: torch device.
+
+    Returns:
+        ``(p, p)`` float32 window.
+
+    Raises:
+        ValueError: odd or too small ``patch_px``.
+    """
+    if patch_px < 2 or patch_px % 2:
+        raise ValueError(f"patch_px must be even and >= 2, got {patch_px}")
+    t = torch.arange(patch_px, dtype=torch.float32, device=device)
+    w = torch.sin(math.pi * (t + 0.5) / patch_px)
+    return w[:, None] * w[None, :]
+
+
+def random_dihedral(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Apply a random one of the 8 symmetries of the square to each image.
+
+    Args:
+        images: ``(n, p, p)`` tensor.
+        generator: CPU generator.
+
+    Returns:
+        ``(n, p, p)`` tensor (a new tensor; the images are transposed and/or flipped).
+    """
+    n = images.shape[0]
+    codes = torch.randint(0, 8, (n,), generator=generator).to(images.device)
+    out = torch.where((codes & 1).bool()[:, None, None], images.transpose(-1, -2), images)
+    out = torch.where((codes & 2).bool()[:, None, None], out.flip(-1), out)
+    out = torch.where((codes & 4).bool()[:, None, None], out.flip(-2), out)
+    return out
+
+
+@dataclass
+class BackgroundNoise:
+    """A source of noise images for the simulator (see the module docstring).
+
+    Attributes:
+        mode: ``"patches"`` (mosaic of background patches), ``"micrographs"`` (full-box
+            windows), or ``"white"`` (Gaussian).
+        box: side of the noise images in pixels.
+        variance: background variance of the real data (image units²); the std of
+            ``"white"`` noise is its square root.
+        patches: ``(m, p, p)`` float32 bank for ``"patches"`` (p even) or ``(m, box, box)``
+            for ``"micrographs"``; None for ``"white"``.
+    """
+
+    mode: str
+    box: int
+    variance: float
+    patches: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        """Check the mode and the patch bank.
+
+        Raises:
+            ValueError: unknown mode, missing/empty bank, odd patch side, wrong window size.
+        """
+        if self.mode not in NOISE_MODES:
+            raise ValueError(f"noise mode must be one of {NOISE_MODES}, got {self.mode!r}")
+        if self.mode == "white":
+            return
+        if self.patches is None or self.patches.ndim != 3 or self.patches.shape[0] == 0:
+            raise ValueError(f"noise mode {self.mode!r} needs a non-empty (m, p, p) patch bank")
+        p = int(self.patches.shape[-1])
+        if self.mode == "patches" and (p % 2 or p < 2):
+            raise ValueError(f"mosaic patches must have an even side >= 2, got {p}")
+        if self.mode == "micrographs" and p != self.box:
+            raise ValueError(f"micrograph windows must be {self.box} px, got {p}")
+
+    @classmethod
+    def from_particles(
+        cls,
+        images: torch.Tensor,
+        radius_px: float,
+        patch_px: int | None = None,
+        max_var_ratio: float = 2.0,
+        min_patches: int = 64,
+        generator: torch.Generator | None = None,
+    ) -> "BackgroundNoise":
+        """Noise from the particles' own background, white noise when no patch fits.
+
+        Args:
+            images: ``(n, box, box)`` normalised particle images.
+            radius_px: particle radius in pixels.
+            patch_px: patch side (even); default :func:`default_patch_px`.
+            max_var_ratio: see :func:`extract_background_patches`.
+            min_patches: fewer usable patches than this → white noise.
+            generator: CPU generator.
+
+        Returns:
+            A ``"patches"`` or (fallback) ``"white"`` :class:`BackgroundNoise` on the images'
+            device.
+
+        Raises:
+            InputError: no background pixel at all (radius too large for the box).
+        """
+        box = int(images.shape[-1])
+        variance = background_variance(images, radius_px)
+        p = default_patch_px(box, radius_px) if patch_px is None else int(patch_px)
+        if p >= 4 and p % 2 == 0:
+            patches = extract_background_patches(images, radius_px, p, max_var_ratio, generator=generator)
+            if patches.shape[0] >= min_patches:
+                return cls("patches", box, variance, patches)
+        return cls("white", box, variance, None)
+
+    @property
+    def patch_px(self) -> int:
+        """Side of the patches in the bank (0 for white noise)."""
+        return 0 if self.patches is None else int(self.patches.shape[-1])
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the bank (CPU for white noise)."""
+        return torch.device("cpu") if self.patches is None else self.patches.device
+
+    def to(self, device: torch.device | str) -> "BackgroundNoise":
+        """A copy whose patch bank lives on ``device``."""
+        bank = None if self.patches is None else self.patches.to(device)
+        return BackgroundNoise(self.mode, self.box, self.variance, bank)
+
+    def describe(self) -> str:
+        """One line for the log: the source and its statistics."""
+        if self.mode == "white":
+            return f"white Gaussian noise, variance {self.variance:.3f} (background pixels)"
+        what = "background patches" if self.mode == "patches" else "micrograph windows"
+        return (
+            f"{self.patches.shape[0]} {what} of {self.patch_px} px (background variance {self.variance:.3f})"
+        )
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw ``n`` noise images.
+
+        Args:
+            n: number of images (>= 0).
+            generator: CPU generator (all random choices are drawn from it).
+
+        Returns:
+            ``(n, box, box)`` float32 on :attr:`device`.
+        """
+        dev = self.device
+        d = self.box
+        if n == 0:
+            return torch.zeros((0, d, d), device=dev)
+        if self.mode == "white":
+            return torch.randn((n, d, d), generator=generator).to(dev) * math.sqrt(self.variance)
+        bank = self.patches
+        if self.mode == "micrographs":
+            idx = torch.randint(0, bank.shape[0], (n,), generator=generator).to(dev)
+            return random_dihedral(bank[idx], generator)
+        p = self.patch_px
+        hop = p // 2
+        m = -(-d // hop) + 2  # patches per axis: covers d plus a random offset
+        total = hop * (m + 1)
+        idx = torch.randint(0, bank.shape[0], (n * m * m,), generator=generator).to(dev)
+        tiles = random_dihedral(bank[idx], generator) * mosaic_window(p, dev)
+        cols = tiles.reshape(n, m * m, p * p).transpose(1, 2)  # (n, p*p, L) for fold
+        canvas = F.fold(cols, output_size=(total, total), kernel_size=p, stride=hop)[:, 0]
+        # the fully weighted interior is [hop, m*hop); crop d px at a random offset in it
+        span = m * hop - hop - d
+        offs = torch.randint(0, span + 1, (n, 2), generator=generator)
+        out = torch.empty((n, d, d), device=dev)
+        for i in range(n):
+            oy, ox = hop + int(offs[i, 0]), hop + int(offs[i, 1])
+            out[i] = canvas[i, oy : oy + d, ox : ox + d]
+        return out
+
+
+def _micrograph_table(mics_star: Path) -> tuple[pd.DataFrame, float | None]:
+    """(micrographs table, pixel size from the optics table or None) of a micrograph STAR."""
+    try:
+        blocks = starfile.read(mics_star, always_dict=True)
+    except Exception as exc:  # starfile raises many types on malformed files
+        raise InputError(f"{mics_star}: not a readable STAR file ({type(exc).__name__}: {exc})") from None
+    table = None
+    for name, block in blocks.items():
+        if isinstance(block, pd.DataFrame) and "rlnMicrographName" in block.columns and name != "optics":
+            table = block
+    if table is None or len(table) == 0:
+        raise InputError(f"{mics_star}: no micrograph table with a rlnMicrographName column")
+    pixel = None
+    optics = blocks.get("optics")
+    if isinstance(optics, pd.DataFrame):
+        for col in ("rlnMicrographPixelSize", "rlnImagePixelSize"):
+            if col in optics.columns:
+                pixel = float(optics[col].iloc[0])
+                break
+    for col in ("rlnMicrographPixelSize",):
+        if col in table.columns:
+            pixel = float(table[col].iloc[0])
+    return table, pixel
+
+
+def micrograph_noise_patches(
+    mics_star: str | Path,
+    project_dir: str | Path,
+    particle_pixel_A: float,
+    particle_box: int,
+    box_out: int,
+    particles: pd.DataFrame | None = None,
+    n_windows: int = 2000,
+    max_var_ratio: float = 1.5,
+    exclusion_px: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Full-box background windows cut from micrographs, at the particles' sampling.
+
+    Windows of ``particle_box · particle_pixel_A / mic_pixel`` micrograph pixels are cut at
+    random positions whose centre is at least ``exclusion_px`` (default: one window side)
+    from every picked particle of the same micrograph (``rlnCoordinateX/Y`` and
+    ``rlnMicrographName`` of ``particles``, when present). Windows with a variance above
+    ``max_var_ratio`` × the median are dropped (carbon, ice edges, missed particles).
+    Each window is Fourier-resampled to ``box_out`` px, its mean removed and its standard
+    deviation set to 1 (the particles are normalised to a background std of 1, RELION
+    ``relion_preprocess --norm``).
+
+    Args:
+        mics_star: micrograph STAR (``rlnMicrographName``; pixel size from
+            ``rlnMicrographPixelSize`` in optics or the table).
+        project_dir: directory the micrograph names are relative to.
+        particle_pixel_A: the particles' pixel size (Å).
+        particle_box: the particles' box (px).
+        box_out: side of the returned windows (the training box, px).
+        particles: particle table with coordinates, to avoid the particles.
+        n_windows: number of windows to try.
+        max_var_ratio: variance threshold relative to the median window variance.
+        exclusion_px: minimum distance (micrograph px) to a picked particle.
+        generator: CPU generator.
+
+    Returns:
+        ``(m, box_out, box_out)`` float32 CPU windows (m >= 1).
+
+    Raises:
+        InputError: unreadable STAR or micrograph, no pixel size, micrographs smaller than
+            a window, or no usable window.
+    """
+    mics_star = Path(mics_star)
+    table, mic_pixel = _micrograph_table(mics_star)
+    if mic_pixel is None or not mic_pixel > 0:
+        raise InputError(f"{mics_star}: no rlnMicrographPixelSize (Å) in the optics or micrograph table")
+    win = int(round(particle_box * particle_pixel_A / mic_pixel))
+    excl = float(win if exclusion_px is None else exclusion_px)
+    names = table["rlnMicrographName"].astype(str).tolist()
+    coords: dict[str, np.ndarray] = {}
+    if particles is not None and {"rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY"} <= set(particles.columns):
+        for name, grp in particles.groupby(particles["rlnMicrographName"].astype(str)):
+            coords[Path(name).name] = grp[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(np.float64)
+    rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+    per_mic = max(1, n_windows // len(names))
+    windows: list[np.ndarray] = []
+    for row, name in enumerate(names, start=1):
+        path = resolve_image_path(name, Path(project_dir))
+        if not path.is_file():
+            raise InputError(f"{mics_star}: row {row}: rlnMicrographName {name}: file not found (looked in {path})")
+        try:
+            with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
+                data = np.asarray(mrc.data, dtype=np.float32)
+                if data.ndim == 3:
+                    data = data[0]
+                h, w = data.shape
+                if h < win or w < win:
+                    raise InputError(
+                        f"{mics_star}: row {row}: micrograph {name} ({w} x {h} px) is smaller than one "
+                        f"particle window ({win} px)"
+                    )
+                picks = coords.get(Path(name).name, np.zeros((0, 2)))
+                found = 0
+                for _ in range(per_mic * 4):
+                    if found >= per_mic:
+                        break
+                    y0 = int(rng.integers(0, h - win + 1))
+                    x0 = int(rng.integers(0, w - win + 1))
+                    cx, cy = x0 + win / 2, y0 + win / 2
+                    if picks.size and np.min(np.hypot(picks[:, 0] - cx, picks[:, 1] - cy)) < excl:
+                        continue
+                    windows.append(np.array(data[y0 : y0 + win, x0 : x0 + win]))
+                    found += 1
+        except (ValueError, OSError) as exc:
+            raise InputError(f"{mics_star}: row {row}: micrograph {name}: not a readable MRC file ({exc})") from None
+    if not windows:
+        raise InputError(f"{mics_star}: no background window found away from the picked particles")
+    stack = torch.from_numpy(np.stack(windows)).float()
+    stack = fourier_crop_images(stack, box_out) if win != box_out else stack
+    var = stack.reshape(stack.shape[0], -1).var(dim=1)
+    stack = stack[var <= max_var_ratio * var.median()]
+    stack = stack - stack.mean(dim=(-2, -1), keepdim=True)
+    std = stack.reshape(stack.shape[0], -1).std(dim=1).clamp_min(1e-12)
+    return (stack / std[:, None, None]).contiguous()
+
+
+def noise_from_micrograph_windows(windows: torch.Tensor, variance: float = 1.0) -> BackgroundNoise:
+    """Wrap micrograph windows ``(m, box, box)`` (std 1) as a ``"micrographs"`` noise source.
+
+    Args:
+        windows: from :func:`micrograph_noise_patches`.
+        variance: background variance of the normalised particles (scales the windows).
+
+    Returns:
+        The :class:`BackgroundNoise`.
+    """
+    return BackgroundNoise("micrographs", int(windows.shape[-1]), variance, windows * math.sqrt(variance))

@@ -1,0 +1,652 @@
+"""The CryoGAN training loop: a voxel volume learned against a WGAN-GP critic, no poses.
+
+Gupta, McCann, Donati & Unser, "CryoGAN: a new reconstruction paradigm for single-particle
+cryo-EM via deep adversarial learning", IEEE TCI 7:759 (2021), Algorithm 1; reference code
+``harshit-gupta-cor/CryoGAN`` (``CryoGAN_Clean.py``, ``Generators_Clean.py``, configs
+``train_Betagal.cfg``). The generator is the volume ``V``; a differentiable simulator turns
+it into particle images (Sec. III):
+
+    y = normalise( S_t( H_φ( P_θ(V) ) ) + n )
+
+with a pose θ drawn from the prior (uniform over SO(3) by default), the CTF ``H_φ`` of a
+randomly drawn real particle, a shift ``t`` from the shift prior (particle centre at
+``box//2 − t``, RELION's origin convention), a noise image ``n`` from the real background
+(:mod:`cryogan_core.physics.noise`), and RELION's background normalisation (mean 0, std 1
+outside the particle radius) applied to simulated and real particles alike. The critic
+``D`` is trained with the Wasserstein loss and the gradient penalty (Gulrajani et al. 2017,
+Algorithm 1)::
+
+    L_D = mean D(fake) − mean D(real) + λ · mean (‖∇D(x̂)‖₂ − 1)²,      n_critic steps
+    L_V = − mean D(fake)                                                 1 step
+
+Defaults are the paper's (``train_Betagal.cfg``): n_critic 4, Adam(β = 0.5, 0.9), learning
+rate 1e-3 for volume and critic, batch 8, critic inputs blurred by a Gaussian of σ = 2 px
+(the paper anneals it by 0.98 per epoch; here it shrinks linearly to 0 over the first
+``blur_end`` of the run so that the last part of training sees full resolution, whatever
+the run length). λ defaults to 1 (the β-gal configuration; Gulrajani et al. use 10). The
+learning rate decays by ``lr_gamma`` per epoch (the paper's StepLR, applied smoothly).
+
+The volume's overall scale is ``amplitude · exp(log_scale)``: ``amplitude`` is set once
+from the data (the signal variance of the real particles), ``log_scale`` is learned
+(the paper's learned ``scalar[0]``), so that the voxel values stay of order 1 and the
+learning rate of 1e-3 means the same thing on every dataset.
+
+An epoch is one pass of the critic over the real particles of the half set:
+``n_real / (batch · n_critic)`` volume updates.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from cryogan_core.models.critic import CryoGANCritic, gaussian_blur_images, gradient_penalty
+from cryogan_core.models.volume import VoxelVolume
+from cryogan_core.metrics.images import normalize_background
+from cryogan_core.physics.ctf import CtfParams, compute_ctf
+from cryogan_core.physics.euler import euler_to_matrix, random_euler_deg
+from cryogan_core.physics.noise import BackgroundNoise
+from cryogan_core.physics.projection import project, shift_phase
+
+SHIFT_PRIORS = ("uniform", "gaussian", "star", "none")
+
+__all__ = [
+    "SHIFT_PRIORS",
+    "CryoGanTrainer",
+    "ScaledVolume",
+    "SimulationPriors",
+    "WganConfig",
+    "blur_sigma_px",
+    "clean_signal_variance",
+    "estimate_signal_variance",
+    "gaussian_ball",
+    "learning_rate",
+    "simulate_batch",
+    "soft_sphere_mask",
+    "train_cryogan",
+]
+
+
+# ----------------------------------------------------------------------------- volumes
+
+
+def soft_sphere_mask(box: int, radius_px: float, edge_px: float = 2.0, device: torch.device | str | None = None) -> torch.Tensor:
+    """Spherical mask with a raised-cosine edge, centre ``box//2``.
+
+    1 inside ``radius_px``, ``½(1 + cos(π (r − R)/edge))`` for ``R < r < R + edge``, 0 beyond.
+
+    Args:
+        box: side in voxels.
+        radius_px: radius R in voxels.
+        edge_px: width of the cosine edge in voxels (0: hard edge).
+        device: torch device.
+
+    Returns:
+        ``(box, box, box)`` float32 ``(z, y, x)``.
+    """
+    c = torch.arange(box, dtype=torch.float32, device=device) - box // 2
+    r = torch.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2)
+    if edge_px <= 0:
+        return (r <= radius_px).float()
+    t = ((r - radius_px) / edge_px).clamp(0.0, 1.0)
+    return 0.5 * (1.0 + torch.cos(math.pi * t))
+
+
+def gaussian_ball(box: int, sigma_px: float, device: torch.device | str | None = None) -> torch.Tensor:
+    """Isotropic Gaussian ``exp(−r² / 2σ²)`` centred at ``box//2`` (the starting volume).
+
+    Args:
+        box: side in voxels.
+        sigma_px: standard deviation in voxels (> 0).
+        device: torch device.
+
+    Returns:
+        ``(box, box, box)`` float32 with maximum 1.
+    """
+    c = torch.arange(box, dtype=torch.float32, device=device) - box // 2
+    r2 = c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2
+    return torch.exp(-r2 / (2.0 * sigma_px**2))
+
+
+class ScaledVolume(nn.Module):
+    """The generator: ``amplitude · exp(log_scale) · VoxelVolume()``.
+
+    Args:
+        voxels: the constrained voxel volume (positivity, mask, symmetry).
+        amplitude: fixed scale (image units per voxel unit), from the data.
+        learn_scale: make ``log_scale`` a learned parameter (else a fixed 0).
+    """
+
+    def __init__(self, voxels: VoxelVolume, amplitude: float = 1.0, learn_scale: bool = True) -> None:
+        super().__init__()
+        self.voxels = voxels
+        self.register_buffer("amplitude", torch.tensor(float(amplitude)))
+        self.log_scale = nn.Parameter(torch.zeros(()), requires_grad=learn_scale)
+
+    def forward(self) -> torch.Tensor:
+        """The volume ``(D, D, D)`` float32 in image units (differentiable)."""
+        return self.amplitude * torch.exp(self.log_scale) * self.voxels()
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Project the voxels onto the constraint set after an optimiser step."""
+        self.voxels.project_()
+
+
+# ----------------------------------------------------------------------------- simulator
+
+
+@dataclass
+class SimulationPriors:
+    """Everything the simulator draws from, at the training sampling.
+
+    Attributes:
+        ctf: CTFs of the real particles (length m); each simulated image takes a random one.
+        pixel_size_A: training pixel size (Å).
+        box: training box (px).
+        noise: the background-noise source (its ``box`` must equal ``box``).
+        bg_radius_px: radius (training px) outside which images are normalised to mean 0,
+            std 1 (RELION ``--bg_radius``).
+        shift_prior: ``"uniform"`` (each axis uniform in ±``shift_px``), ``"gaussian"``
+            (σ = ``shift_px``), ``"star"`` (the ``origins_px`` rows, drawn at random), or
+            ``"none"``.
+        shift_px: half-width or σ of the shift prior, training px.
+        angles_deg: ``(k, 3)`` RELION Euler angles to draw poses from (the input's pose
+            distribution as prior), or None for uniform over SO(3).
+        origins_px: ``(k, 2)`` RELION origins ``[x, y]`` in training px for ``"star"``.
+        pad_factor: padding of the Fourier-slice projector (``project``).
+    """
+
+    ctf: CtfParams
+    pixel_size_A: float
+    box: int
+    noise: BackgroundNoise
+    bg_radius_px: float
+    shift_prior: str = "uniform"
+    shift_px: float = 0.0
+    angles_deg: torch.Tensor | None = None
+    origins_px: torch.Tensor | None = None
+    pad_factor: float = 1.5
+
+    def __post_init__(self) -> None:
+        """Check consistency.
+
+        Raises:
+            ValueError: unknown shift prior, ``"star"`` without origins, noise box mismatch,
+                empty CTF table.
+        """
+        if self.shift_prior not in SHIFT_PRIORS:
+            raise ValueError(f"shift_prior must be one of {SHIFT_PRIORS}, got {self.shift_prior!r}")
+        if self.shift_prior == "star" and (self.origins_px is None or len(self.origins_px) == 0):
+            raise ValueError("shift_prior 'star' needs origins_px")
+        if self.noise.box != self.box:
+            raise ValueError(f"noise images are {self.noise.box} px, the training box is {self.box} px")
+        if len(self.ctf) == 0:
+            raise ValueError("the CTF table is empty")
+
+    def draw(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, CtfParams]:
+        """Draw ``n`` (rotation matrices A ``(n, 3, 3)``, origins ``(n, 2)`` px, CTFs) on the CPU."""
+        if self.angles_deg is None:
+            angles = random_euler_deg(n, generator=generator)
+        else:
+            angles = self.angles_deg[torch.randint(0, len(self.angles_deg), (n,), generator=generator)]
+        rot = euler_to_matrix(angles.float())
+        if self.shift_prior == "uniform":
+            origins = (torch.rand(n, 2, generator=generator) * 2.0 - 1.0) * self.shift_px
+        elif self.shift_prior == "gaussian":
+            origins = torch.randn(n, 2, generator=generator) * self.shift_px
+        elif self.shift_prior == "star":
+            origins = self.origins_px[torch.randint(0, len(self.origins_px), (n,), generator=generator)].float()
+        else:
+            origins = torch.zeros(n, 2)
+        ctf = self.ctf[torch.randint(0, len(self.ctf), (n,), generator=generator)]
+        return rot, origins, ctf
+
+
+def simulate_batch(
+    volume: torch.Tensor,
+    priors: SimulationPriors,
+    n: int,
+    generator: torch.Generator,
+    add_noise: bool = True,
+    normalise: bool = True,
+) -> torch.Tensor:
+    """Simulated particles of a volume, differentiable w.r.t. the volume.
+
+    ``normalise( irfft2( CTF · P̂_A · exp(+2πi k·o/N) ) + noise )``: projection at a pose
+    from the prior, RELION's −origin shift (:func:`~cryogan_core.physics.projection.shift_phase`
+    with −origin), the CTF of a random real particle at the training pixel size, a noise
+    image, then :func:`~cryogan_core.metrics.images.normalize_background`.
+
+    Args:
+        volume: ``(D, D, D)`` float32 ``(z, y, x)``, D = ``priors.box``.
+        priors: the simulation priors.
+        n: number of images.
+        generator: CPU generator for every random draw.
+        add_noise: add background noise (False: clean CTF-modulated images).
+        normalise: apply the background normalisation.
+
+    Returns:
+        ``(n, D, D)`` float32 on the volume's device.
+    """
+    d = priors.box
+    dev = volume.device
+    rot, origins_px, ctf = priors.draw(n, generator)
+    proj = project(volume, rot.to(dev), priors.pad_factor)
+    ft = torch.fft.rfft2(proj) * shift_phase(d, d, -origins_px.to(dev))
+    ft = ft * compute_ctf(ctf.to(dev), d, priors.pixel_size_A, rfft=True)
+    img = torch.fft.irfft2(ft, s=(d, d))
+    if add_noise:
+        img = img + priors.noise.sample(n, generator).to(dev)
+    if normalise:
+        img = normalize_background(img, priors.bg_radius_px)
+    return img
+
+
+def estimate_signal_variance(images: torch.Tensor, radius_px: float) -> float:
+    """Signal variance inside the particle radius: ``mean var(inside) − mean var(outside)``.
+
+    For normalised particles (noise std ≈ 1 everywhere) the difference is the variance the
+    projections add inside the particle radius.
+
+    Args:
+        images: ``(n, H, W)`` normalised real particles.
+        radius_px: particle radius (px).
+
+    Returns:
+        The estimate (may be ≤ 0 for pure noise; callers clamp it).
+    """
+    h = images.shape[-1]
+    c = torch.arange(h, device=images.device, dtype=torch.float32) - h // 2
+    r2 = c[:, None] ** 2 + c[None, :] ** 2
+    inside = r2 <= radius_px**2
+    var_in = images[:, inside].var(dim=1).mean()
+    var_out = images[:, ~inside].var(dim=1).mean()
+    return float(var_in - var_out)
+
+
+def clean_signal_variance(volume: torch.Tensor, priors: SimulationPriors, n: int = 64, seed: int = 0) -> float:
+    """Mean variance, inside the particle radius, of clean simulated images of ``volume``.
+
+    Args:
+        volume: ``(D, D, D)`` float32.
+        priors: the simulation priors.
+        n: number of images.
+        seed: seed of the draws.
+
+    Returns:
+        The mean variance (image units²).
+    """
+    with torch.no_grad():
+        img = simulate_batch(volume, priors, n, torch.Generator().manual_seed(seed), add_noise=False, normalise=False)
+    d = priors.box
+    c = torch.arange(d, device=img.device, dtype=torch.float32) - d // 2
+    inside = (c[:, None] ** 2 + c[None, :] ** 2) <= priors.bg_radius_px**2
+    return float(img[:, inside].var(dim=1).mean())
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class WganConfig:
+    """Hyper-parameters of CryoGAN training (defaults: the paper's ``train_Betagal.cfg``).
+
+    Attributes:
+        n_critic: critic updates per volume update (4).
+        gp_lambda: gradient-penalty weight λ (1; Gulrajani et al. use 10).
+        lr: Adam learning rate of the volume and of the critic (1e-3).
+        lr_critic: critic learning rate if different (None: ``lr``).
+        lr_gamma: learning-rate decay per epoch (lr · γ^epoch; 1 = none).
+        beta1, beta2: Adam betas (0.5, 0.9).
+        batch_size: images per critic/volume step (8).
+        blur_sigma_px: σ of the Gaussian blur of critic inputs at the start (2 px).
+        blur_end: fraction of the run after which σ = 0 (linear decrease until then).
+        n_epochs: epochs to train (an epoch = each real particle seen once by the critic).
+        learn_scale: learn the volume's overall scale.
+        seed: seed of initialisation and of every random draw.
+        critic: keyword arguments of :class:`CryoGANCritic` (besides ``box``).
+    """
+
+    n_critic: int = 4
+    gp_lambda: float = 1.0
+    lr: float = 1e-3
+    lr_critic: float | None = None
+    lr_gamma: float = 0.99
+    beta1: float = 0.5
+    beta2: float = 0.9
+    batch_size: int = 8
+    blur_sigma_px: float = 2.0
+    blur_end: float = 0.8
+    n_epochs: float = 100.0
+    learn_scale: bool = True
+    seed: int = 0
+    critic: dict = field(default_factory=dict)
+
+
+def learning_rate(base_lr: float, gamma: float, epoch: float) -> float:
+    """``base_lr · gamma^epoch`` (the paper's per-epoch StepLR decay, continuous in epoch)."""
+    return float(base_lr) * float(gamma) ** float(epoch)
+
+
+def blur_sigma_px(sigma0_px: float, progress: float, blur_end: float) -> float:
+    """Blur σ of the critic inputs: ``σ0 · max(0, 1 − progress / blur_end)`` (px).
+
+    Args:
+        sigma0_px: σ at the start (px).
+        progress: fraction of the run done, in [0, 1].
+        blur_end: fraction at which σ reaches 0 (<= 0: no blur at all).
+    """
+    if blur_end <= 0:
+        return 0.0
+    return float(sigma0_px) * max(0.0, 1.0 - float(progress) / float(blur_end))
+
+
+class CryoGanTrainer:
+    """One CryoGAN reconstruction (one half set): volume, critic, optimisers, counters.
+
+    Args:
+        volume: the generator (:class:`ScaledVolume`).
+        priors: the simulator's priors for this half set.
+        config: the hyper-parameters.
+        device: torch device of the networks (the real images must be there too).
+        name: label used in records (e.g. ``"half1"``).
+        seed_offset: added to ``config.seed`` for this trainer's random draws (halves draw
+            independent poses, CTFs and noise).
+
+    Attributes:
+        critic: the :class:`CryoGANCritic`.
+        step_count: volume updates done.
+        elapsed_s: training wall time so far (restored from checkpoints).
+        history: one record per volume update (see :meth:`train_step`).
+    """
+
+    def __init__(
+        self,
+        volume: ScaledVolume,
+        priors: SimulationPriors,
+        config: WganConfig,
+        device: torch.device | str = "cpu",
+        name: str = "half1",
+        seed_offset: int = 0,
+    ) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.priors = priors
+        self.name = name
+        self.seed_offset = int(seed_offset)
+        self.volume = volume.to(self.device)
+        torch.manual_seed(config.seed * 7919 + self.seed_offset)
+        self.critic = CryoGANCritic(box=priors.box, **config.critic).to(self.device)
+        betas = (config.beta1, config.beta2)
+        self.opt_v = torch.optim.Adam([p for p in self.volume.parameters() if p.requires_grad], lr=config.lr, betas=betas)
+        self.opt_c = torch.optim.Adam(self.critic.parameters(), lr=self.lr_critic0, betas=betas)
+        self.step_count = 0
+        self.elapsed_s = 0.0
+        self.history: list[dict[str, float]] = []
+
+    @property
+    def lr_critic0(self) -> float:
+        """Initial critic learning rate."""
+        return self.config.lr if self.config.lr_critic is None else self.config.lr_critic
+
+    def epoch(self, n_real: int) -> float:
+        """Epochs done (float) for a half set of ``n_real`` particles."""
+        return self.step_count * self.config.batch_size * self.config.n_critic / max(1, n_real)
+
+    def step_generator(self) -> torch.Generator:
+        """CPU generator of the current step, seeded by (seed, trainer, step): resumable."""
+        return torch.Generator().manual_seed(
+            (self.config.seed * 1_000_003 + self.seed_offset * 7_777_777 + self.step_count) % (2**63 - 1)
+        )
+
+    def train_step(self, real: torch.Tensor, sigma_px: float, epoch: float) -> dict[str, float]:
+        """One CryoGAN iteration: ``n_critic`` critic updates, then one volume update.
+
+        Args:
+            real: ``(n_critic · batch, D, D)`` normalised real particles on the device.
+            sigma_px: blur σ of the critic inputs (px).
+            epoch: current epoch (float), for the learning-rate schedule.
+
+        Returns:
+            Record with ``step``, ``epoch``, ``lr``, ``sigma_px``, ``loss_critic`` (mean of the
+            critic losses, penalty included), ``wasserstein`` (mean D(real) − mean D(fake),
+            the critic's estimate of the Wasserstein distance), ``gp``, ``loss_gen``,
+            ``scale`` (exp(log_scale)).
+
+        Raises:
+            ValueError: ``real`` does not hold ``n_critic · batch`` images.
+        """
+        cfg = self.config
+        b, k = cfg.batch_size, cfg.n_critic
+        if real.shape[0] != b * k:
+            raise ValueError(f"train_step needs {b * k} real images, got {real.shape[0]}")
+        gen = self.step_generator()
+        lr_v = learning_rate(cfg.lr, cfg.lr_gamma, epoch)
+        lr_c = learning_rate(self.lr_critic0, cfg.lr_gamma, epoch)
+        for group in self.opt_v.param_groups:
+            group["lr"] = lr_v
+        for group in self.opt_c.param_groups:
+            group["lr"] = lr_c
+        gp_gen = gen if self.device.type == "cpu" else None
+
+        # ---- critic: n_critic updates against fakes of the current (fixed) volume
+        with torch.no_grad():
+            fakes = simulate_batch(self.volume(), self.priors, b * k, gen)
+        real_b = gaussian_blur_images(real.unsqueeze(1), sigma_px)
+        fake_b = gaussian_blur_images(fakes.unsqueeze(1), sigma_px)
+        self.critic.requires_grad_(True)
+        loss_c_sum = w_sum = gp_sum = 0.0
+        for i in range(k):
+            r = real_b[i * b : (i + 1) * b]
+            f = fake_b[i * b : (i + 1) * b]
+            d_real = self.critic(r).mean()
+            d_fake = self.critic(f).mean()
+            gp = gradient_penalty(self.critic, r, f, cfg.gp_lambda, generator=gp_gen)
+            loss_c = d_fake - d_real + gp
+            self.opt_c.zero_grad(set_to_none=True)
+            loss_c.backward()
+            self.opt_c.step()
+            loss_c_sum += float(loss_c.detach())
+            w_sum += float((d_real - d_fake).detach())
+            gp_sum += float(gp.detach())
+
+        # ---- volume: one update through the differentiable simulator
+        self.critic.requires_grad_(False)
+        fake = simulate_batch(self.volume(), self.priors, b, gen)
+        loss_g = -self.critic(gaussian_blur_images(fake.unsqueeze(1), sigma_px)).mean()
+        self.opt_v.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_v.step()
+        self.volume.project_()
+        self.critic.requires_grad_(True)
+
+        self.step_count += 1
+        record = {
+            "step": float(self.step_count),
+            "epoch": float(epoch),
+            "lr": lr_v,
+            "sigma_px": float(sigma_px),
+            "loss_critic": loss_c_sum / k,
+            "wasserstein": w_sum / k,
+            "gp": gp_sum / k,
+            "loss_gen": float(loss_g.detach()),
+            "scale": float(torch.exp(self.volume.log_scale.detach())),
+        }
+        self.history.append(record)
+        return record
+
+    @torch.no_grad()
+    def current_volume(self) -> torch.Tensor:
+        """The current volume ``(D, D, D)`` float32 on the CPU (image units)."""
+        return self.volume().detach().float().cpu()
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume: volume, critic, optimisers, counters, history, config."""
+        return {
+            "name": self.name,
+            "volume": self.volume.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_config": dict(self.critic.config),
+            "opt_v": self.opt_v.state_dict(),
+            "opt_c": self.opt_c.state_dict(),
+            "step_count": self.step_count,
+            "elapsed_s": self.elapsed_s,
+            "history": self.history,
+            "config": asdict(self.config),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from :meth:`state_dict` (the same architecture and box).
+
+        Raises:
+            RuntimeError: the saved tensors do not fit this trainer (torch's message).
+        """
+        self.volume.load_state_dict(state["volume"])
+        self.critic.load_state_dict(state["critic"])
+        self.opt_v.load_state_dict(state["opt_v"])
+        self.opt_c.load_state_dict(state["opt_c"])
+        self.step_count = int(state["step_count"])
+        self.elapsed_s = float(state["elapsed_s"])
+        self.history = list(state["history"])
+
+
+def _real_batch(real: torch.Tensor, n: int, trainer: CryoGanTrainer) -> torch.Tensor:
+    """``n`` real images drawn at random (seeded by the trainer's step), on its device."""
+    g = torch.Generator().manual_seed(
+        (trainer.config.seed * 999_983 + trainer.seed_offset * 31_337 + trainer.step_count) % (2**63 - 1)
+    )
+    idx = torch.randint(0, real.shape[0], (n,), generator=g)
+    return real[idx].to(trainer.device, non_blocking=True)
+
+
+def train_cryogan(
+    trainers: Sequence[CryoGanTrainer],
+    reals: Sequence[torch.Tensor],
+    max_seconds: float | None = None,
+    should_stop: Callable[[], None] | None = None,
+    on_step: Callable[[list[dict[str, float]], float, float], None] | None = None,
+    on_eval: Callable[[float], None] | None = None,
+    eval_every_s: float | None = None,
+    checkpoint: Callable[[], None] | None = None,
+    checkpoint_every_s: float = 120.0,
+    parallel: bool = True,
+) -> str:
+    """Train several independent reconstructions (the half sets) in lockstep.
+
+    Every loop iteration gives each trainer that has not reached ``config.n_epochs`` one
+    :meth:`CryoGanTrainer.train_step`. The run ends when every trainer has done its epochs,
+    or when the training time (``elapsed_s``, which includes earlier runs restored from a
+    checkpoint) reaches ``max_seconds``. The blur schedule follows the progress
+    ``max(epoch / n_epochs, elapsed / max_seconds)``.
+
+    Args:
+        trainers: one trainer per half set (same config).
+        reals: the real normalised particles of each half set, ``(n_h, D, D)`` (any device).
+        max_seconds: training-time budget (None: only epochs count).
+        should_stop: called before every iteration; it raises to stop (RELION abort). A
+            checkpoint is written before the exception propagates.
+        on_step: ``on_step(records, elapsed_s, progress)`` after every iteration.
+        on_eval: ``on_eval(elapsed_s)`` every ``eval_every_s`` seconds of training.
+        eval_every_s: interval of ``on_eval`` (None: never during training).
+        checkpoint: called every ``checkpoint_every_s`` seconds and at the end.
+        checkpoint_every_s: interval of checkpoints.
+        parallel: run the trainers' steps in concurrent Python threads (one per trainer)
+            with ``torch.get_num_threads() // len(trainers)`` torch threads each (at least
+            1). The networks are small, so intra-op parallelism gains little and spins badly
+            on a busy machine; one thread per half set was 1.4x faster on 2 cores (box 32).
+
+    Returns:
+        ``"epochs"`` or ``"time"``: what ended the run.
+
+    Raises:
+        ValueError: ``trainers`` and ``reals`` differ in length, or a half set is smaller
+            than one batch.
+        Exception: whatever ``should_stop`` raises.
+    """
+    if len(trainers) != len(reals) or not trainers:
+        raise ValueError("need one real-particle tensor per trainer")
+    cfg = trainers[0].config
+    need = cfg.batch_size * cfg.n_critic
+    for t, r in zip(trainers, reals):
+        if r.shape[0] < cfg.batch_size:
+            raise ValueError(f"{t.name}: {r.shape[0]} particles, fewer than one batch ({cfg.batch_size})")
+    n_threads = torch.get_num_threads()
+    use_pool = parallel and len(trainers) > 1 and n_threads > 1
+    pool = ThreadPoolExecutor(len(trainers)) if use_pool else None
+    if use_pool:
+        torch.set_num_threads(max(1, n_threads // len(trainers)))
+    try:
+        return _train_loop(trainers, reals, cfg, need, max_seconds, should_stop, on_step, on_eval, eval_every_s,
+                           checkpoint, checkpoint_every_s, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+            torch.set_num_threads(n_threads)
+
+
+def _train_loop(trainers, reals, cfg, need, max_seconds, should_stop, on_step, on_eval, eval_every_s,  # noqa: ANN001
+                checkpoint, checkpoint_every_s, pool) -> str:  # noqa: ANN001
+    """The body of :func:`train_cryogan` (same arguments; ``pool`` runs trainers concurrently)."""
+    start_elapsed = min(t.elapsed_s for t in trainers)
+    t0 = time.monotonic()
+    last_ckpt = last_eval = start_elapsed
+
+    def elapsed() -> float:
+        return start_elapsed + (time.monotonic() - t0)
+
+    def progress_of(t: CryoGanTrainer, n_real: int, now: float) -> float:
+        p = t.epoch(n_real) / cfg.n_epochs if cfg.n_epochs > 0 else 1.0
+        if max_seconds:
+            p = max(p, now / max_seconds)
+        return min(1.0, p)
+
+    reason = "epochs"
+    while True:
+        now = elapsed()
+        active = [(t, r) for t, r in zip(trainers, reals) if t.epoch(r.shape[0]) < cfg.n_epochs]
+        if not active:
+            reason = "epochs"
+            break
+        if max_seconds is not None and now >= max_seconds:
+            reason = "time"
+            break
+        if should_stop is not None:
+            try:
+                should_stop()
+            except BaseException:
+                for t in trainers:
+                    t.elapsed_s = elapsed()
+                if checkpoint is not None:
+                    checkpoint()
+                raise
+        progress = max(progress_of(t, r.shape[0], now) for t, r in active)
+        sigma = blur_sigma_px(cfg.blur_sigma_px, progress, cfg.blur_end)
+
+        def one(tr: tuple[CryoGanTrainer, torch.Tensor]) -> dict[str, float]:
+            t, r = tr
+            return t.train_step(_real_batch(r, need, t), sigma, t.epoch(r.shape[0]))
+
+        records = list(pool.map(one, active)) if pool is not None and len(active) > 1 else [one(a) for a in active]
+        now = elapsed()
+        for t in trainers:
+            t.elapsed_s = now
+        if on_step is not None:
+            on_step(records, now, progress)
+        if on_eval is not None and eval_every_s and now - last_eval >= eval_every_s:
+            last_eval = now
+            on_eval(now)
+        if checkpoint is not None and now - last_ckpt >= checkpoint_every_s:
+            last_ckpt = now
+            checkpoint()
+    for t in trainers:
+        t.elapsed_s = elapsed()
+    if checkpoint is not None:
+        checkpoint()
+    return reason
