@@ -59,7 +59,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO_ROOT / "examples"
 SCRIPT = EXAMPLES / "relion_pipeliner.sh"
 TEMPLATES = EXAMPLES / "job_templates"
-SECTION = EXAMPLES / "README_relion_cryosparc_section.md"
+SECTION = EXAMPLES.parent / "README.md"
 
 _MDT_VERSION = {"3.1": 30001, "4.0": 30001, "5.0": 50001}
 # 3.1 process status ints (pipeline_jobs.h PROC_RUNNING..PROC_ABORTED) and the 4.0/5.0 labels.

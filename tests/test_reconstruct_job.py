@@ -22,6 +22,8 @@ import torch
 from cryogan_core.commands.reconstruct import ReconstructOptions, options_from_mapping, run_reconstruct
 from cryogan_core.commands.simulate import run_simulate
 from cryogan_core.errors import InputError
+from cryogan_core.io.cryosparc import write_cryosparc_particles
+from cryogan_core.io.star import read_particles
 from relion_harness import (
     VERSIONS,
     assert_nodes_valid,
@@ -48,6 +50,8 @@ def sim_dir(tmp_path_factory) -> Path:
     """A 16-px synthetic particle set with its truth (built-in volume, 8 Å/px, 0 dB)."""
     root = tmp_path_factory.mktemp("sim")
     run_simulate(root / "Simulate", n=120, snr_db=0.0, shift_px=1.0, seed=3, box=16, pixel_size_A=8.0, project_dir=root)
+    # the same particles as a cryoSPARC dataset (particles.cs + .csg, stacks beside them)
+    write_cryosparc_particles(read_particles(root / "Simulate/particles.star"), root / "Simulate/cs", root)
     return root
 
 
@@ -69,7 +73,9 @@ def _err_lines(proj) -> list[str]:
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_job_succeeds_with_files_nodes_and_labels(tmp_path, sim_dir, version):
-    inputs = {"in_part": "Simulate/particles.star", "in_3dref": "Simulate/ground_truth_map.mrc"}
+    # RELION 3.1 gets the cryoSPARC .cs of the same particles (any version could)
+    parts = "Simulate/cs/particles.cs" if version == "3.1" else "Simulate/particles.star"
+    inputs = {"in_part": parts, "in_3dref": "Simulate/ground_truth_map.mrc"}
     proj = _project(tmp_path, sim_dir, version, inputs=inputs, params={"symmetry": "C1", "positivity": "yes"})
     result = run_like_relion(proj, timeout=240)
     assert result.returncode == 0, (proj.job_path / "run.err").read_text()
@@ -88,6 +94,10 @@ def test_job_succeeds_with_files_nodes_and_labels(tmp_path, sim_dir, version):
     assert summary["resolution_A_fsc_0.143"] >= 16.0  # Nyquist at 8 Å/px
     assert summary["resolution_A_vs_reference_fsc_0.5"] >= 16.0
     assert summary["n_half1"] + summary["n_half2"] == 120
+    imports = {d["volume_out_name"]: d for d in summary["cryosparc_import"]}
+    assert set(imports) == {"map", "map_half_A", "map_half_B"}
+    assert Path(imports["map_half_B"]["volume_blob_path"]) == (proj.job_path / "run_half2_class001_unfil.mrc").absolute()
+    assert all(d["volume_psize"] == pytest.approx(8.0) and d["job"] == "Import 3D Volumes" for d in imports.values())
     out = (proj.job_path / "run.out").read_text()
     assert "critic loss" in out and "Wasserstein" in out and "left" in out
     assert "finished successfully (4 output nodes)" in out

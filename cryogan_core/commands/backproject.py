@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from loguru import logger
 
+from cryogan_core.commands.export_cryosparc import volume_import_settings
 from cryogan_core.errors import InputError
 from cryogan_core.io.images import ParticleImages
 from cryogan_core.io.mrc import write_map
@@ -124,6 +125,9 @@ def run_backproject(
         "fsc": curve,
         "wiener_constant": wiener_constant,
         "star": str(star_path),
+        "cryosparc_import": volume_import_settings(
+            {"map": output_dir / "run_class001.mrc", "map_half_A": output_dir / "run_half1_class001_unfil.mrc",
+             "map_half_B": output_dir / "run_half2_class001_unfil.mrc"}, pixel_size_A),
     }
     write_summary(output_dir / "summary.json", summary)
     logger.info(f"Half-map FSC = 0.143 at {res:.2f} Å (Nyquist {2 * pixel_size_A:.2f} Å); wrote {output_dir}")

@@ -44,6 +44,28 @@ def import_instructions(csg_path: Path, folder_name: str) -> list[str]:
     ]
 
 
+def volume_import_settings(maps: dict[str, Path], pixel_size_A: float) -> list[dict]:
+    """cryoSPARC "Import 3D Volumes" settings for maps we wrote (one import job per map).
+
+    Field names are cryoSPARC's job parameters (``volume_blob_path``, ``volume_out_name``,
+    ``volume_psize``); see ``../shared/docs/cryosparc_interop.md``.
+
+    Args:
+        maps: volume type (``"map"``, ``"map_half_A"``, ``"map_half_B"``, ``"mask"``) ->
+            path of the MRC file (made absolute here).
+        pixel_size_A: voxel size of the maps in Å (as in their headers).
+
+    Returns:
+        One dict per map: ``job`` ("Import 3D Volumes"), ``volume_blob_path``,
+        ``volume_out_name``, ``volume_psize``.
+    """
+    return [
+        {"job": "Import 3D Volumes", "volume_blob_path": str(Path(path).absolute()), "volume_out_name": kind,
+         "volume_psize": float(pixel_size_A)}
+        for kind, path in maps.items()
+    ]
+
+
 def run_export_cryosparc(
     star_path: str | Path, output_dir: str | Path, project_dir: str | Path | None = None
 ) -> dict:

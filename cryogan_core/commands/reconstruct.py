@@ -40,11 +40,12 @@ from loguru import logger  # noqa: E402
 
 from cryogan_core.commands._common import map_for_particles, select_device, set_threads  # noqa: E402
 from cryogan_core.commands.backproject import half_set_labels  # noqa: E402
+from cryogan_core.commands.export_cryosparc import volume_import_settings  # noqa: E402
 from cryogan_core.errors import InputError  # noqa: E402
 from cryogan_core.io.atomic import atomic_path  # noqa: E402
 from cryogan_core.io.images import ParticleImages  # noqa: E402
 from cryogan_core.io.mrc import write_map  # noqa: E402
-from cryogan_core.io.star import read_particles  # noqa: E402
+from cryogan_core.io.particles import load_particles  # noqa: E402
 from cryogan_core.io.summary import write_summary  # noqa: E402
 from cryogan_core.metrics.align import align_maps, apply_alignment  # noqa: E402
 from cryogan_core.metrics.fsc import fsc, resolution_at, write_fsc_star  # noqa: E402
@@ -111,6 +112,8 @@ class ReconstructOptions:
     eval_minutes: float = 5.0
     log_seconds: float = 30.0
     max_particles: int = 0
+    in_parts_passthrough: str = ""
+    cs_project_dir: str = ""
     seed: int = 0
     device: str = "auto"
 
@@ -140,6 +143,8 @@ OPTION_HELP: dict[str, str] = {
     "eval_minutes": "Minutes between half-map FSC evaluations and snapshots during training (0 = only at the end).",
     "log_seconds": "Seconds between progress lines.",
     "max_particles": "Use at most this many particles (random subset; 0 = all).",
+    "in_parts_passthrough": "cryoSPARC input only: passthrough .cs file(s) for the particles .cs, comma-separated (default: found beside it).",
+    "cs_project_dir": "cryoSPARC input only: the cryoSPARC project directory that blob paths are relative to (default: the .cs folder and its parents).",
     "seed": "Random seed (half sets when absent, initialisation, every random draw).",
     "device": "torch device: auto (CUDA if present), cpu, cuda, cuda:1 ...",
 }
@@ -402,8 +407,9 @@ def run_reconstruct(
     """Reconstruct both half sets with CryoGAN and write maps, FSC, plots and summary.
 
     Args:
-        star_path: particle STAR with CTF and rlnImageName (one pixel size; poses ignored
-            unless ``pose_prior = star``).
+        star_path: particle STAR with CTF and rlnImageName, or a cryoSPARC particle ``.cs``
+            (passthrough files and project directory from ``in_parts_passthrough`` and
+            ``cs_project_dir``); one pixel size; poses ignored unless ``pose_prior = star``.
         output_dir: output folder (created); see the module docstring for the files.
         options: the settings (defaults: :class:`ReconstructOptions`).
         ref_path: optional reference map, only for alignment and FSC after training.
@@ -434,7 +440,11 @@ def run_reconstruct(
     star_path = Path(star_path)
     device = select_device(opts.device)
 
-    star = read_particles(star_path, require_ctf=True, require_images=True, require_poses=opts.pose_prior == "star")
+    passthrough = tuple(Path(x.strip()) for x in opts.in_parts_passthrough.split(",") if x.strip())
+    star = load_particles(
+        star_path, require_ctf=True, require_images=True, require_poses=opts.pose_prior == "star", passthrough=passthrough,
+        cs_project_dir=Path(opts.cs_project_dir) if opts.cs_project_dir else None, project_dir=project_dir,
+    )
     df = star.particles
     pixel_A = _check_star(star_path, df, opts)
     images = ParticleImages(df, project_dir, star_path)
@@ -688,6 +698,9 @@ def _write_outputs(
     write_map(output_dir / "run_half1_class001_unfil.mrc", h1.numpy(), pixel_A)
     write_map(output_dir / "run_half2_class001_unfil.mrc", h2.numpy(), pixel_A)
     write_map(output_dir / "run_class001.mrc", avg.numpy(), pixel_A)
+    summary["cryosparc_import"] = volume_import_settings(
+        {"map": output_dir / "run_class001.mrc", "map_half_A": output_dir / "run_half1_class001_unfil.mrc",
+         "map_half_B": output_dir / "run_half2_class001_unfil.mrc"}, pixel_A)
     write_fsc_star(output_dir / "fsc.star", freq, curve)
     title = f"Half-map FSC: {res:.1f} Å at 0.143 (training Nyquist {2 * pixel_t:.1f} Å)"
     save_figure(fsc_figure(freq, {"half 1 vs half 2 (aligned, unmasked)": curve}, (0.143, 0.5), title=title), output_dir / "fsc.png")
@@ -755,7 +768,7 @@ def _add_options(func: Callable) -> Callable:
 
 
 @click.command("reconstruct")
-@click.option("--in_parts", "star_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Particle STAR with CTF (poses are ignored).")
+@click.option("--in_parts", "star_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Particle STAR with CTF, or a cryoSPARC particle .cs (poses are ignored).")
 @click.option("--o", "output_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
 @click.option("--in_3dref", "ref_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Reference map for alignment and FSC after training (never used in training).")
 @click.option("--in_mask", "mask_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Mask multiplied into the volume (default: a sphere of the particle diameter).")
