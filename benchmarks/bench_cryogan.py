@@ -42,6 +42,23 @@ MAP = DATA / "betagal_5a1a_sim_relionframe_3.54A_box64.mrc"
 STAR = DATA / "betagal_particles_posed.star"
 
 
+def plot_resolution_vs_time(result: dict, path: Path) -> None:
+    """PNG of the half-map FSC = 0.143 and the FSC-with-the-truth = 0.5 resolutions (Å)
+    against training time (minutes), from a ``bench_result.json`` dict."""
+    import numpy as np
+
+    from cryogan_core.report.plots import curves_figure, save_figure
+
+    rows = result["resolution_vs_time"]
+    t = np.array([r["minutes"] for r in rows], dtype=float)
+    curves = {"half maps, FSC 0.143": np.array([r["half_map_fsc_0.143_A"] for r in rows], dtype=float)}
+    if any(r["vs_truth_fsc_0.5_A"] is not None for r in rows):
+        curves["vs truth (aligned), FSC 0.5"] = np.array(
+            [np.nan if r["vs_truth_fsc_0.5_A"] is None else r["vs_truth_fsc_0.5_A"] for r in rows], dtype=float)
+    save_figure(curves_figure(t, curves, "training time (min, 2 CPU cores)", "resolution (Å)",
+                              title=f"CryoGAN, {result['dataset']}"), path)
+
+
 def main() -> None:
     """Parse the options, simulate (or take the real particles), reconstruct, report."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,9 +69,14 @@ def main() -> None:
     ap.add_argument("--real", action="store_true", help="the 1,211 real beta-gal particles instead of a simulation")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--plot-only", type=Path, default=None, metavar="BENCH_RESULT_JSON",
+                    help="only redraw resolution_vs_time.png next to an earlier bench_result.json")
     ap.add_argument("--set", nargs="*", default=[], metavar="OPTION=VALUE",
                     help="extra reconstruct options, e.g. box_train=32 symmetry=D2 lr=5e-3 eval_minutes=5")
     args = ap.parse_args()
+    if args.plot_only is not None:
+        plot_resolution_vs_time(json.loads(args.plot_only.read_text()), args.plot_only.parent / "resolution_vs_time.png")
+        return
     configure_logging()
     set_threads(args.threads)
     if not MAP.exists():
@@ -101,6 +123,7 @@ def main() -> None:
         ],
     }
     (out / "bench_result.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot_resolution_vs_time(result, out / "resolution_vs_time.png")
     print(f"\n{label}: {result['training_minutes']:.1f} min of training, {result['steps']} steps")
     print(f"  FSC with the truth (aligned) at 0.5: {result['fsc_0.5_vs_truth_A']:.1f} Å")
     print(f"  half-map FSC at 0.143:              {result['half_map_fsc_0.143_A']:.1f} Å "

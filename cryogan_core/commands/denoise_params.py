@@ -38,7 +38,7 @@ DENOISE_PARAMS: tuple[Param, ...] = (
     Param("max_train_particles", int, 20000, "Train on at most this many particles of half set 1 (random subset)."),
     Param("n_report", int, 500, "Held-out particles (half set 2) used for the report and bias controls."),
     Param("train_both_halves", bool, False, "After the held-out report, train further on both halves before denoising all particles."),
-    Param("float16", bool, False, "Write the denoised stacks as float16 (MRC mode 12)."),
+    Param("float16", bool, False, "Write the denoised stacks as float16 (MRC mode 12; RELION 4.0+ reads them, RELION 3.1 cannot)."),
     Param("stack_size", int, 10000, "Particles per denoised output stack."),
     Param("no_scores", bool, False, "Skip the per-particle agreement columns (saves one projection per particle)."),
     Param("no_bias_controls", bool, False, "Skip the reference-bias controls."),
