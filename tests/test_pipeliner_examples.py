@@ -39,7 +39,8 @@ import pytest
 import starfile
 
 from conftest import shared_path
-from relion_harness import (
+from relion_harness import (  # noqa: I001
+    _INPUT_NODE_TYPES,
     EXTERNAL_JOBOPTIONS,
     INPUT_FLAGS,
     RelionProject,
@@ -64,15 +65,8 @@ SECTION = EXAMPLES.parent / "README.md"
 _MDT_VERSION = {"3.1": 30001, "4.0": 30001, "5.0": 50001}
 # 3.1 process status ints (pipeline_jobs.h PROC_RUNNING..PROC_ABORTED) and the 4.0/5.0 labels.
 _STATUS_31 = {"Running": 0, "Scheduled": 1, "Succeeded": 2, "Failed": 3, "Aborted": 4}
-# input joboption -> (3.1 node int, 4.0 label, 5.0 label), protocol §1.1
-_INPUT_NODE = {
-    "in_mov": (0, "MicrographMoviesData.star.relion", "MicrographMovieGroupMetadata.star.relion"),
-    "in_mic": (1, "MicrographsData.star.relion", "MicrographGroupMetadata.star.relion"),
-    "in_part": (3, "ParticlesData.star.relion", "ParticleGroupMetadata.star.relion"),
-    "in_coords": (2, "MicrographsCoords.star.relion", "MicrographCoordsGroup.star.relion"),
-    "in_3dref": (6, "DensityMap.mrc", "DensityMap.mrc"),
-    "in_mask": (7, "Mask3D.mrc", "Mask3D.mrc"),
-}
+# input joboption -> (3.1 node int, 4.0 label, 5.0 label), protocol §1.1: the harness's table
+_INPUT_NODE = _INPUT_NODE_TYPES
 _BOOL_WORDS = {"", "yes", "no", "true", "false", "1", "0", "on", "off", "y", "n"}
 
 

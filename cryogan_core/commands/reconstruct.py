@@ -681,9 +681,8 @@ def _write_outputs(
         write_fsc_star(output_dir / "fsc_vs_reference.star", ral.freq_inv_A, ral.fsc)
         fig = fsc_figure(ral.freq_inv_A, {"map vs reference (aligned)": ral.fsc}, (0.5, 0.143),
                          title=f"FSC with {Path(ref_path).name}: {res_ref:.1f} Å at 0.5")
-        save_figure(fig, output_dir / "fsc_vs_reference.png")
-        figures.append(fsc_figure(ral.freq_inv_A, {"map vs reference (aligned)": ral.fsc}, (0.5, 0.143),
-                                  title=f"FSC with {Path(ref_path).name}: {res_ref:.1f} Å at 0.5"))
+        save_figure(fig, output_dir / "fsc_vs_reference.png", close=False)
+        figures.append(fig)
         summary.update({
             "reference": str(ref_path),
             "resolution_A_vs_reference_fsc_0.5": res_ref,
@@ -703,8 +702,9 @@ def _write_outputs(
          "map_half_B": output_dir / "run_half2_class001_unfil.mrc"}, pixel_A)
     write_fsc_star(output_dir / "fsc.star", freq, curve)
     title = f"Half-map FSC: {res:.1f} Å at 0.143 (training Nyquist {2 * pixel_t:.1f} Å)"
-    save_figure(fsc_figure(freq, {"half 1 vs half 2 (aligned, unmasked)": curve}, (0.143, 0.5), title=title), output_dir / "fsc.png")
-    figures.insert(0, fsc_figure(freq, {"half 1 vs half 2 (aligned, unmasked)": curve}, (0.143, 0.5), title=title))
+    fig = fsc_figure(freq, {"half 1 vs half 2 (aligned, unmasked)": curve}, (0.143, 0.5), title=title)
+    save_figure(fig, output_dir / "fsc.png", close=False)
+    figures.insert(0, fig)
 
     hist = [t.history for t in trainers]
     n = min(len(x) for x in hist)
@@ -722,21 +722,20 @@ def _write_outputs(
         figures.append(curves_figure(steps, gen_curves, "volume update (step)", "loss", title="Generator loss (moving average)"))
     if evals:
         t_min = np.array([e["elapsed_s"] / 60.0 for e in evals])
-        figures.append(curves_figure(
+        fig = curves_figure(
             t_min,
             {"half-map FSC 0.143": np.array([e["resolution_A_fsc_0.143"] for e in evals], dtype=float),
              "half-map FSC 0.5": np.array([e["resolution_A_fsc_0.5"] for e in evals], dtype=float),
              **({"average vs reference, FSC 0.5": np.array([e.get("resolution_A_vs_reference_fsc_0.5", np.nan) for e in evals], dtype=float)}
                 if ref_path is not None else {})},
             "training time (min)", "resolution (Å)", title="Resolution against time",
-        ))
-        save_figure(curves_figure(
-            t_min, {"half-map FSC 0.143": np.array([e["resolution_A_fsc_0.143"] for e in evals], dtype=float)},
-            "training time (min)", "resolution (Å)", title="Resolution against time"), output_dir / "resolution_vs_time.png")
+        )
+        save_figure(fig, output_dir / "resolution_vs_time.png", close=False)
+        figures.append(fig)
     figures.append(_slices_figure({"half 1": h1.numpy(), "half 2": h2.numpy(), "average": avg.numpy()}, "Final maps"))
-    figures.append(_particles_figure(halves[0], trainers[0], trainers[0].step_count, "Real versus simulated particles (half 1, final volume)"))
-    save_figure(_particles_figure(halves[0], trainers[0], trainers[0].step_count, "Real versus simulated particles (half 1, final volume)"),
-                output_dir / "particles_real_vs_simulated.png")
+    fig = _particles_figure(halves[0], trainers[0], trainers[0].step_count, "Real versus simulated particles (half 1, final volume)")
+    save_figure(fig, output_dir / "particles_real_vs_simulated.png", close=False)
+    figures.append(fig)
     write_pdf(output_dir / "logfile.pdf", figures)
     write_summary(output_dir / "summary.json", summary)
     logger.info(f"Half-map FSC = 0.143 at {res:.1f} Å (training Nyquist {2 * pixel_t:.1f} Å); wrote {output_dir}")
