@@ -34,7 +34,9 @@ sys.path.insert(0, str(REPO))
 
 from cryogan_core.cli import configure_logging  # noqa: E402
 from cryogan_core.commands._common import set_threads  # noqa: E402
-from cryogan_core.commands.reconstruct import options_from_mapping, run_reconstruct  # noqa: E402
+from cryogan_core.commands.options import options_from_mapping  # noqa: E402
+from cryogan_core.commands.reconstruct import run_reconstruct  # noqa: E402
+from cryogan_core.commands.reconstruct_options import ReconstructOptions  # noqa: E402
 from cryogan_core.commands.simulate import run_simulate  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data" / "betagal-relion-tutorial"
@@ -100,7 +102,7 @@ def main() -> None:
     for item in args.set:
         key, _, value = item.partition("=")
         values[key] = value
-    opts = options_from_mapping(values)
+    opts = options_from_mapping(ReconstructOptions, values)
     t0 = time.monotonic()
     summary = run_reconstruct(star, out / "rec", opts, ref_path=MAP, project_dir=project, resume=False)
     wall = time.monotonic() - t0

@@ -17,6 +17,8 @@ import click
 from loguru import logger
 
 from cryogan_core import __version__
+from cryogan_core.commands.denoise_options import DenoiseOptions
+from cryogan_core.commands.options import click_options
 from cryogan_core.errors import InputError
 
 
@@ -128,19 +130,6 @@ def backproject(star_path, output_dir, wiener_constant, seed, project_dir, devic
     run_backproject(star_path, output_dir, project_dir, wiener_constant, seed, device=select_device(device))
 
 
-def _denoise_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Add one click option per denoiser param (``DENOISE_PARAMS``: the RELION params too)."""
-    from cryogan_core.commands.denoise_params import DENOISE_PARAMS
-
-    for p in reversed(DENOISE_PARAMS):
-        flag = "--" + p.name.replace("_", "-")
-        if p.type is bool:
-            func = click.option(flag, p.name, is_flag=True, default=False, help=p.help)(func)
-        else:
-            func = click.option(flag, p.name, type=p.type, default=p.default, show_default=True, help=p.help)(func)
-    return func
-
-
 DEMO_N_PARTICLES = 2000
 DEMO_N_STEPS = 400
 
@@ -153,7 +142,7 @@ DEMO_N_STEPS = 400
 @click.option("--demo", is_flag=True, help=f"Simulate {DEMO_N_PARTICLES} particles of the built-in volume at -10 dB into <o>/demo_data and denoise them ({DEMO_N_STEPS} steps unless --n-steps is given).")
 @_project
 @_threads
-@_denoise_options
+@click_options(DenoiseOptions)
 @user_errors
 def denoise(star_path, map_path, mask_path, output_dir, demo, project_dir, threads, **options) -> None:
     """Train the cGAN denoiser on refined particles (half set 1), report on half set 2, denoise all."""

@@ -32,11 +32,14 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, TypeVar
 
 from loguru import logger
 
+from cryogan_core.commands.options import options_from_mapping, params_of
 from cryogan_core.errors import InputError
+
+T = TypeVar("T")
 
 __all__ = [
     "ABORT_NOW",
@@ -205,6 +208,24 @@ class RelionArgs:
         if word in _FALSE_WORDS:
             return False
         raise InputError(f"command line: --{key} {value}: expected yes/no, true/false or 1/0")
+
+    def options(self, cls: type[T]) -> T:
+        """Build a command's options dataclass from the params (Params tab, Additional arguments).
+
+        Args:
+            cls: an options dataclass declared with :func:`cryogan_core.commands.options.option`
+                (``DenoiseOptions``, ``ReconstructOptions``).
+
+        Returns:
+            The options; params not given take their defaults. A bare flag is ``yes`` for a
+            bool option.
+
+        Raises:
+            InputError: an unknown param (listing the known ones), a non-bool param given
+                without a value, or a value of the wrong type or out of range.
+        """
+        self.reject_unknown_params(p.name for p in params_of(cls))
+        return options_from_mapping(cls, self.params)
 
     def reject_unknown_params(self, known: Iterable[str]) -> None:
         """Raise if a parameter outside ``known`` was given (catches typos in Params labels).

@@ -8,7 +8,7 @@ RELION runs, from the project directory::
 
 Params (the GUI's Params tab) are the options of ``cryogan denoise`` with underscores
 (``--train_box 48``, ``--n_steps 3000``, ``--ctf_free``; see
-``cryogan_core.commands.denoise_params``). Running the same command again on the same
+``cryogan_core.commands.denoise_options.DenoiseOptions``). Running the same command again on the same
 ``--o`` (RELION's "Continue!") resumes from the last checkpoint and keeps finished stacks.
 Output nodes: ``particles.star`` (particles) and ``logfile.pdf`` (PDF log).
 """
@@ -17,32 +17,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
 from cryogan_core.commands.denoise import DenoiseInputs, run_denoise
-from cryogan_core.commands.denoise_params import DENOISE_PARAMS
+from cryogan_core.commands.denoise_options import DenoiseOptions
 from cryogan_core.errors import InputError
-from relion_external._job import Node, RelionArgs, RelionJob, configure_logging, parse_relion_args_or_exit
-
-
-def options_from_params(args: RelionArgs) -> dict[str, Any]:
-    """Translate RELION params into denoiser options (typed), rejecting unknown ones.
-
-    Raises:
-        InputError: for an unknown param or a value of the wrong type.
-    """
-    args.reject_unknown_params([p.name for p in DENOISE_PARAMS])
-    getters = {int: args.param_int, float: args.param_float, bool: args.param_bool}
-    options: dict[str, Any] = {}
-    for p in DENOISE_PARAMS:
-        if p.type is str:
-            value = args.param_str(p.name, p.default)
-            options[p.name] = p.default if value is None else value
-        else:
-            options[p.name] = getters[p.type](p.name, p.default)
-    return options
+from relion_external._job import Node, RelionJob, configure_logging, parse_relion_args_or_exit
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -51,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging()
     with RelionJob(args.o, project_dir=Path.cwd(), name="cryogan-denoise") as job:
         torch.set_num_threads(max(1, args.j))
-        options = options_from_params(args)
+        options = args.options(DenoiseOptions)
         if not args.in_parts:
             raise InputError("no input particles: fill 'Input particles' (--in_parts) with a refined particles STAR")
         inputs = DenoiseInputs(

@@ -5,7 +5,7 @@ RELION runs (protocol §1.2)::
     cryogan-reconstruct --o External/jobNNN/ --in_parts particles.star [--in_3dref ref.mrc]
         [--in_mask mask.mrc] [--in_mics micrographs.star] [--<option> <value>]... --j N
 
-Every option of ``cryogan reconstruct`` (:class:`~cryogan_core.commands.reconstruct.ReconstructOptions`,
+Every option of ``cryogan reconstruct`` (:class:`~cryogan_core.commands.reconstruct_options.ReconstructOptions`,
 e.g. ``--box_train 32``, ``--max_minutes 60``, ``--symmetry D2``) is given as a Params-tab
 label and value (or in "Additional arguments"). The science is
 :func:`~cryogan_core.commands.reconstruct.run_reconstruct`; this file only translates the
@@ -19,14 +19,14 @@ is used or a checkpoint exists in ``--o``, and declares the output nodes: the ma
 from __future__ import annotations
 
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
 from loguru import logger
 
 from cryogan_core.commands._common import set_threads
-from cryogan_core.commands.reconstruct import CHECKPOINT, ReconstructOptions, options_from_mapping, run_reconstruct
+from cryogan_core.commands.reconstruct import CHECKPOINT, run_reconstruct
+from cryogan_core.commands.reconstruct_options import ReconstructOptions
 from cryogan_core.errors import InputError
 from relion_external._job import Node, RelionJob, configure_logging, parse_relion_args_or_exit
 
@@ -56,12 +56,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging()
     args = parse_relion_args_or_exit(list(sys.argv[1:] if argv is None else argv))
     with RelionJob(args.o, project_dir=Path.cwd(), name="cryogan-reconstruct") as job:
-        args.reject_unknown_params([f.name for f in fields(ReconstructOptions)])
-        bools = {f.name for f in fields(ReconstructOptions) if isinstance(getattr(ReconstructOptions(), f.name), bool)}
-        for key, value in args.params.items():
-            if value is True and key not in bools:
-                raise InputError(f"command line: --{key} needs a value (in RELION: Params tab, value of '{key}')")
-        opts = options_from_mapping(dict(args.params))
+        opts = args.options(ReconstructOptions)
         if args.in_parts is None:
             raise InputError("--in_parts is required (RELION: Input particles, e.g. Extract/job009/particles.star)")
         star = _input_file(args.in_parts, "in_parts", "the particles")

@@ -110,5 +110,5 @@ def test_abort_then_continue_resumes_from_checkpoint(tmp_path: Path, refine_dir:
     run_like_relion(proj, timeout=600)
     assert exit_status(proj) == "Succeeded", (proj.job_path / "run.err").read_text()[-2000:]
     out = (proj.job_path / "run.out").read_text()
-    assert f"Continuing from" in out and f"at step {step_at_abort}/400" in out
+    assert "Continuing from" in out and f"at step {step_at_abort}/400" in out
     assert torch.load(ckpt, weights_only=True)["step_count"] == 400

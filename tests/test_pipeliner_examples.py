@@ -21,6 +21,7 @@ Run as a program, this file IS the stand-in ``relion_pipeliner`` (see ``fake_rel
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -81,7 +82,7 @@ class JobSpec:
         name: short name ("denoise").
         executables: the fn_exe forms that run it (console script, ``python -m`` module).
         params: name -> Param (``.type`` int/float/str/bool, ``.default``).
-        options_from_params: the job's own RelionArgs -> typed options function.
+        options_from_params: RelionArgs -> typed options, as the job does it.
         required_inputs: joboptions that must be filled (``in_part`` ...).
     """
 
@@ -92,49 +93,27 @@ class JobSpec:
     required_inputs: tuple[str, ...]
 
 
+def _spec(name: str, module: str, cls: type, required_inputs: tuple[str, ...]) -> JobSpec:
+    """A job whose params are the fields of its options dataclass (declared once for the CLI,
+    the job and the README); the job turns them into options with ``RelionArgs.options``."""
+    from cryogan_core.commands.options import params_of
+
+    return JobSpec(name, (f"cryogan-{name}", module), {p.name: p for p in params_of(cls)},
+                   lambda args: dataclasses.asdict(args.options(cls)), required_inputs)
+
+
 def _denoise_spec() -> JobSpec:
-    """The denoiser: params from ``DENOISE_PARAMS`` (declared once for the CLI and the job)."""
-    from cryogan_core.commands.denoise_params import DENOISE_PARAMS
-    from relion_external.denoise import options_from_params
+    """The denoiser (``DenoiseOptions``)."""
+    from cryogan_core.commands.denoise_options import DenoiseOptions
 
-    return JobSpec("denoise", ("cryogan-denoise", "relion_external.denoise"),
-                   {p.name: p for p in DENOISE_PARAMS}, options_from_params, ("in_part", "in_3dref"))
+    return _spec("denoise", "relion_external.denoise", DenoiseOptions, ("in_part", "in_3dref"))
 
 
-def _reconstruct_options_from_args(args: Any) -> dict[str, Any]:
-    """What ``relion_external.reconstruct.main`` does with the params, as a dict of typed options.
+def _reconstruct_spec() -> JobSpec:
+    """The CryoGAN job (``ReconstructOptions``)."""
+    from cryogan_core.commands.reconstruct_options import ReconstructOptions
 
-    The job has no separate function for it: it rejects unknown params, bare flags for
-    non-bool options, then calls ``options_from_mapping`` (repeated here from its ``main``).
-    """
-    import dataclasses
-
-    from cryogan_core.commands.reconstruct import ReconstructOptions, options_from_mapping
-    from cryogan_core.errors import InputError
-
-    names = [f.name for f in dataclasses.fields(ReconstructOptions)]
-    args.reject_unknown_params(names)
-    for key, value in args.params.items():
-        if value is True and not isinstance(getattr(ReconstructOptions(), key), bool):
-            raise InputError(f"command line: --{key} needs a value")
-    return dataclasses.asdict(options_from_mapping(dict(args.params)))
-
-
-def _reconstruct_spec() -> JobSpec | None:
-    """The CryoGAN job (params = fields of ``ReconstructOptions``), or None while it does not exist."""
-    import dataclasses
-    from types import SimpleNamespace
-
-    try:
-        import relion_external.reconstruct  # noqa: F401
-        from cryogan_core.commands.reconstruct import ReconstructOptions
-    except ImportError:
-        return None
-    defaults = ReconstructOptions()
-    params = {f.name: SimpleNamespace(name=f.name, type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name))
-              for f in dataclasses.fields(ReconstructOptions)}
-    return JobSpec("reconstruct", ("cryogan-reconstruct", "relion_external.reconstruct"),
-                   params, _reconstruct_options_from_args, ("in_part",))
+    return _spec("reconstruct", "relion_external.reconstruct", ReconstructOptions, ("in_part",))
 
 
 def _spec_for(fn_exe: str) -> JobSpec | None:

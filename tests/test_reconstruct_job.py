@@ -19,7 +19,9 @@ import mrcfile
 import pytest
 import torch
 
-from cryogan_core.commands.reconstruct import ReconstructOptions, options_from_mapping, run_reconstruct
+from cryogan_core.commands.options import options_from_mapping
+from cryogan_core.commands.reconstruct import run_reconstruct
+from cryogan_core.commands.reconstruct_options import ReconstructOptions
 from cryogan_core.commands.simulate import run_simulate
 from cryogan_core.errors import InputError
 from cryogan_core.io.cryosparc import write_cryosparc_particles
@@ -156,16 +158,16 @@ def test_bad_input_is_one_error_line_and_failure(tmp_path, sim_dir, params, inpu
 
 
 def test_options_from_mapping_converts_and_checks():
-    opts = options_from_mapping({"box_train": "32", "positivity": "no", "lr": "1e-3", "symmetry": "D2"})
+    opts = options_from_mapping(ReconstructOptions, {"box_train": "32", "positivity": "no", "lr": "1e-3", "symmetry": "D2"})
     assert (opts.box_train, opts.positivity, opts.lr, opts.symmetry) == (32, False, 1e-3, "D2")
-    assert options_from_mapping({}) == ReconstructOptions()
+    assert options_from_mapping(ReconstructOptions, {}) == ReconstructOptions()
     for bad, match in [({"n_critic": "0"}, "--n_critic 0: must be > 0"), ({"noise": "pink"}, "--noise pink"),
                        ({"positivity": "maybe"}, "expected yes or no"), ({"lr_gamma": "1.5"}, "--lr_gamma 1.5")]:
         with pytest.raises(InputError, match=match):
-            options_from_mapping(bad)
+            options_from_mapping(ReconstructOptions, bad)
 
 
 def test_standalone_run_rejects_box_train_above_the_box(tmp_path, sim_dir):
     with pytest.raises(InputError, match="--box_train 32: larger than the particles' box"):
-        run_reconstruct(sim_dir / "Simulate/particles.star", tmp_path / "out", options_from_mapping({"box_train": "32"}),
+        run_reconstruct(sim_dir / "Simulate/particles.star", tmp_path / "out", options_from_mapping(ReconstructOptions, {"box_train": "32"}),
                         project_dir=sim_dir)

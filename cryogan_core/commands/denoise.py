@@ -9,11 +9,12 @@ columns), ``model.pt``, ``checkpoint.pt``, ``summary.json``, PNGs and ``logfile.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,8 @@ from loguru import logger
 
 from cryogan_core.commands._common import map_for_particles, select_device
 from cryogan_core.commands.backproject import half_set_labels
-from cryogan_core.commands.denoise_params import param_defaults
+from cryogan_core.commands.denoise_options import DenoiseOptions
+from cryogan_core.commands.options import options_from_mapping
 from cryogan_core.commands.export_cryosparc import import_instructions
 from cryogan_core.errors import InputError
 from cryogan_core.io.atomic import atomic_path
@@ -140,7 +142,7 @@ def _select_rows(rows: np.ndarray, n_max: int, rng: np.random.Generator) -> np.n
 
 def run_denoise(
     inputs: DenoiseInputs,
-    options: dict[str, Any] | None = None,
+    options: DenoiseOptions | Mapping[str, Any] | None = None,
     should_stop: Callable[[], None] | None = None,
     resume: bool = True,
 ) -> dict[str, Any]:
@@ -148,8 +150,8 @@ def run_denoise(
 
     Args:
         inputs: particles, map, mask, output folder, project directory.
-        options: denoiser options (see ``denoise_params.DENOISE_PARAMS``; missing keys take
-            their defaults).
+        options: the denoiser options, or ``name -> value`` for them (strings are converted;
+            missing names take their defaults; see :class:`DenoiseOptions`).
         should_stop: called between training steps and batches; raises to abort.
         resume: continue from ``checkpoint.pt`` and finished stacks in the output folder
             (RELION's "Continue!"); False starts over.
@@ -158,30 +160,28 @@ def run_denoise(
         The summary dict (also written to ``summary.json``).
 
     Raises:
-        InputError: for unusable inputs (missing columns, stacks, a map that cannot be
-            matched, NaNs in images, an empty half set, a model of another box).
+        InputError: for unusable inputs or options (an unknown option or a value out of
+            range, missing columns, stacks, a map that cannot be matched, NaNs in images,
+            an empty half set, a model of another box).
     """
-    opts = {**param_defaults(), **(options or {})}
-    unknown = set(opts) - set(param_defaults())
-    if unknown:
-        raise InputError(f"unknown denoise option(s): {', '.join(sorted(unknown))}")
+    opts = options if isinstance(options, DenoiseOptions) else options_from_mapping(DenoiseOptions, options)
     t_start = time.time()
     out_dir = Path(inputs.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     project_dir = Path(inputs.project_dir)
-    device = select_device(str(opts["device"]))
-    seed = int(opts["seed"])
+    device = select_device(opts.device)
+    seed = opts.seed
     rng = np.random.default_rng(seed)
     logger.info(f"cryogan denoise: device {device}, {torch.get_num_threads()} CPU threads, seed {seed}")
 
-    training = not opts["model"]
-    need_map = training or not opts["no_scores"]
+    training = not opts.model
+    need_map = training or not opts.no_scores
     if need_map and inputs.map_path is None:
         raise InputError("a reference map (--in_3dref / --map) is needed to train (or to score particles; add --no_scores)")
-    passthrough = tuple(Path(x) for x in str(opts["in_parts_passthrough"]).split(",") if x.strip())
+    passthrough = tuple(Path(x) for x in opts.in_parts_passthrough.split(",") if x.strip())
     star = load_particles(
         inputs.star_path, require_ctf=True, require_images=True, require_poses=need_map, passthrough=passthrough,
-        cs_project_dir=Path(opts["cs_project_dir"]) if opts["cs_project_dir"] else None, project_dir=project_dir,
+        cs_project_dir=Path(opts.cs_project_dir) if opts.cs_project_dir else None, project_dir=project_dir,
     )
     df = star.particles
     images = ParticleImages(df, project_dir, inputs.star_path)
@@ -199,8 +199,8 @@ def run_denoise(
             volumes[p] = map_for_particles(inputs.map_path, p, box, device)
         return volumes[p]
 
-    if opts["mask_radius_px"]:
-        mask_radius = float(opts["mask_radius_px"])
+    if opts.mask_radius_px:
+        mask_radius = opts.mask_radius_px
     elif inputs.mask_path is not None:
         mask_radius = mask_radius_from_map(inputs.mask_path, pixel_size_A, box)
         logger.info(f"Mask {inputs.mask_path}: circular mask of radius {mask_radius:.1f} px for fits and scores")
@@ -211,24 +211,24 @@ def run_denoise(
     history: list[dict[str, float]] = []
     report: dict[str, Any] = {}
     if training:
-        train_box = int(opts["train_box"]) or box
+        train_box = opts.train_box or box
         if train_box > box or train_box < 16:
             raise InputError(f"--train_box {train_box}: must be between 16 and the particles' box ({box})")
-        settings = PairSettings(box, train_box, default_bg_radius_px(box), mask_radius, not opts["ctf_free"], str(opts["scale_mode"]))
+        settings = PairSettings(box, train_box, default_bg_radius_px(box), mask_radius, not opts.ctf_free, opts.scale_mode)
         generator, history, report = _train_and_report(
             inputs, opts, df, images, settings, volume_for_pixel, device, rng, should_stop, resume, out_dir, summary
         )
         pixel_size_train = pixel_size_A * box / train_box
     else:
-        generator, settings, pixel_size_train = load_model(Path(opts["model"]), device)
+        generator, settings, pixel_size_train = load_model(Path(opts.model), device)
         expected = round(box * pixel_size_A / pixel_size_train)
         if settings.box != box or abs(pixel_size_A - pixel_size_train * settings.train_box / settings.box) > 1e-3 * pixel_size_A:
             raise InputError(
-                f"--model {opts['model']}: trained on box {settings.box} at {pixel_size_train * settings.train_box / settings.box:.3f} Å/px; "
+                f"--model {opts.model}: trained on box {settings.box} at {pixel_size_train * settings.train_box / settings.box:.3f} Å/px; "
                 f"these particles are box {box} at {pixel_size_A:.3f} Å/px (re-extract or rescale them to match; expected box {expected})"
             )
-        logger.info(f"Loaded {opts['model']}: no training, denoising only (train box {settings.train_box})")
-        summary["model_from"] = str(opts["model"])
+        logger.info(f"Loaded {opts.model}: no training, denoising only (train box {settings.train_box})")
+        summary["model_from"] = opts.model
 
     written = _denoise_all(inputs, opts, star, images, generator, settings, volume_for_pixel if need_map else None, project_dir, out_dir, device, should_stop, resume)
     summary.update(written["summary"])
@@ -238,7 +238,7 @@ def run_denoise(
     summary["pixel_size_output_A"] = pixel_size_train
     summary["ctf_targets"] = settings.ctf_targets
     summary["wall_time_s"] = time.time() - t_start
-    summary["options"] = {k: v for k, v in opts.items()}
+    summary["options"] = dataclasses.asdict(opts)
     write_denoise_report(out_dir, history, report, written.get("scores"))
     write_summary(out_dir / "summary.json", summary)
     logger.info(f"Done in {summary['wall_time_s'] / 60:.1f} min: {summary['n_particles_written']} denoised particles in {out_dir / 'particles.star'}")
@@ -247,7 +247,7 @@ def run_denoise(
 
 def _train_and_report(
     inputs: DenoiseInputs,
-    opts: dict[str, Any],
+    opts: DenoiseOptions,
     df: pd.DataFrame,
     images: ParticleImages,
     settings: PairSettings,
@@ -260,20 +260,20 @@ def _train_and_report(
     summary: dict[str, Any],
 ) -> tuple[UNetGenerator, list[dict[str, float]], dict[str, Any]]:
     """Build pairs, train on half 1 (resuming from a checkpoint), score half 2, bias controls."""
-    labels = half_set_labels(df, int(opts["seed"]))
-    train_rows = _select_rows(np.flatnonzero(labels == 1), int(opts["max_train_particles"]), rng)
-    heldout_rows = _select_rows(np.flatnonzero(labels == 2), int(opts["n_report"]), rng)
+    labels = half_set_labels(df, opts.seed)
+    train_rows = _select_rows(np.flatnonzero(labels == 1), opts.max_train_particles, rng)
+    heldout_rows = _select_rows(np.flatnonzero(labels == 2), opts.n_report, rng)
     logger.info(f"Training on {len(train_rows)} particles of half set 1; reporting on {len(heldout_rows)} unseen particles of half set 2")
     t0 = time.time()
     train = build_pairs(images, df, train_rows, volume_for_pixel, settings, device=device, should_stop=should_stop)
     held = build_pairs(images, df, heldout_rows, volume_for_pixel, settings, device=device, should_stop=should_stop)
     logger.info(f"Prepared {len(train_rows) + len(heldout_rows)} training/report pairs in {time.time() - t0:.0f} s (projection, CTF, scale fit)")
 
-    n_steps = int(opts["n_steps"])
+    n_steps = opts.n_steps
     config = Pix2PixConfig(
-        l1_weight=float(opts["l1_weight"]), gan_weight=float(opts["gan_weight"]), lr=float(opts["lr"]), beta1=float(opts["beta1"]),
-        batch_size=int(opts["batch_size"]), n_steps=n_steps, seed=int(opts["seed"]),
-        generator={"base_channels": int(opts["base_channels"]), "depth": int(opts["depth"]), "n_res_blocks": int(opts["n_res_blocks"])},
+        l1_weight=opts.l1_weight, gan_weight=opts.gan_weight, lr=opts.lr, beta1=opts.beta1,
+        batch_size=opts.batch_size, n_steps=n_steps, seed=opts.seed,
+        generator={"base_channels": opts.base_channels, "depth": opts.depth, "n_res_blocks": opts.n_res_blocks},
         # the 70 x 70 PatchGAN (3 layers) needs >= 32 px; smaller training boxes judge 34-px patches
         discriminator={"n_layers": 3 if settings.train_box >= 32 else 2},
     )
@@ -301,7 +301,7 @@ def _train_and_report(
 
     generator = trainer.generator
     report = _heldout_report(generator, held, settings, df.iloc[heldout_rows], volume_for_pixel, opts, device)
-    if opts["train_both_halves"]:
+    if opts.train_both_halves:
         both_rows = np.concatenate([train_rows, heldout_rows])
         both = build_pairs(images, df, both_rows, volume_for_pixel, settings, device=device, should_stop=should_stop)
         extra = n_steps + n_steps // 2
@@ -310,7 +310,7 @@ def _train_and_report(
         train_pix2pix(trainer, both["inputs"], both["targets"], extra, on_step=_progress(extra, config.batch_size), checkpoint=save_checkpoint, should_stop=should_stop)
         summary["train_steps"] = trainer.step_count
     save_model(out_dir / "model.pt", generator, settings, float(df["rlnImagePixelSize"].iloc[0]) * settings.box / settings.train_box,
-               {"train_steps": trainer.step_count, "seed": int(opts["seed"])})
+               {"train_steps": trainer.step_count, "seed": opts.seed})
     return generator, trainer.history, report
 
 
@@ -340,7 +340,7 @@ def _heldout_report(
     settings: PairSettings,
     held_df: pd.DataFrame,
     volume_for_pixel: Callable[[float], torch.Tensor],
-    opts: dict[str, Any],
+    opts: DenoiseOptions,
     device: torch.device,
 ) -> dict[str, Any]:
     """Scores of raw and denoised unseen particles against their references, and bias controls."""
@@ -364,16 +364,16 @@ def _heldout_report(
     )
     report: dict[str, Any] = {"scores": scores, "raw": raw_scores, "denoised_scores": den_scores,
                               "montage": {"raw (unseen)": held["inputs"][:8].numpy(), "denoised": denoised[:8].numpy(), "reference": held["targets"][:8].numpy()}}
-    if not opts["no_bias_controls"]:
+    if not opts.no_bias_controls:
         def denoise(x: torch.Tensor) -> torch.Tensor:
             return denoise_images(generator, x.cpu())
 
-        bias = noise_control(denoise, held["inputs"], denoised, held["targets"], mask, seed=int(opts["seed"]))
+        bias = noise_control(denoise, held["inputs"], denoised, held["targets"], mask, seed=opts.seed)
         angles, origins, ctf, pix = particle_arrays(held_df, device)
         p0 = float(pix[0])
         sel = torch.nonzero(pix == p0).squeeze(1)
         slope = float(held["slope"].median())
-        bias.update(extra_domain_control(denoise, volume_for_pixel(p0), angles[sel], origins[sel], ctf[sel], p0, slope, settings, seed=int(opts["seed"])))
+        bias.update(extra_domain_control(denoise, volume_for_pixel(p0), angles[sel], origins[sel], ctf[sel], p0, slope, settings, seed=opts.seed))
         logger.info(
             f"Bias controls: noise outputs' best CC with references {bias['bias_noise_max_cc_with_references']:.3f} "
             f"(real particles {bias['bias_real_max_cc_with_references']:.3f}), noise output RMS ratio {bias['bias_noise_output_rms_ratio']:.2f}; "
@@ -386,7 +386,7 @@ def _heldout_report(
 
 def _denoise_all(
     inputs: DenoiseInputs,
-    opts: dict[str, Any],
+    opts: DenoiseOptions,
     star: ParticleStar,
     images: ParticleImages,
     generator: UNetGenerator,
@@ -405,8 +405,8 @@ def _denoise_all(
     df = star.particles
     n = len(df)
     tb = settings.train_box
-    stack_size = max(1, int(opts["stack_size"]))
-    dtype = np.float16 if opts["float16"] else np.float32
+    stack_size = max(1, opts.stack_size)
+    dtype = np.float16 if opts.float16 else np.float32
     den_dir = out_dir / "Denoised"
     den_dir.mkdir(exist_ok=True)
     # finished stacks are kept on "Continue!" only if the same network made them

@@ -25,9 +25,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import click
 import matplotlib
@@ -41,6 +41,8 @@ from loguru import logger  # noqa: E402
 from cryogan_core.commands._common import map_for_particles, select_device, set_threads  # noqa: E402
 from cryogan_core.commands.backproject import half_set_labels  # noqa: E402
 from cryogan_core.commands.export_cryosparc import volume_import_settings  # noqa: E402
+from cryogan_core.commands.options import click_options, options_from_mapping  # noqa: E402
+from cryogan_core.commands.reconstruct_options import MIN_BOX, ReconstructOptions  # noqa: E402
 from cryogan_core.errors import InputError  # noqa: E402
 from cryogan_core.io.atomic import atomic_path  # noqa: E402
 from cryogan_core.io.images import ParticleImages  # noqa: E402
@@ -50,7 +52,7 @@ from cryogan_core.io.summary import write_summary  # noqa: E402
 from cryogan_core.metrics.align import align_maps, apply_alignment  # noqa: E402
 from cryogan_core.metrics.fsc import fsc, resolution_at, write_fsc_star  # noqa: E402
 from cryogan_core.metrics.images import normalize_background  # noqa: E402
-from cryogan_core.models.volume import VoxelVolume, symmetry_matrices  # noqa: E402
+from cryogan_core.models.volume import VoxelVolume  # noqa: E402
 from cryogan_core.physics.ctf import CtfParams  # noqa: E402
 from cryogan_core.physics.noise import (  # noqa: E402
     BackgroundNoise,
@@ -60,7 +62,6 @@ from cryogan_core.physics.noise import (  # noqa: E402
 from cryogan_core.physics.resample import fourier_crop_images, fourier_crop_or_pad_map  # noqa: E402
 from cryogan_core.report.plots import curves_figure, fsc_figure, montage_figure, save_figure, write_pdf  # noqa: E402
 from cryogan_core.train.wgan import (  # noqa: E402
-    SHIFT_PRIORS,
     CryoGanTrainer,
     ScaledVolume,
     SimulationPriors,
@@ -75,171 +76,6 @@ from cryogan_core.train.wgan import (  # noqa: E402
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
-POSE_PRIORS = ("uniform", "star")
-NOISE_SOURCES = ("auto", "patches", "white", "micrographs")
-MIN_BOX = 16
-
-
-@dataclass
-class ReconstructOptions:
-    """Every setting of the reconstruction; each is a ``--name value`` option of the CLI and a
-    RELION Params-tab label of the job (see :data:`OPTION_HELP`).
-
-    Units are in the names (px = pixels of the input particles unless said otherwise).
-    """
-
-    box_train: int = 0
-    particle_diameter_A: float = 0.0
-    symmetry: str = "C1"
-    positivity: bool = True
-    max_minutes: float = 60.0
-    n_epochs: float = 200.0
-    lr: float = 5e-3
-    lr_critic: float = 0.0
-    lr_gamma: float = 0.99
-    n_critic: int = 4
-    gp_lambda: float = 1.0
-    beta1: float = 0.5
-    beta2: float = 0.9
-    batch_size: int = 8
-    blur_sigma_px: float = 2.0
-    blur_end: float = 0.8
-    pose_prior: str = "uniform"
-    shift_prior: str = "uniform"
-    shift_px: float = 2.0
-    noise: str = "auto"
-    pad_factor: float = 1.5
-    eval_minutes: float = 5.0
-    log_seconds: float = 30.0
-    max_particles: int = 0
-    in_parts_passthrough: str = ""
-    cs_project_dir: str = ""
-    seed: int = 0
-    device: str = "auto"
-
-
-OPTION_HELP: dict[str, str] = {
-    "box_train": "Training box (px): particles and volume are Fourier-cropped to it for speed (0 = the particles' box). Final maps are written at the particles' box.",
-    "particle_diameter_A": "Particle diameter (Å): background radius for normalisation and noise patches, and the spherical volume mask (0 = 0.8 × box × pixel size).",
-    "symmetry": "Point group imposed on the volume (C1, Cn, Dn, T, O, I).",
-    "positivity": "Constrain the density to be >= 0 (yes/no).",
-    "max_minutes": "Training-time budget in minutes, earlier runs of a continued job included (0 = no limit).",
-    "n_epochs": "Epochs (each real particle seen once by the critic per epoch); training ends at n_epochs or max_minutes.",
-    "lr": "Adam learning rate of the volume (and of the critic unless lr_critic is set).",
-    "lr_critic": "Adam learning rate of the critic (0 = lr).",
-    "lr_gamma": "Learning-rate decay per epoch (lr · gamma^epoch).",
-    "n_critic": "Critic updates per volume update.",
-    "gp_lambda": "Weight of the WGAN-GP gradient penalty.",
-    "beta1": "Adam beta1.",
-    "beta2": "Adam beta2.",
-    "batch_size": "Particles per critic / volume step.",
-    "blur_sigma_px": "Gaussian blur sigma (training px) of the critic inputs at the start; it shrinks to 0.",
-    "blur_end": "Fraction of the run at which the blur reaches 0.",
-    "pose_prior": "Pose prior: uniform (SO(3)) or star (the input's rlnAngleRot/Tilt/Psi distribution).",
-    "shift_prior": "Shift prior: uniform (±shift_px), gaussian (sigma shift_px), star (the input's origins) or none.",
-    "shift_px": "Half-width (uniform) or sigma (gaussian) of the shift prior, in pixels of the input particles.",
-    "noise": "Noise source: auto (micrographs with --in_mics, else background patches), patches, white or micrographs.",
-    "pad_factor": "Padding of the Fourier-slice projector during training (1 = fastest, 2 = RELION's).",
-    "eval_minutes": "Minutes between half-map FSC evaluations and snapshots during training (0 = only at the end).",
-    "log_seconds": "Seconds between progress lines.",
-    "max_particles": "Use at most this many particles (random subset; 0 = all).",
-    "in_parts_passthrough": "cryoSPARC input only: passthrough .cs file(s) for the particles .cs, comma-separated (default: found beside it).",
-    "cs_project_dir": "cryoSPARC input only: the cryoSPARC project directory that blob paths are relative to (default: the .cs folder and its parents).",
-    "seed": "Random seed (half sets when absent, initialisation, every random draw).",
-    "device": "torch device: auto (CUDA if present), cpu, cuda, cuda:1 ...",
-}
-
-
-def options_from_mapping(values: dict[str, Any]) -> ReconstructOptions:
-    """Build options from ``name -> value`` (strings allowed), checking each value.
-
-    Args:
-        values: option names (as in :class:`ReconstructOptions`) to values; strings are
-            converted (bools from yes/no, true/false, 1/0).
-
-    Returns:
-        The :class:`ReconstructOptions` (defaults for names not given).
-
-    Raises:
-        InputError: unknown name, a value of the wrong type, or a value out of range.
-    """
-    known = {f.name: f for f in fields(ReconstructOptions)}
-    kwargs: dict[str, Any] = {}
-    for name, value in values.items():
-        if name not in known:
-            raise InputError(f"unknown option --{name} (known: {', '.join('--' + k for k in known)})")
-        kwargs[name] = _convert(name, value, type(getattr(ReconstructOptions(), name)))
-    opts = ReconstructOptions(**kwargs)
-    validate_options(opts)
-    return opts
-
-
-def _convert(name: str, value: Any, kind: type) -> Any:
-    """Convert one option value to ``kind``; InputError naming the option otherwise."""
-    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-        return value
-    text = str(value).strip()
-    try:
-        if kind is bool:
-            low = text.lower()
-            if low in ("1", "true", "yes", "y", "on"):
-                return True
-            if low in ("0", "false", "no", "n", "off"):
-                return False
-            raise ValueError
-        if kind is int:
-            return int(text)
-        if kind is float:
-            return float(text)
-    except ValueError:
-        what = {bool: "yes or no", int: "an integer", float: "a number"}[kind]
-        raise InputError(f"--{name} {text}: expected {what}") from None
-    return text
-
-
-def validate_options(opts: ReconstructOptions) -> None:
-    """Check option values that do not depend on the data.
-
-    Raises:
-        InputError: naming the first bad option and value.
-    """
-    def bad(name: str, why: str) -> InputError:
-        return InputError(f"--{name} {getattr(opts, name)}: {why}")
-
-    positive = ("lr", "batch_size", "n_critic", "pad_factor", "log_seconds", "n_epochs")
-    for name in positive:
-        if not getattr(opts, name) > 0:
-            raise bad(name, "must be > 0")
-    nonneg = ("box_train", "particle_diameter_A", "max_minutes", "lr_critic", "gp_lambda", "blur_sigma_px",
-              "shift_px", "eval_minutes", "max_particles", "blur_end")
-    for name in nonneg:
-        if getattr(opts, name) < 0:
-            raise bad(name, "must be >= 0")
-    if not 0 < opts.lr_gamma <= 1:
-        raise bad("lr_gamma", "must be in (0, 1]")
-    for name in ("beta1", "beta2"):
-        if not 0 <= getattr(opts, name) < 1:
-            raise bad(name, "must be in [0, 1)")
-    if opts.pad_factor < 1:
-        raise bad("pad_factor", "must be >= 1")
-    if 0 < opts.box_train < MIN_BOX:
-        raise bad("box_train", f"must be >= {MIN_BOX} px (the critic pools 4 times)")
-    if opts.pose_prior not in POSE_PRIORS:
-        raise bad("pose_prior", f"must be one of {', '.join(POSE_PRIORS)}")
-    if opts.shift_prior not in SHIFT_PRIORS:
-        raise bad("shift_prior", f"must be one of {', '.join(SHIFT_PRIORS)}")
-    if opts.noise not in NOISE_SOURCES:
-        raise bad("noise", f"must be one of {', '.join(NOISE_SOURCES)}")
-    try:
-        symmetry_matrices(opts.symmetry)
-    except ValueError as exc:
-        raise InputError(f"--symmetry {opts.symmetry}: {exc}") from None
-    try:
-        select_device(opts.device)
-    except InputError:
-        raise
-
-
 # ----------------------------------------------------------------------------- data
 
 
@@ -396,7 +232,7 @@ def _load_checkpoint(path: Path, meta: dict, trainers: list[CryoGanTrainer]) -> 
 def run_reconstruct(
     star_path: str | Path,
     output_dir: str | Path,
-    options: ReconstructOptions | None = None,
+    options: ReconstructOptions | Mapping[str, Any] | None = None,
     ref_path: str | Path | None = None,
     mask_path: str | Path | None = None,
     mics_path: str | Path | None = None,
@@ -411,7 +247,8 @@ def run_reconstruct(
             (passthrough files and project directory from ``in_parts_passthrough`` and
             ``cs_project_dir``); one pixel size; poses ignored unless ``pose_prior = star``.
         output_dir: output folder (created); see the module docstring for the files.
-        options: the settings (defaults: :class:`ReconstructOptions`).
+        options: the settings, or ``name -> value`` for them (strings are converted;
+            missing names take their defaults; see :class:`ReconstructOptions`).
         ref_path: optional reference map, only for alignment and FSC after training.
         mask_path: optional mask (resampled to the particles, then to the training box),
             multiplied into the volume (a non-spherical mask fixes the orientation, so the
@@ -430,8 +267,7 @@ def run_reconstruct(
     Raises:
         InputError: unusable inputs or options (one line naming the file, column, row or value).
     """
-    opts = options or ReconstructOptions()
-    validate_options(opts)
+    opts = options if isinstance(options, ReconstructOptions) else options_from_mapping(ReconstructOptions, options)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     snap_dir = output_dir / "snapshots"
@@ -745,27 +581,6 @@ def _write_outputs(
 # ----------------------------------------------------------------------------- click
 
 
-def _click_type(value: Any) -> Any:
-    """click parameter type for a default value."""
-    if isinstance(value, bool):
-        return click.BOOL
-    if isinstance(value, int):
-        return int
-    if isinstance(value, float):
-        return float
-    return str
-
-
-def _add_options(func: Callable) -> Callable:
-    """Decorate ``func`` with one click option per :class:`ReconstructOptions` field."""
-    defaults = ReconstructOptions()
-    for f in reversed(fields(ReconstructOptions)):
-        value = getattr(defaults, f.name)
-        func = click.option(f"--{f.name}", f.name, type=_click_type(value), default=value, show_default=True,
-                            help=OPTION_HELP[f.name])(func)
-    return func
-
-
 @click.command("reconstruct")
 @click.option("--in_parts", "star_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Particle STAR with CTF, or a cryoSPARC particle .cs (poses are ignored).")
 @click.option("--o", "output_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
@@ -775,13 +590,13 @@ def _add_options(func: Callable) -> Callable:
 @click.option("--project_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Directory rlnImageName paths are relative to (default: current directory).")
 @click.option("--restart", is_flag=True, help="Ignore an existing checkpoint.pt in --o and start again.")
 @click.option("--j", "threads", default=2, show_default=True, help="CPU threads.")
-@_add_options
+@click_options(ReconstructOptions)
 def cli_command(star_path: Path, output_dir: Path, ref_path: Path | None, mask_path: Path | None, mics_path: Path | None,
                 project_dir: Path | None, restart: bool, threads: int, **kwargs: Any) -> None:
     """CryoGAN reconstruction without pose estimation: half maps, average, half-map FSC."""
     try:
         set_threads(threads)
-        opts = options_from_mapping(kwargs)
+        opts = options_from_mapping(ReconstructOptions, kwargs)
         run_reconstruct(star_path, output_dir, opts, ref_path=ref_path, mask_path=mask_path, mics_path=mics_path,
                         project_dir=project_dir, resume=not restart)
     except InputError as exc:

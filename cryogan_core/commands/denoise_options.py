@@ -1,0 +1,81 @@
+"""The denoiser's options, declared once for ``cryogan denoise``, the RELION job and the README.
+
+Each field is a click option (``--train_box 48`` or ``--train-box 48``) and a RELION
+External-job param of the same name (``train_box`` = ``48`` in the Params tab); see
+:mod:`cryogan_core.commands.options`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryogan_core.commands.options import option
+from cryogan_core.errors import InputError
+
+SCALE_MODES = ("particle", "pooled")
+
+
+@dataclass(frozen=True)
+class DenoiseOptions:
+    """Every setting of the cGAN denoiser (pix2pix, Isola et al. 2017; Su et al. 2018).
+
+    Units are in the names or the help (px = pixels of the input particles).
+
+    Raises:
+        InputError: on construction, naming the first option whose value is out of range.
+    """
+
+    model: str = option("", "A trained model (model.pt of an earlier run's output folder): skip training, only denoise.")
+    train_box: int = option(0, "Box (px) the network trains and denoises at: Fourier-cropped from the particles' box for speed (0 = the particles' box).")
+    n_steps: int = option(3000, "Training steps (batches).")
+    batch_size: int = option(16, "Particles per training step.")
+    l1_weight: float = option(100.0, "Weight of the L1 loss (pix2pix lambda).")
+    gan_weight: float = option(0.1, "Weight of the adversarial loss (pix2pix: 1; 0 = plain L1 U-Net). At 1 the held-out CC with the truth drops by ~0.09 (hallucinated texture), so the default is 0.1.")
+    lr: float = option(1e-3, "Adam learning rate (pix2pix: 2e-4; 1e-3 converges within the CPU budget), decayed linearly to 0 over the second half of training.")
+    beta1: float = option(0.5, "Adam beta1.")
+    base_channels: int = option(16, "U-Net channels at full resolution.")
+    depth: int = option(3, "U-Net down-sampling levels.")
+    n_res_blocks: int = option(2, "Residual blocks in the U-Net bottleneck.")
+    ctf_free: bool = option(False, "Train on CTF-free targets: denoise and correct the CTF at once.")
+    scale_mode: str = option("particle", "Target scale by least squares: 'particle' (one per particle) or 'pooled'.")
+    mask_radius_px: float = option(0.0, "Radius (px) of the circular mask for scale fits and scores (0 = from --in_mask, else 0.45 x box).")
+    max_train_particles: int = option(20000, "Train on at most this many particles of half set 1 (random subset; 0 = all).")
+    n_report: int = option(500, "Held-out particles (half set 2) used for the report and bias controls (random subset; 0 = all).")
+    train_both_halves: bool = option(False, "After the held-out report, train further on both halves before denoising all particles.")
+    float16: bool = option(False, "Write the denoised stacks as float16 (MRC mode 12; RELION 4.0+ reads them, RELION 3.1 cannot).")
+    stack_size: int = option(10000, "Particles per denoised output stack.")
+    no_scores: bool = option(False, "Skip the per-particle agreement columns (saves one projection per particle).")
+    no_bias_controls: bool = option(False, "Skip the reference-bias controls.")
+    in_parts_passthrough: str = option("", "cryoSPARC input only: passthrough .cs file(s) for the particles .cs, comma-separated (default: found beside it).")
+    cs_project_dir: str = option("", "cryoSPARC input only: the cryoSPARC project directory that blob paths are relative to (default: the .cs folder and its parents).")
+    seed: int = option(0, "Random seed (initialisation, batches, subsets).")
+    device: str = option("auto", "torch device: auto (CUDA if present), cpu, cuda, cuda:1 ...")
+
+    def __post_init__(self) -> None:
+        """Check the values that do not depend on the data.
+
+        Raises:
+            InputError: ``--name value: why`` for the first bad value.
+        """
+        def bad(name: str, why: str) -> InputError:
+            return InputError(f"--{name} {getattr(self, name)}: {why}")
+
+        for name in ("n_steps", "batch_size", "base_channels", "depth", "stack_size"):
+            if not getattr(self, name) > 0:
+                raise bad(name, "must be > 0")
+        for name in ("train_box", "l1_weight", "gan_weight", "mask_radius_px", "max_train_particles", "n_report"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must be >= 0")
+        if not self.lr > 0:
+            raise bad("lr", "must be > 0")
+        if self.l1_weight == 0 and self.gan_weight == 0:
+            raise bad("l1_weight", "and --gan_weight are both 0: nothing to train on")
+        if not 0 <= self.beta1 < 1:
+            raise bad("beta1", "must be in [0, 1)")
+        if self.n_res_blocks < 0:
+            raise bad("n_res_blocks", "must be >= 0")
+        if self.scale_mode not in SCALE_MODES:
+            raise bad("scale_mode", f"must be one of {', '.join(SCALE_MODES)}")
+        from cryogan_core.commands._common import select_device  # torch: not at import (cryogan --help stays fast)
+
+        select_device(self.device)

@@ -1,0 +1,102 @@
+"""The CryoGAN reconstruction's options, declared once for ``cryogan reconstruct``, the RELION
+job and the README.
+
+Each field is a click option (``--box_train 32`` or ``--box-train 32``) and a RELION
+External-job param of the same name (``box_train`` = ``32`` in the Params tab); see
+:mod:`cryogan_core.commands.options`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryogan_core.commands._common import select_device
+from cryogan_core.commands.options import option
+from cryogan_core.errors import InputError
+from cryogan_core.models.volume import symmetry_matrices
+from cryogan_core.train.wgan import SHIFT_PRIORS
+
+__all__ = ["MIN_BOX", "NOISE_SOURCES", "POSE_PRIORS", "ReconstructOptions"]
+
+POSE_PRIORS = ("uniform", "star")
+NOISE_SOURCES = ("auto", "patches", "white", "micrographs")
+MIN_BOX = 16
+
+
+@dataclass(frozen=True)
+class ReconstructOptions:
+    """Every setting of the CryoGAN reconstruction (Gupta et al. 2021).
+
+    Units are in the names (px = pixels of the input particles unless said otherwise).
+
+    Raises:
+        InputError: on construction, naming the first option whose value is out of range.
+    """
+
+    box_train: int = option(0, "Training box (px): particles and volume are Fourier-cropped to it for speed (0 = the particles' box). Final maps are written at the particles' box.")
+    particle_diameter_A: float = option(0.0, "Particle diameter (Å): background radius for normalisation and noise patches, and the spherical volume mask (0 = 0.8 × box × pixel size).")
+    symmetry: str = option("C1", "Point group imposed on the volume (C1, Cn, Dn, T, O, I).")
+    positivity: bool = option(True, "Constrain the density to be >= 0 (yes/no).")
+    max_minutes: float = option(60.0, "Training-time budget in minutes, earlier runs of a continued job included (0 = no limit).")
+    n_epochs: float = option(200.0, "Epochs (each real particle seen once by the critic per epoch); training ends at n_epochs or max_minutes.")
+    lr: float = option(5e-3, "Adam learning rate of the volume (and of the critic unless lr_critic is set).")
+    lr_critic: float = option(0.0, "Adam learning rate of the critic (0 = lr).")
+    lr_gamma: float = option(0.99, "Learning-rate decay per epoch (lr · gamma^epoch).")
+    n_critic: int = option(4, "Critic updates per volume update.")
+    gp_lambda: float = option(1.0, "Weight of the WGAN-GP gradient penalty.")
+    beta1: float = option(0.5, "Adam beta1.")
+    beta2: float = option(0.9, "Adam beta2.")
+    batch_size: int = option(8, "Particles per critic / volume step.")
+    blur_sigma_px: float = option(2.0, "Gaussian blur sigma (training px) of the critic inputs at the start; it shrinks to 0.")
+    blur_end: float = option(0.8, "Fraction of the run at which the blur reaches 0.")
+    pose_prior: str = option("uniform", "Pose prior: uniform (SO(3)) or star (the input's rlnAngleRot/Tilt/Psi distribution).")
+    shift_prior: str = option("uniform", "Shift prior: uniform (±shift_px), gaussian (sigma shift_px), star (the input's origins) or none.")
+    shift_px: float = option(2.0, "Half-width (uniform) or sigma (gaussian) of the shift prior, in pixels of the input particles.")
+    noise: str = option("auto", "Noise source: auto (micrographs with --in_mics, else background patches), patches, white or micrographs.")
+    pad_factor: float = option(1.5, "Padding of the Fourier-slice projector during training (1 = fastest, 2 = RELION's).")
+    eval_minutes: float = option(5.0, "Minutes between half-map FSC evaluations and snapshots during training (0 = only at the end).")
+    log_seconds: float = option(30.0, "Seconds between progress lines.")
+    max_particles: int = option(0, "Use at most this many particles (random subset; 0 = all).")
+    in_parts_passthrough: str = option("", "cryoSPARC input only: passthrough .cs file(s) for the particles .cs, comma-separated (default: found beside it).")
+    cs_project_dir: str = option("", "cryoSPARC input only: the cryoSPARC project directory that blob paths are relative to (default: the .cs folder and its parents).")
+    seed: int = option(0, "Random seed (half sets when absent, initialisation, every random draw).")
+    device: str = option("auto", "torch device: auto (CUDA if present), cpu, cuda, cuda:1 ...")
+
+    def __post_init__(self) -> None:
+        """Check the values that do not depend on the data.
+
+        Raises:
+            InputError: ``--name value: why`` for the first bad value.
+        """
+        def bad(name: str, why: str) -> InputError:
+            return InputError(f"--{name} {getattr(self, name)}: {why}")
+
+        positive = ("lr", "batch_size", "n_critic", "pad_factor", "log_seconds", "n_epochs")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise bad(name, "must be > 0")
+        nonneg = ("box_train", "particle_diameter_A", "max_minutes", "lr_critic", "gp_lambda", "blur_sigma_px",
+                  "shift_px", "eval_minutes", "max_particles", "blur_end")
+        for name in nonneg:
+            if getattr(self, name) < 0:
+                raise bad(name, "must be >= 0")
+        if not 0 < self.lr_gamma <= 1:
+            raise bad("lr_gamma", "must be in (0, 1]")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise bad(name, "must be in [0, 1)")
+        if self.pad_factor < 1:
+            raise bad("pad_factor", "must be >= 1")
+        if 0 < self.box_train < MIN_BOX:
+            raise bad("box_train", f"must be >= {MIN_BOX} px (the critic pools 4 times)")
+        if self.pose_prior not in POSE_PRIORS:
+            raise bad("pose_prior", f"must be one of {', '.join(POSE_PRIORS)}")
+        if self.shift_prior not in SHIFT_PRIORS:
+            raise bad("shift_prior", f"must be one of {', '.join(SHIFT_PRIORS)}")
+        if self.noise not in NOISE_SOURCES:
+            raise bad("noise", f"must be one of {', '.join(NOISE_SOURCES)}")
+        try:
+            symmetry_matrices(self.symmetry)
+        except ValueError as exc:
+            raise InputError(f"--symmetry {self.symmetry}: {exc}") from None
+        select_device(self.device)
