@@ -115,6 +115,7 @@ def _progress(total_steps: int, batch_size: int, every_s: float = 20.0) -> Calla
     state = {"last": 0.0, "first_step": None}
 
     def on_step(rec: dict[str, float]) -> None:
+        """Log step, losses, particles/s and time left every few seconds (and at the first and last step)."""
         step = int(rec["step"])
         if state["first_step"] is None:
             state["first_step"] = step - 1
@@ -195,6 +196,7 @@ def run_denoise(
     volumes: dict[float, torch.Tensor] = {}
 
     def volume_for_pixel(p: float) -> torch.Tensor:
+        """The map resampled to pixel size ``p`` (Å) and the particles' box, cached per optics group."""
         if p not in volumes:
             volumes[p] = map_for_particles(inputs.map_path, p, box, device)
         return volumes[p]
@@ -288,6 +290,7 @@ def _train_and_report(
             logger.warning(f"{ckpt} was made with other training options: starting training over")
 
     def save_checkpoint() -> None:
+        """Write the trainer's state to checkpoint.pt (atomically)."""
         with atomic_path(ckpt) as tmp:
             torch.save(trainer.state_dict(), tmp)
 
@@ -366,6 +369,7 @@ def _heldout_report(
                               "montage": {"raw (unseen)": held["inputs"][:8].numpy(), "denoised": denoised[:8].numpy(), "reference": held["targets"][:8].numpy()}}
     if not opts.no_bias_controls:
         def denoise(x: torch.Tensor) -> torch.Tensor:
+            """The trained generator on ``(n, d, d)`` float32 images (CPU in, CPU out)."""
             return denoise_images(generator, x.cpu())
 
         bias = noise_control(denoise, held["inputs"], denoised, held["targets"], mask, seed=opts.seed)

@@ -386,6 +386,7 @@ def run_reconstruct(
         logger.info("Starting both half sets from the same volume (a Gaussian ball inside the mask)")
 
     def save_checkpoint() -> None:
+        """Write both trainers, the evaluations and the options to checkpoint.pt (atomically)."""
         state = {"meta": meta, "trainers": [t.state_dict() for t in trainers], "evals": evals,
                  "options": dataclasses.asdict(opts)}
         with atomic_path(ckpt_path) as tmp:
@@ -396,6 +397,7 @@ def run_reconstruct(
     last_log = [time.monotonic() - opts.log_seconds]
 
     def time_left(elapsed: float) -> float:
+        """Seconds left (s): the slower half's epochs to go at its rate so far, capped by max_minutes."""
         eps = [t.epoch(len(h.rows)) for t, h in zip(trainers, halves)]
         rate = elapsed / max(min(eps), 1e-9)
         left = (opts.n_epochs - min(eps)) * rate if min(eps) > 0 else math.inf
@@ -404,6 +406,7 @@ def run_reconstruct(
         return left
 
     def on_step(records: list[dict], elapsed: float, progress: float) -> None:
+        """Log one progress line (both halves' losses, blur, lr, time left) every log_seconds."""
         if time.monotonic() - last_log[0] < opts.log_seconds:
             return
         last_log[0] = time.monotonic()
@@ -417,6 +420,8 @@ def run_reconstruct(
         )
 
     def evaluate(elapsed: float) -> dict:
+        """Align half 2 to half 1, record their FSC resolutions (Å) and, with a reference,
+        the FSC with it; save the snapshots. Returns the record added to ``evals``."""
         v1, v2 = (t.current_volume() for t in trainers)
         al = align_maps(v2, v1, pixel_t)
         res = resolution_at(al.freq_inv_A, al.fsc, 0.143)
@@ -547,6 +552,7 @@ def _write_outputs(
     if n > 0:
         steps = np.arange(1, n + 1)
         def smooth(v: np.ndarray) -> np.ndarray:
+            """Running mean over ~1% of the steps (``(n_steps,)`` float -> same shape)."""
             k = max(1, n // 100)
             return np.convolve(v, np.ones(k) / k, mode="same")
         curves = {}

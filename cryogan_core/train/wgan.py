@@ -599,9 +599,11 @@ def _train_loop(trainers, reals, cfg, need, max_seconds, should_stop, on_step, o
     last_ckpt = last_eval = start_elapsed
 
     def elapsed() -> float:
+        """Training seconds, earlier runs of a resumed job included."""
         return start_elapsed + (time.monotonic() - t0)
 
     def progress_of(t: CryoGanTrainer, n_real: int, now: float) -> float:
+        """Fraction of the run done, in [0, 1]: the larger of epochs and time used."""
         p = t.epoch(n_real) / cfg.n_epochs if cfg.n_epochs > 0 else 1.0
         if max_seconds:
             p = max(p, now / max_seconds)
@@ -630,6 +632,7 @@ def _train_loop(trainers, reals, cfg, need, max_seconds, should_stop, on_step, o
         sigma = blur_sigma_px(cfg.blur_sigma_px, progress, cfg.blur_end)
 
         def one(tr: tuple[CryoGanTrainer, torch.Tensor]) -> dict[str, float]:
+            """One training step of one half (trainer, its real particles) -> its losses."""
             t, r = tr
             return t.train_step(_real_batch(r, need, t), sigma, t.epoch(r.shape[0]))
 
