@@ -72,6 +72,8 @@ def test_gold_standard_training_improves_unseen_particles(trained: tuple[Path, d
     assert s["n_train_particles"] == 120 and s["n_heldout_particles"] == 60  # half 1 trains, half 2 is unseen
     assert s["train_steps"] == 300
     assert s["heldout_cc_denoised"] > s["heldout_cc_raw"] + 0.1
+    # the network is not worse on the particles it trained on than on unseen ones
+    assert s["heldout_cc_denoised"] - 0.05 <= s["train_cc_denoised"] <= 1.0
     for key in ("n_particles_written", "heldout_cc_raw", "heldout_cc_denoised", "heldout_fsc_40_10A_denoised",
                 "heldout_fsc_40_10A_raw", "bias_noise_max_cc_with_references", "bias_extra_domain_recovery_r"):
         assert key in s, key
@@ -161,3 +163,16 @@ def test_max_cc_with_library_matches_pairwise_pearson() -> None:
     ref = torch.stack([max(masked_pearson(out[i:i + 1], lib[j:j + 1], m)[0] for j in range(9)) for i in range(6)])
     assert torch.allclose(max_cc_with_library(out, lib, m), ref, atol=1e-5)
     assert max_cc_with_library(out, lib, m)[1] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_training_fit_is_the_cc_of_the_outputs_with_the_training_targets() -> None:
+    from cryogan_core.commands.denoise import _training_fit
+
+    identity = torch.nn.Conv2d(1, 1, 1)
+    with torch.no_grad():
+        identity.weight.fill_(1.0)
+        identity.bias.zero_()
+    x = torch.randn(10, 24, 24, generator=torch.Generator().manual_seed(0))
+    settings = PairSettings(24, 24, 10.0, 10.0, True, "particle")
+    assert _training_fit(identity, {"inputs": x, "targets": 3 * x + 1}, settings, 4, 0.5) == pytest.approx(1.0, abs=1e-5)
+    assert _training_fit(identity, {"inputs": x, "targets": -x}, settings, 100, 0.5) == pytest.approx(-1.0, abs=1e-5)
