@@ -32,11 +32,11 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Iterable, Sequence, TypeVar
+from typing import Any, Iterable, Sequence, TypeVar
 
 from loguru import logger
 
-from cryogan_core.commands.options import options_from_mapping, params_of
+from cryogan_core.commands.options import convert_value, options_from_mapping, params_of
 from cryogan_core.errors import InputError
 
 T = TypeVar("T")
@@ -90,10 +90,6 @@ NODE_KINDS: dict[str, tuple[int, str, str]] = {
 # Arguments that RELION's getCommandsExternalJob emits itself (protocol §1.2).
 _INPUT_KEYS = ("in_movies", "in_mics", "in_parts", "in_coords", "in_3dref", "in_mask")
 _RESERVED_KEYS = ("o", "j", "pipeline_control", *_INPUT_KEYS)
-
-_TRUE_WORDS = {"1", "true", "yes", "y", "on"}
-_FALSE_WORDS = {"0", "false", "no", "n", "off"}
-
 
 # ---------------------------------------------------------------------------------------
 # Errors
@@ -152,62 +148,36 @@ class RelionArgs:
     pipeline_control: str | None = None
     argv: list[str] = field(default_factory=list)
 
-    def param_str(self, key: str, default: str | None = None) -> str | None:
-        """Return ``--key`` as a string, or ``default`` when absent.
+    def param(self, key: str, kind: type, default: Any) -> Any:
+        """Return ``--key`` converted to ``kind`` (bool, int, float or str), or ``default``
+        when absent; a bare flag is True for a bool (conversion: :func:`convert_value`).
 
         Raises:
-            InputError: ``--key`` was given as a bare flag without a value.
+            InputError: ``command line: --key ...`` for a value that does not convert, or a
+                bare flag for a non-bool.
         """
-        value = self.params.get(key, default)
-        if value is True:
-            raise InputError(f"command line: --{key} needs a value (in RELION: Params tab, value of '{key}')")
-        return value  # type: ignore[return-value]
+        if key not in self.params:
+            return default
+        try:
+            return convert_value(key, self.params[key], kind)
+        except InputError as exc:
+            raise InputError(f"command line: {exc}") from None
+
+    def param_str(self, key: str, default: str | None = None) -> str | None:
+        """``--key`` as a string, or ``default`` (see :meth:`param`)."""
+        return self.param(key, str, default)
 
     def param_int(self, key: str, default: int) -> int:
-        """Return ``--key`` as an int, or ``default`` when absent.
-
-        Raises:
-            InputError: the value is missing (bare flag) or not an integer.
-        """
-        value = self.param_str(key)
-        if value is None:
-            return default
-        try:
-            return int(value)
-        except ValueError:
-            raise InputError(f"command line: --{key} {value}: not an integer") from None
+        """``--key`` as an int, or ``default`` (see :meth:`param`)."""
+        return self.param(key, int, default)
 
     def param_float(self, key: str, default: float) -> float:
-        """Return ``--key`` as a float, or ``default`` when absent.
-
-        Raises:
-            InputError: the value is missing (bare flag) or not a number.
-        """
-        value = self.param_str(key)
-        if value is None:
-            return default
-        try:
-            return float(value)
-        except ValueError:
-            raise InputError(f"command line: --{key} {value}: not a number") from None
+        """``--key`` as a float, or ``default`` (see :meth:`param`)."""
+        return self.param(key, float, default)
 
     def param_bool(self, key: str, default: bool = False) -> bool:
-        """Return ``--key`` as a bool: a bare flag is True; yes/no, true/false, 1/0, on/off.
-
-        Raises:
-            InputError: the value is not one of the words above.
-        """
-        value = self.params.get(key)
-        if value is None:
-            return default
-        if value is True:
-            return True
-        word = str(value).strip().lower()
-        if word in _TRUE_WORDS:
-            return True
-        if word in _FALSE_WORDS:
-            return False
-        raise InputError(f"command line: --{key} {value}: expected yes/no, true/false or 1/0")
+        """``--key`` as a bool (bare flag, yes/no, true/false, 1/0, on/off), or ``default``."""
+        return self.param(key, bool, default)
 
     def options(self, cls: type[T]) -> T:
         """Build a command's options dataclass from the params (Params tab, Additional arguments).
@@ -225,7 +195,10 @@ class RelionArgs:
                 without a value, or a value of the wrong type or out of range.
         """
         self.reject_unknown_params(p.name for p in params_of(cls))
-        return options_from_mapping(cls, self.params)
+        try:
+            return options_from_mapping(cls, self.params)
+        except InputError as exc:
+            raise InputError(f"command line: {exc}") from None
 
     def reject_unknown_params(self, known: Iterable[str]) -> None:
         """Raise if a parameter outside ``known`` was given (catches typos in Params labels).

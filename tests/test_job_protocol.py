@@ -226,9 +226,9 @@ def test_parse_bad_command_lines_raise_one_line_input_error(argv, fragment):
 
 def test_param_helpers_reject_bad_values():
     args = parse_relion_args(["--o", "E/job1/", "--epochs", "ten", "--lr", "x", "--flag", "maybe", "--name"])
-    with pytest.raises(InputError, match="--epochs ten: not an integer"):
+    with pytest.raises(InputError, match="command line: --epochs ten: expected an integer"):
         args.param_int("epochs", 1)
-    with pytest.raises(InputError, match="--lr x: not a number"):
+    with pytest.raises(InputError, match="command line: --lr x: expected a number"):
         args.param_float("lr", 1.0)
     with pytest.raises(InputError, match="--flag maybe"):
         args.param_bool("flag")
