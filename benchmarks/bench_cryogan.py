@@ -52,13 +52,14 @@ def plot_resolution_vs_time(result: dict, path: Path) -> None:
     from cryogan_core.report.plots import curves_figure, save_figure
 
     rows = result["resolution_vs_time"]
+    symmetry = result.get("options", {}).get("symmetry", "C1")
     t = np.array([r["minutes"] for r in rows], dtype=float)
     curves = {"half maps, FSC 0.143": np.array([r["half_map_fsc_0.143_A"] for r in rows], dtype=float)}
     if any(r["vs_truth_fsc_0.5_A"] is not None for r in rows):
         curves["vs truth (aligned), FSC 0.5"] = np.array(
             [np.nan if r["vs_truth_fsc_0.5_A"] is None else r["vs_truth_fsc_0.5_A"] for r in rows], dtype=float)
     save_figure(curves_figure(t, curves, "training time (min, 2 CPU cores)", "resolution (Å)",
-                              title=f"CryoGAN, {result['dataset']}"), path)
+                              title=f"CryoGAN, {result['dataset']}, {symmetry} symmetry"), path)
 
 
 def main() -> None:

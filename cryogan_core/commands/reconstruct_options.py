@@ -35,7 +35,7 @@ class ReconstructOptions:
 
     box_train: int = option(0, "Training box (px): particles and volume are Fourier-cropped to it for speed (0 = the particles' box). Final maps are written at the particles' box.")
     particle_diameter_A: float = option(0.0, "Particle diameter (Å): background radius for normalisation and noise patches, and the spherical volume mask (0 = 0.8 × box × pixel size).")
-    symmetry: str = option("C1", "Point group imposed on the volume (C1, Cn, Dn, T, O, I).")
+    symmetry: str = option("C1", "Point group imposed on the volume (C1, Cn, Dn, T, O, I). Set the particle's known symmetry (β-gal: D2): it helps more than any other setting.")
     positivity: bool = option(True, "Constrain the density to be >= 0 (yes/no).")
     max_minutes: float = option(60.0, "Training-time budget in minutes, earlier runs of a continued job included (0 = no limit).")
     n_epochs: float = option(200.0, "Epochs (each real particle seen once by the critic per epoch); training ends at n_epochs or max_minutes.")
