@@ -134,3 +134,25 @@ def test_real_half_maps() -> None:
     # SOURCES.md: 0.5 at about 18 Å, 0.143 at about 9 Å
     assert 15.0 < resolution_at(f, c, 0.5) < 22.0
     assert 7.5 < resolution_at(f, c, 0.143) < 11.0
+
+
+def test_shells_up_to_keeps_a_fourier_padded_map_at_its_training_nyquist():
+    # two maps that agree in a 16-px cube, Fourier-padded to 32 px (as CryoGAN writes them):
+    # the cube's corners reach past its Nyquist, so the full curve stays at 1 up to shell 14
+    # of 16; cut at the 16-px Nyquist, the resolution is that Nyquist and no better
+    from cryogan_core.metrics.fsc import shells_up_to
+    from cryogan_core.physics.resample import fourier_crop_or_pad_map
+
+    g = torch.Generator().manual_seed(0)
+    small = torch.randn(16, 16, 16, generator=g)
+    a = fourier_crop_or_pad_map(small, 32)
+    b = fourier_crop_or_pad_map(small + 1e-3 * torch.randn(16, 16, 16, generator=g), 32)
+    freq, curve = fsc(a, b, pixel_size_A=2.0)  # training pixel 4 Å: Nyquist 8 Å
+    assert resolution_at(freq, curve, 0.143) < 7.5  # the partial shells claim too much
+    f, c = shells_up_to(freq, curve, 1.0 / 8.0)
+    assert len(f) == 9 and f[-1] == pytest.approx(1 / 8.0) and np.array_equal(c, curve[:9])
+    assert resolution_at(f, c, 0.143) == pytest.approx(8.0)
+    with pytest.raises(ValueError, match="differ in shape"):
+        shells_up_to(freq, curve[:-1], 0.1)
+    with pytest.raises(ValueError, match="fewer than 2 shells"):
+        shells_up_to(freq, curve, 0.001)

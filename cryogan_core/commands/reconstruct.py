@@ -50,7 +50,7 @@ from cryogan_core.io.mrc import write_map  # noqa: E402
 from cryogan_core.io.particles import load_particles  # noqa: E402
 from cryogan_core.io.summary import write_summary  # noqa: E402
 from cryogan_core.metrics.align import align_maps, apply_alignment  # noqa: E402
-from cryogan_core.metrics.fsc import fsc, resolution_at, write_fsc_star  # noqa: E402
+from cryogan_core.metrics.fsc import fsc, resolution_at, shells_up_to, write_fsc_star  # noqa: E402
 from cryogan_core.metrics.images import normalize_background  # noqa: E402
 from cryogan_core.models.volume import VoxelVolume  # noqa: E402
 from cryogan_core.physics.ctf import CtfParams  # noqa: E402
@@ -485,7 +485,8 @@ def _write_outputs(
     al = align_maps(vols[1], vols[0], pixel_A)
     h1, h2 = vols[0], al.aligned
     logger.info(f"Half 2 aligned to half 1: CC {al.cc:.3f}{', mirrored (other hand)' if al.mirror else ''}")
-    freq, curve = fsc(h1, h2, pixel_A)
+    nyquist_t = 1.0 / (2.0 * pixel_t)  # Å⁻¹: nothing was learned beyond the training Nyquist
+    freq, curve = shells_up_to(*fsc(h1, h2, pixel_A), nyquist_t)
     res = resolution_at(freq, curve, 0.143)
     figures = []
     summary: dict[str, Any] = {
@@ -518,17 +519,18 @@ def _write_outputs(
         h1 = apply_alignment(h1, ral.rotation, ral.shift_vox, ral.mirror)
         h2 = apply_alignment(h2, ral.rotation, ral.shift_vox, ral.mirror)
         avg = ral.aligned
-        res_ref = ral.resolution_A(0.5)
-        write_fsc_star(output_dir / "fsc_vs_reference.star", ral.freq_inv_A, ral.fsc)
-        fig = fsc_figure(ral.freq_inv_A, {"map vs reference (aligned)": ral.fsc}, (0.5, 0.143),
+        freq_ref, fsc_ref = shells_up_to(ral.freq_inv_A, ral.fsc, nyquist_t)
+        res_ref = resolution_at(freq_ref, fsc_ref, 0.5)
+        write_fsc_star(output_dir / "fsc_vs_reference.star", freq_ref, fsc_ref)
+        fig = fsc_figure(freq_ref, {"map vs reference (aligned)": fsc_ref}, (0.5, 0.143),
                          title=f"FSC with {Path(ref_path).name}: {res_ref:.1f} Å at 0.5")
         save_figure(fig, output_dir / "fsc_vs_reference.png", close=False)
         figures.append(fig)
         summary.update({
             "reference": str(ref_path),
             "resolution_A_vs_reference_fsc_0.5": res_ref,
-            "resolution_A_vs_reference_fsc_0.143": ral.resolution_A(0.143),
-            "fsc_vs_reference": ral.fsc,
+            "resolution_A_vs_reference_fsc_0.143": resolution_at(freq_ref, fsc_ref, 0.143),
+            "fsc_vs_reference": fsc_ref,
             "to_reference": {"rotation": ral.rotation, "shift_vox": ral.shift_vox, "mirror": ral.mirror, "cc": ral.cc},
         })
         logger.info(

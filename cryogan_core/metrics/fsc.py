@@ -159,6 +159,36 @@ def resolution_at(freq_inv_A: np.ndarray, curve: np.ndarray, threshold: float = 
     return float(1.0 / f_cross)
 
 
+def shells_up_to(freq_inv_A: np.ndarray, curve: np.ndarray, max_freq_inv_A: float) -> tuple[np.ndarray, np.ndarray]:
+    """The shells of an FSC curve up to ``max_freq_inv_A`` (inclusive, to within 1e-9).
+
+    For maps Fourier-padded from a smaller cube (CryoGAN trains at ``box_train`` and writes
+    at the particles' box): beyond the training Nyquist, ``1 / (2 · pixel_train_A)``, only
+    the corners of the training cube carry data, so those shells are partial and a
+    resolution read from them would claim more than the training box can hold. Cut the
+    curve there first; ``resolution_at`` of the result is then at most that Nyquist.
+
+    Args:
+        freq_inv_A: ``(n_shells,)`` shell frequencies in Å⁻¹, increasing.
+        curve: ``(n_shells,)`` FSC values.
+        max_freq_inv_A: the highest frequency to keep, in Å⁻¹.
+
+    Returns:
+        ``(freq, curve)``: float64 copies of the first shells, ``(m,)`` with ``m <= n_shells``.
+
+    Raises:
+        ValueError: if the arrays differ in shape, or fewer than 2 shells would remain.
+    """
+    f = np.asarray(freq_inv_A, dtype=np.float64)
+    c = np.asarray(curve, dtype=np.float64)
+    if f.shape != c.shape:
+        raise ValueError(f"freq and curve differ in shape: {f.shape}, {c.shape}")
+    keep = f <= max_freq_inv_A + 1e-9
+    if keep.sum() < 2:
+        raise ValueError(f"fewer than 2 shells below {max_freq_inv_A:g} 1/Å")
+    return f[keep].copy(), c[keep].copy()
+
+
 def mean_fsc_in_band(
     freq_inv_A: np.ndarray, curves: np.ndarray, low_A: float = 40.0, high_A: float = 10.0
 ) -> np.ndarray:
