@@ -24,6 +24,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -41,11 +42,10 @@ from cryogan_core.io.images import ParticleImages  # noqa: E402
 from cryogan_core.io.mrc import open_stack  # noqa: E402
 from cryogan_core.io.star import read_particles, write_particles  # noqa: E402
 from cryogan_core.metrics.fsc import fsc, resolution_at  # noqa: E402
-from cryogan_core.metrics.images import circular_mask  # noqa: E402
 from cryogan_core.physics.reconstruct import reconstruct  # noqa: E402
 from cryogan_core.physics.ctf import CtfParams  # noqa: E402
 from cryogan_core.train.evaluate import image_scores  # noqa: E402
-from cryogan_core.train.pairs import build_pairs, input_transform  # noqa: E402
+from cryogan_core.train.pairs import build_pairs, input_transform, particle_arrays  # noqa: E402
 from cryogan_core.train.pix2pix import denoise_images  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "betagal-relion-tutorial"
@@ -103,9 +103,7 @@ def backprojection_check(stacks: dict, df, map_path: Path, pixel_size_A: float, 
         crosses the threshold).
     """
     truth = map_for_particles(map_path, pixel_size_A, box).cpu()
-    angles = torch.tensor(df[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(), dtype=torch.float32)
-    origins = torch.tensor(df[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(), dtype=torch.float32)
-    ctf = CtfParams.from_particles(df.reset_index(drop=True))
+    angles, origins, ctf, _ = particle_arrays(df)
     out = {}
     for name, images in stacks.items():
         vol = reconstruct(images.float(), angles, origins, pixel_size_A, ctf=ctf)
@@ -114,13 +112,15 @@ def backprojection_check(stacks: dict, df, map_path: Path, pixel_size_A: float, 
     return out
 
 
-def timed(fn, *args, **kw):
+def timed(fn: Callable[..., Any], *args: Any, **kw: Any) -> tuple[Any, float]:
+    """``fn(*args, **kw)`` and its wall time in seconds."""
     t = time.time()
     out = fn(*args, **kw)
     return out, time.time() - t
 
 
 def main() -> None:
+    """Parse the options, make (or take) the data, run the job and the baselines, report."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--o", type=Path, required=True)
     ap.add_argument("--real", action="store_true")
@@ -161,7 +161,7 @@ def main() -> None:
         truth = held["reference_ctf"]
         truth_label = "CTF'd projection of the map at the particle's pose, least-squares scaled"
     tb = settings.train_box
-    mask = circular_mask(tb, settings.mask_radius_px * tb / settings.box)
+    mask = settings.train_mask()
     ctf_held = CtfParams.from_particles(df.iloc[rows].reset_index(drop=True))
 
     # Wiener filter fitted on training pairs of half set 1 (uses the map, as the cGAN does)

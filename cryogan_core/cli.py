@@ -33,6 +33,7 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        """Call ``func``; turn an :class:`InputError` into one line and exit status 1."""
         try:
             return func(*args, **kwargs)
         except InputError as exc:

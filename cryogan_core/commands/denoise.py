@@ -323,7 +323,7 @@ def _training_fit(generator: UNetGenerator, train: dict[str, torch.Tensor], sett
     first ``n`` training pairs: next to the held-out CC it tells over-fitting (training CC
     well above held-out) from under-fitting (both alike). Logged and returned."""
     n = max(1, min(n, train["inputs"].shape[0]))
-    mask = circular_mask(settings.train_box, settings.mask_radius_px * settings.train_box / settings.box)
+    mask = settings.train_mask()
     out = denoise_images(generator, train["inputs"][:n])
     cc = float(masked_pearson(out, train["targets"][:n].to(out.device), mask.to(out.device)).mean())
     verdict = "over-fitting: more particles or fewer steps would help" if cc - cc_heldout > 0.05 else "no over-fitting"
@@ -363,7 +363,7 @@ def _heldout_report(
     """Scores of raw and denoised unseen particles against their references, and bias controls."""
     tb = settings.train_box
     pixel_train = float(held_df["rlnImagePixelSize"].iloc[0]) * settings.box / tb
-    mask = circular_mask(tb, settings.mask_radius_px * tb / settings.box)
+    mask = settings.train_mask()
     denoised = denoise_images(generator, held["inputs"])
     raw_scores = image_scores(held["inputs"], held["reference_ctf"], mask, pixel_train)
     den_scores = image_scores(denoised, held["targets"], mask, pixel_train)
@@ -441,7 +441,7 @@ def _denoise_all(
     cc_den = np.full(n, np.nan, dtype=np.float32)
     names: list[str] = []
     mask_full = circular_mask(settings.box, settings.mask_radius_px, device=device)
-    mask_train = circular_mask(tb, settings.mask_radius_px * tb / settings.box, device=device)
+    mask_train = settings.train_mask(device)
     t0 = time.time()
     done = 0
     for chunk_start in range(0, n, stack_size):

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cryogan_core.commands.options import option
-from cryogan_core.errors import InputError
+from cryogan_core.commands.options import check_values, option, option_error
 
 SCALE_MODES = ("particle", "pooled")
 
@@ -57,25 +56,16 @@ class DenoiseOptions:
         Raises:
             InputError: ``--name value: why`` for the first bad value.
         """
-        def bad(name: str, why: str) -> InputError:
-            return InputError(f"--{name} {getattr(self, name)}: {why}")
-
-        for name in ("n_steps", "batch_size", "base_channels", "depth", "stack_size"):
-            if not getattr(self, name) > 0:
-                raise bad(name, "must be > 0")
-        for name in ("train_box", "l1_weight", "gan_weight", "mask_radius_px", "max_train_particles", "n_report"):
-            if getattr(self, name) < 0:
-                raise bad(name, "must be >= 0")
-        if not self.lr > 0:
-            raise bad("lr", "must be > 0")
+        check_values(
+            self,
+            positive=("n_steps", "batch_size", "base_channels", "depth", "stack_size", "lr"),
+            non_negative=("train_box", "l1_weight", "gan_weight", "mask_radius_px", "max_train_particles", "n_report",
+                          "n_res_blocks"),
+            unit_interval=("beta1",),
+            choices={"scale_mode": SCALE_MODES},
+        )
         if self.l1_weight == 0 and self.gan_weight == 0:
-            raise bad("l1_weight", "and --gan_weight are both 0: nothing to train on")
-        if not 0 <= self.beta1 < 1:
-            raise bad("beta1", "must be in [0, 1)")
-        if self.n_res_blocks < 0:
-            raise bad("n_res_blocks", "must be >= 0")
-        if self.scale_mode not in SCALE_MODES:
-            raise bad("scale_mode", f"must be one of {', '.join(SCALE_MODES)}")
+            raise option_error(self, "l1_weight", "and --gan_weight are both 0: nothing to train on")
         from cryogan_core.commands._common import select_device  # torch: not at import (cryogan --help stays fast)
 
         select_device(self.device)

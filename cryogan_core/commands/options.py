@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import click
 
 from cryogan_core.errors import InputError
 
-__all__ = ["Param", "click_options", "convert_value", "option", "options_from_mapping", "params_of"]
+__all__ = ["Param", "check_values", "click_options", "convert_value", "option", "option_error", "options_from_mapping", "params_of"]
 
 T = TypeVar("T")
 
@@ -89,6 +89,46 @@ def params_of(cls: type) -> tuple[Param, ...]:
             raise TypeError(f"{cls.__name__}.{f.name}: declare it with option(default, help)")
         out.append(Param(f.name, type(f.default), f.default, f.metadata["help"]))
     return tuple(out)
+
+
+def option_error(opts: Any, name: str, why: str) -> InputError:
+    """The one-line error for option ``name`` of ``opts``: ``--name value: why``."""
+    return InputError(f"--{name} {getattr(opts, name)}: {why}")
+
+
+def check_values(
+    opts: Any,
+    positive: Iterable[str] = (),
+    non_negative: Iterable[str] = (),
+    unit_interval: Iterable[str] = (),
+    choices: Mapping[str, Iterable[str]] | None = None,
+) -> None:
+    """Range checks shared by the options dataclasses (call from ``__post_init__``).
+
+    Args:
+        opts: the options instance.
+        positive: names that must be > 0.
+        non_negative: names that must be >= 0.
+        unit_interval: names that must be in [0, 1) (Adam betas).
+        choices: name -> the allowed words.
+
+    Raises:
+        InputError: :func:`option_error` for the first value out of range, in the order
+            positive, non-negative, unit interval, choices.
+    """
+    for name in positive:
+        if not getattr(opts, name) > 0:
+            raise option_error(opts, name, "must be > 0")
+    for name in non_negative:
+        if getattr(opts, name) < 0:
+            raise option_error(opts, name, "must be >= 0")
+    for name in unit_interval:
+        if not 0 <= getattr(opts, name) < 1:
+            raise option_error(opts, name, "must be in [0, 1)")
+    for name, allowed in (choices or {}).items():
+        allowed = tuple(allowed)
+        if getattr(opts, name) not in allowed:
+            raise option_error(opts, name, f"must be one of {', '.join(allowed)}")
 
 
 def convert_value(name: str, value: Any, kind: type) -> Any:
@@ -169,6 +209,7 @@ def click_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any
         The decorator.
     """
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        """Add the options to ``func``, last field first (click stacks them in reverse)."""
         for p in reversed(params_of(cls)):
             spellings = [f"--{p.name}"] + ([f"--{p.name.replace('_', '-')}"] if "_" in p.name else [])
             extra: dict[str, Any] = {"is_flag": False, "flag_value": True} if p.type is bool else {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cryogan_core.commands._common import select_device
-from cryogan_core.commands.options import option
+from cryogan_core.commands.options import check_values, option, option_error
 from cryogan_core.errors import InputError
 from cryogan_core.models.volume import symmetry_matrices
 from cryogan_core.train.wgan import SHIFT_PRIORS
@@ -68,33 +68,20 @@ class ReconstructOptions:
         Raises:
             InputError: ``--name value: why`` for the first bad value.
         """
-        def bad(name: str, why: str) -> InputError:
-            return InputError(f"--{name} {getattr(self, name)}: {why}")
-
-        positive = ("lr", "batch_size", "n_critic", "pad_factor", "log_seconds", "n_epochs")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise bad(name, "must be > 0")
-        nonneg = ("box_train", "particle_diameter_A", "max_minutes", "lr_critic", "gp_lambda", "blur_sigma_px",
-                  "shift_px", "eval_minutes", "max_particles", "blur_end")
-        for name in nonneg:
-            if getattr(self, name) < 0:
-                raise bad(name, "must be >= 0")
+        check_values(
+            self,
+            positive=("lr", "batch_size", "n_critic", "pad_factor", "log_seconds", "n_epochs"),
+            non_negative=("box_train", "particle_diameter_A", "max_minutes", "lr_critic", "gp_lambda", "blur_sigma_px",
+                          "shift_px", "eval_minutes", "max_particles", "blur_end"),
+            unit_interval=("beta1", "beta2"),
+            choices={"pose_prior": POSE_PRIORS, "shift_prior": SHIFT_PRIORS, "noise": NOISE_SOURCES},
+        )
         if not 0 < self.lr_gamma <= 1:
-            raise bad("lr_gamma", "must be in (0, 1]")
-        for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise bad(name, "must be in [0, 1)")
+            raise option_error(self, "lr_gamma", "must be in (0, 1]")
         if self.pad_factor < 1:
-            raise bad("pad_factor", "must be >= 1")
+            raise option_error(self, "pad_factor", "must be >= 1")
         if 0 < self.box_train < MIN_BOX:
-            raise bad("box_train", f"must be >= {MIN_BOX} px (the critic pools 4 times)")
-        if self.pose_prior not in POSE_PRIORS:
-            raise bad("pose_prior", f"must be one of {', '.join(POSE_PRIORS)}")
-        if self.shift_prior not in SHIFT_PRIORS:
-            raise bad("shift_prior", f"must be one of {', '.join(SHIFT_PRIORS)}")
-        if self.noise not in NOISE_SOURCES:
-            raise bad("noise", f"must be one of {', '.join(NOISE_SOURCES)}")
+            raise option_error(self, "box_train", f"must be >= {MIN_BOX} px (the critic pools 4 times)")
         try:
             symmetry_matrices(self.symmetry)
         except ValueError as exc:

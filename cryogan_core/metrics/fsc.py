@@ -58,6 +58,7 @@ def _shell_correlation(
     size = m * n_shells
 
     def acc(values: np.ndarray) -> np.ndarray:
+        """Multiplicity-weighted sum of ``(m, k)`` values per item and shell -> ``(m, n_shells)``."""
         return np.bincount(offsets, weights=(values * w).ravel(), minlength=size).reshape(m, n_shells)
 
     num = acc(np.real(a * np.conj(b)))

@@ -14,7 +14,7 @@ import torch
 
 from cryogan_core.metrics.bias import add_extra_domain, max_cc_with_library, recovery_fraction
 from cryogan_core.metrics.fsc import fsc_2d, mean_fsc_in_band
-from cryogan_core.metrics.images import circular_mask, masked_pearson, psnr
+from cryogan_core.metrics.images import masked_pearson, psnr
 from cryogan_core.physics.ctf import CtfParams
 from cryogan_core.physics.projection import forward_model
 from cryogan_core.train.pairs import PairSettings, input_transform
@@ -145,8 +145,7 @@ def extra_domain_control(
     g = torch.Generator().manual_seed(seed + 1)
     noise = noise_std * torch.randn(ctf_b.shape, generator=g).to(ctf_b.device)
     results = {}
-    tb = settings.train_box
-    mask = circular_mask(tb, settings.mask_radius_px * tb / settings.box, device=ctf_b.device)
+    mask = settings.train_mask(ctf_b.device)
     noisy = slope * ctf_b + noise
     transform = input_transform(noisy, settings)  # the normalisation the noisy particles get
     ref_a, ref_b = transform(slope * tgt_a), transform(slope * tgt_b)

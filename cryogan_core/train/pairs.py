@@ -57,6 +57,11 @@ class PairSettings:
         """Plain-dict form (for checkpoints loaded with ``weights_only=True``)."""
         return dict(self.__dict__)
 
+    def train_mask(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """The circular mask of the scores at the training box: ``(train_box, train_box)``
+        bool, radius ``mask_radius_px`` scaled from ``box`` to ``train_box``."""
+        return circular_mask(self.train_box, self.mask_radius_px * self.train_box / self.box, device=device)
+
 
 def default_bg_radius_px(box: int) -> float:
     """RELION's default background radius: 75 % of half the box (``relion_preprocess``)."""
