@@ -33,7 +33,7 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def trained(sim: Path) -> tuple[Path, dict]:
     out = sim / "run1"
-    summary = run_denoise(DenoiseInputs(sim / "sim/particles.star", out, sim / "sim/ground_truth_map.mrc", project_dir=sim), {**SMALL, "n_steps": 300})
+    summary = run_denoise(DenoiseInputs(sim / "sim/particles.star", out, sim / "sim/ground_truth_map.mrc", project_dir=sim), {**SMALL, "n_steps": 300, "validation_fraction": 0.2, "validate_every": 100})
     return out, summary
 
 
@@ -69,8 +69,10 @@ def test_inputs_are_relion_normalised_and_targets_share_their_units(box: int, tr
 
 def test_gold_standard_training_improves_unseen_particles(trained: tuple[Path, dict]) -> None:
     out, s = trained
-    assert s["n_train_particles"] == 120 and s["n_heldout_particles"] == 60  # half 1 trains, half 2 is unseen
+    # half 1 trains (a fifth of it only chooses the weights), half 2 is unseen
+    assert s["n_train_particles"] == 96 and s["n_validation_particles"] == 24 and s["n_heldout_particles"] == 60
     assert s["train_steps"] == 300
+    assert s["validation_best_step"] in (100, 200, 300) and s["validation_cc_best"] >= s["validation_cc_last"]
     assert s["heldout_cc_denoised"] > s["heldout_cc_raw"] + 0.1
     # the network is not worse on the particles it trained on than on unseen ones
     assert s["heldout_cc_denoised"] - 0.05 <= s["train_cc_denoised"] <= 1.0
@@ -79,7 +81,8 @@ def test_gold_standard_training_improves_unseen_particles(trained: tuple[Path, d
         assert key in s, key
     written = json.loads((out / "summary.json").read_text())
     assert written["n_particles_written"] == 240
-    for name in ("particles.star", "model.pt", "logfile.pdf", "loss_curves.png", "montage_heldout.png", "fsc_heldout.png", "agreement_histogram.png"):
+    for name in ("particles.star", "model.pt", "logfile.pdf", "loss_curves.png", "montage_heldout.png", "fsc_heldout.png", "agreement_histogram.png",
+                 "validation_cc.png"):
         assert (out / name).is_file(), name
 
 

@@ -41,8 +41,11 @@ from cryogan_core.report.denoise_report import write_denoise_report
 from cryogan_core.train.evaluate import extra_domain_control, image_scores, noise_control
 from cryogan_core.train.pairs import PairSettings, build_pairs, default_bg_radius_px, input_transform, particle_arrays
 from cryogan_core.train.pix2pix import Pix2PixConfig, Pix2PixTrainer, denoise_images, eta_seconds, train_pix2pix
+from cryogan_core.train.selection import BestWeights
 
 MODEL_FORMAT = "cryogan-denoiser-v1"
+MIN_VALIDATION = 20  # fewer validation particles than this score too noisily to choose weights
+MAX_VALIDATION = 1000  # more cost time at every validation and choose no better
 
 
 @dataclass
@@ -132,6 +135,20 @@ def _progress(total_steps: int, batch_size: int, every_s: float = 20.0) -> Calla
         )
 
     return on_step
+
+
+def _split_validation(rows: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split training rows into (training, validation): a random ``fraction`` of them, between
+    ``MIN_VALIDATION`` and ``MAX_VALIDATION`` particles, or none (fraction 0, or too few rows).
+    Both parts sorted; drawn with their own generator so the other subsets do not change."""
+    n_val = min(int(round(fraction * len(rows))), MAX_VALIDATION)
+    if fraction <= 0:
+        return rows, rows[:0]
+    if n_val < MIN_VALIDATION or len(rows) - n_val < MIN_VALIDATION:
+        logger.warning(f"--validation_fraction {fraction}: {n_val} of {len(rows)} training particles are too few to choose the weights; using the last step's")
+        return rows, rows[:0]
+    val = np.random.default_rng(seed + 1).choice(rows, size=n_val, replace=False)
+    return np.setdiff1d(rows, val), np.sort(val)
 
 
 def _select_rows(rows: np.ndarray, n_max: int, rng: np.random.Generator) -> np.ndarray:
@@ -265,11 +282,20 @@ def _train_and_report(
     labels = half_set_labels(df, opts.seed)
     train_rows = _select_rows(np.flatnonzero(labels == 1), opts.max_train_particles, rng)
     heldout_rows = _select_rows(np.flatnonzero(labels == 2), opts.n_report, rng)
-    logger.info(f"Training on {len(train_rows)} particles of half set 1; reporting on {len(heldout_rows)} unseen particles of half set 2")
+    train_rows, val_rows = _split_validation(train_rows, opts.validation_fraction, opts.seed)
+    logger.info(
+        f"Training on {len(train_rows)} particles of half set 1"
+        + (f" ({len(val_rows)} more of half set 1 choose the weights)" if len(val_rows) else "")
+        + f"; reporting on {len(heldout_rows)} unseen particles of half set 2"
+    )
     t0 = time.time()
     train = build_pairs(images, df, train_rows, volume_for_pixel, settings, device=device, should_stop=should_stop)
     held = build_pairs(images, df, heldout_rows, volume_for_pixel, settings, device=device, should_stop=should_stop)
-    logger.info(f"Prepared {len(train_rows) + len(heldout_rows)} training/report pairs in {time.time() - t0:.0f} s (projection, CTF, scale fit)")
+    best: BestWeights | None = None
+    if len(val_rows):
+        val = build_pairs(images, df, val_rows, volume_for_pixel, settings, device=device, should_stop=should_stop)
+        best = BestWeights(val["inputs"], val["targets"], settings.train_mask())
+    logger.info(f"Prepared {len(train_rows) + len(val_rows) + len(heldout_rows)} training/validation/report pairs in {time.time() - t0:.0f} s (projection, CTF, scale fit)")
 
     n_steps = opts.n_steps
     config = Pix2PixConfig(
@@ -280,26 +306,47 @@ def _train_and_report(
         discriminator={"n_layers": 3 if settings.train_box >= 32 else 2},
     )
     trainer = Pix2PixTrainer(config, device)
+    validation_key = {"rows": len(val_rows), "every": opts.validate_every}
     ckpt = out_dir / "checkpoint.pt"
     if resume and ckpt.is_file():
         state = torch.load(ckpt, map_location=device, weights_only=True)
-        if state.get("config") == _config_dict(config):
+        if state.get("config") == _config_dict(config) and state.get("validation") == validation_key:
             trainer.load_state_dict(state)
+            if best is not None and state.get("selection") is not None:
+                best.load_state_dict(state["selection"])
             logger.info(f"Continuing from {ckpt} at step {trainer.step_count}/{n_steps}")
         else:
             logger.warning(f"{ckpt} was made with other training options: starting training over")
 
     def save_checkpoint() -> None:
-        """Write the trainer's state to checkpoint.pt (atomically)."""
+        """Write the trainer's state (and the best weights so far) to checkpoint.pt (atomically)."""
+        state = trainer.state_dict()
+        state["validation"] = validation_key
+        state["selection"] = best.state_dict() if best is not None else None
         with atomic_path(ckpt) as tmp:
-            torch.save(trainer.state_dict(), tmp)
+            torch.save(state, tmp)
+
+    def validate(step: int) -> None:
+        """Score the generator on the validation particles; the best weights are kept."""
+        assert best is not None
+        cc = best.update(trainer.generator, step)
+        logger.info(f"Validation at step {step}: CC {cc:.3f} on {len(val_rows)} particles of half set 1 (best {best.best_cc:.3f} at step {best.best_step})")
+
+    def use_best_weights() -> None:
+        """Load the best-scoring weights into the generator and say so."""
+        if best is not None and best.restore(trainer.generator):
+            logger.info(f"Using the weights of step {best.best_step}: validation CC {best.best_cc:.3f} (last step {best.last_cc:.3f})")
+            summary.update({"validation_best_step": best.best_step, "validation_cc_best": best.best_cc, "validation_cc_last": best.last_cc})
 
     train_pix2pix(
         trainer, train["inputs"], train["targets"], n_steps, on_step=_progress(n_steps, config.batch_size),
         checkpoint=save_checkpoint, should_stop=should_stop,
+        validate=validate if best is not None else None, validate_every=opts.validate_every,
     )
+    use_best_weights()
     summary["train_steps"] = trainer.step_count
     summary["n_train_particles"] = int(len(train_rows))
+    summary["n_validation_particles"] = int(len(val_rows))
     summary["n_heldout_particles"] = int(len(heldout_rows))
 
     generator = trainer.generator
@@ -311,8 +358,13 @@ def _train_and_report(
         extra = n_steps + n_steps // 2
         trainer.config.n_steps = extra
         logger.info(f"Training further on both halves ({len(both_rows)} particles) up to step {extra}")
-        train_pix2pix(trainer, both["inputs"], both["targets"], extra, on_step=_progress(extra, config.batch_size), checkpoint=save_checkpoint, should_stop=should_stop)
+        train_pix2pix(trainer, both["inputs"], both["targets"], extra, on_step=_progress(extra, config.batch_size), checkpoint=save_checkpoint,
+                      should_stop=should_stop, validate=validate if best is not None else None, validate_every=opts.validate_every)
+        use_best_weights()
         summary["train_steps"] = trainer.step_count
+    if best is not None:
+        report["validation_curve"] = list(best.curve)
+        report["validation_best_step"] = best.best_step
     save_model(out_dir / "model.pt", generator, settings, float(df["rlnImagePixelSize"].iloc[0]) * settings.box / settings.train_box,
                {"train_steps": trainer.step_count, "seed": opts.seed})
     return generator, trainer.history, report

@@ -109,7 +109,7 @@ def check_values(
         opts: the options instance.
         positive: names that must be > 0.
         non_negative: names that must be >= 0.
-        unit_interval: names that must be in [0, 1) (Adam betas).
+        unit_interval: names that must be in [0, 1) (Adam betas, fractions).
         choices: name -> the allowed words.
 
     Raises:

@@ -35,7 +35,8 @@ def write_denoise_report(
         out_dir: the job's output folder.
         history: per-step losses (``step``, ``loss_g_l1``, ``loss_g_gan``, ``loss_d``); may be empty.
         report: the held-out report (``scores``, ``raw``/``denoised_scores`` with ``frc`` and
-            ``frc_freq_inv_A``, ``montage``, ``bias``); may be empty (``--model`` runs).
+            ``frc_freq_inv_A``, ``montage``, ``bias``, optionally ``validation_curve``
+            ``[(step, cc), ...]`` and ``validation_best_step``); may be empty (``--model`` runs).
         scores: per-particle ``cc_raw`` and ``cc_denoised`` of all particles, or None.
 
     Returns:
@@ -50,6 +51,11 @@ def write_denoise_report(
              "generator adversarial": np.array([h["loss_g_gan"] for h in history]),
              "discriminator": np.array([h["loss_d"] for h in history])},
             "training step", "loss", title="Training losses (pix2pix)", logy=True)))
+    if report.get("validation_curve"):
+        val = np.array(report["validation_curve"], dtype=float)
+        pages.append(("validation_cc.png", curves_figure(
+            val[:, 0], {"validation particles (half set 1, not trained on)": val[:, 1]}, "training step", "mean CC with the target",
+            title=f"Validation: the weights of step {report['validation_best_step']} (best) are used")))
     if report.get("montage"):
         pages.append(("montage_heldout.png", montage_figure(report["montage"], title="Unseen particles (half set 2): raw / denoised / reference")))
     if report.get("raw") is not None and report.get("denoised_scores") is not None:

@@ -163,6 +163,8 @@ def train_pix2pix(
     checkpoint: Callable[[], None] | None = None,
     checkpoint_every: int = 200,
     should_stop: Callable[[], None] | None = None,
+    validate: Callable[[int], None] | None = None,
+    validate_every: int = 250,
 ) -> None:
     """Train until ``trainer.step_count == n_steps``, drawing random batches.
 
@@ -180,6 +182,9 @@ def train_pix2pix(
         checkpoint: called every ``checkpoint_every`` steps and at the end.
         checkpoint_every: steps between checkpoints.
         should_stop: called before each step; raises to stop (e.g. RELION's abort file).
+        validate: called with the step count every ``validate_every`` steps and at the end,
+            before that step's checkpoint (model selection, :mod:`cryogan_core.train.selection`).
+        validate_every: steps between validations.
     """
     n = inputs.shape[0]
     bs = min(trainer.config.batch_size, n)
@@ -200,6 +205,8 @@ def train_pix2pix(
         record = trainer.step(x, y)
         if on_step is not None:
             on_step(record)
+        if validate is not None and (trainer.step_count % validate_every == 0 or trainer.step_count == n_steps):
+            validate(trainer.step_count)
         if checkpoint is not None and (trainer.step_count % checkpoint_every == 0 or trainer.step_count == n_steps):
             checkpoint()
 
