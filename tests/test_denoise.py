@@ -179,3 +179,18 @@ def test_training_fit_is_the_cc_of_the_outputs_with_the_training_targets() -> No
     settings = PairSettings(24, 24, 10.0, 10.0, True, "particle")
     assert _training_fit(identity, {"inputs": x, "targets": 3 * x + 1}, settings, 4, 0.5) == pytest.approx(1.0, abs=1e-5)
     assert _training_fit(identity, {"inputs": x, "targets": -x}, settings, 100, 0.5) == pytest.approx(-1.0, abs=1e-5)
+
+
+def test_continue_after_training_keeps_the_chosen_weights(trained: tuple[Path, dict], sim: Path, tmp_path: Path) -> None:
+    import shutil
+
+    out, s = trained
+    again = tmp_path / "continued"
+    shutil.copytree(out, again)
+    s2 = run_denoise(DenoiseInputs(sim / "sim/particles.star", again, sim / "sim/ground_truth_map.mrc", project_dir=sim),
+                     {**SMALL, "n_steps": 300, "validation_fraction": 0.2, "validate_every": 100, "no_bias_controls": True})
+    # nothing left to train: the checkpoint's best weights (not the last step's) are used again
+    assert s2["train_steps"] == 300
+    assert s2["validation_best_step"] == s["validation_best_step"]
+    assert s2["validation_cc_best"] == pytest.approx(s["validation_cc_best"])
+    assert s2["heldout_cc_denoised"] == pytest.approx(s["heldout_cc_denoised"], abs=1e-4)
