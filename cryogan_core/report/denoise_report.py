@@ -53,9 +53,14 @@ def write_denoise_report(
             "training step", "loss", title="Training losses (pix2pix)", logy=True)))
     if report.get("validation_curve"):
         val = np.array(report["validation_curve"], dtype=float)
-        pages.append(("validation_cc.png", curves_figure(
+        best_step = report["validation_best_step"]
+        fig = curves_figure(
             val[:, 0], {"validation particles (half set 1, not trained on)": val[:, 1]}, "training step", "mean CC with the target",
-            title=f"Validation: the weights of step {report['validation_best_step']} (best) are used")))
+            title=f"Validation: the weights of step {best_step} (best) are used")
+        chosen = val[val[:, 0] == best_step]
+        fig.axes[0].plot(chosen[:, 0], chosen[:, 1], "o", color="C3", label="weights used")
+        fig.axes[0].legend(fontsize=8)
+        pages.append(("validation_cc.png", fig))
     if report.get("montage"):
         pages.append(("montage_heldout.png", montage_figure(report["montage"], title="Unseen particles (half set 2): raw / denoised / reference")))
     if report.get("raw") is not None and report.get("denoised_scores") is not None:
