@@ -75,6 +75,8 @@ def write_denoise_report(
     lines = ["cryogan denoise"]
     for key, value in {**report.get("scores", {}), **report.get("bias", {})}.items():
         lines.append(f"{key:40s} {value:.4g}" if isinstance(value, float) else f"{key:40s} {value}")
+    if report.get("validation_curve"):
+        lines.append(f"{'weights used: step':40s} {report['validation_best_step']} (best validation CC)")
     pages.insert(0, ("summary_text.png", _text_figure(lines)))
     written = []
     for name, fig in pages[1:]:
