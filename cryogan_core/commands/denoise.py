@@ -10,6 +10,7 @@ columns), ``model.pt``, ``checkpoint.pt``, ``summary.json``, PNGs and ``logfile.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from cryogan_core.metrics.images import circular_mask, masked_pearson
 from cryogan_core.models.unet import UNetGenerator
 from cryogan_core.physics.projection import forward_model
 from cryogan_core.report.denoise_report import write_denoise_report
-from cryogan_core.train.evaluate import extra_domain_control, image_scores, noise_control
+from cryogan_core.train.evaluate import extra_domain_control, generator_cc, image_scores, noise_control
 from cryogan_core.train.pairs import PairSettings, build_pairs, default_bg_radius_px, input_transform, particle_arrays
 from cryogan_core.train.pix2pix import Pix2PixConfig, Pix2PixTrainer, denoise_images, eta_seconds, train_pix2pix
 from cryogan_core.train.selection import BestWeights
@@ -141,9 +142,9 @@ def _split_validation(rows: np.ndarray, fraction: float, seed: int) -> tuple[np.
     """Split training rows into (training, validation): a random ``fraction`` of them, between
     ``MIN_VALIDATION`` and ``MAX_VALIDATION`` particles, or none (fraction 0, or too few rows).
     Both parts sorted; drawn with their own generator so the other subsets do not change."""
-    n_val = min(int(round(fraction * len(rows))), MAX_VALIDATION)
     if fraction <= 0:
         return rows, rows[:0]
+    n_val = min(int(round(fraction * len(rows))), MAX_VALIDATION)
     if n_val < MIN_VALIDATION or len(rows) - n_val < MIN_VALIDATION:
         logger.warning(f"--validation_fraction {fraction}: {n_val} of {len(rows)} training particles are too few to choose the weights; using the last step's")
         return rows, rows[:0]
@@ -326,11 +327,12 @@ def _train_and_report(
         with atomic_path(ckpt) as tmp:
             torch.save(state, tmp)
 
-    def validate(step: int) -> None:
+    def log_validation(selection: BestWeights, step: int) -> None:
         """Score the generator on the validation particles; the best weights are kept."""
-        assert best is not None
-        cc = best.update(trainer.generator, step)
-        logger.info(f"Validation at step {step}: CC {cc:.3f} on {len(val_rows)} particles of half set 1 (best {best.best_cc:.3f} at step {best.best_step})")
+        cc = selection.update(trainer.generator, step)
+        logger.info(f"Validation at step {step}: CC {cc:.3f} on {len(val_rows)} particles of half set 1 (best {selection.best_cc:.3f} at step {selection.best_step})")
+
+    validate = None if best is None else functools.partial(log_validation, best)
 
     def use_best_weights() -> None:
         """Load the best-scoring weights into the generator and say so."""
@@ -340,8 +342,7 @@ def _train_and_report(
 
     train_pix2pix(
         trainer, train["inputs"], train["targets"], n_steps, on_step=_progress(n_steps, config.batch_size),
-        checkpoint=save_checkpoint, should_stop=should_stop,
-        validate=validate if best is not None else None, validate_every=opts.validate_every,
+        checkpoint=save_checkpoint, should_stop=should_stop, validate=validate, validate_every=opts.validate_every,
     )
     use_best_weights()
     summary["train_steps"] = trainer.step_count
@@ -359,7 +360,7 @@ def _train_and_report(
         trainer.config.n_steps = extra
         logger.info(f"Training further on both halves ({len(both_rows)} particles) up to step {extra}")
         train_pix2pix(trainer, both["inputs"], both["targets"], extra, on_step=_progress(extra, config.batch_size), checkpoint=save_checkpoint,
-                      should_stop=should_stop, validate=validate if best is not None else None, validate_every=opts.validate_every)
+                      should_stop=should_stop, validate=validate, validate_every=opts.validate_every)
         use_best_weights()
         summary["train_steps"] = trainer.step_count
     if best is not None:
@@ -375,9 +376,7 @@ def _training_fit(generator: UNetGenerator, train: dict[str, torch.Tensor], sett
     first ``n`` training pairs: next to the held-out CC it tells over-fitting (training CC
     well above held-out) from under-fitting (both alike). Logged and returned."""
     n = max(1, min(n, train["inputs"].shape[0]))
-    mask = settings.train_mask()
-    out = denoise_images(generator, train["inputs"][:n])
-    cc = float(masked_pearson(out, train["targets"][:n].to(out.device), mask.to(out.device)).mean())
+    cc = generator_cc(generator, train["inputs"][:n], train["targets"][:n], settings.train_mask())
     verdict = "over-fitting: more particles or fewer steps would help" if cc - cc_heldout > 0.05 else "no over-fitting"
     logger.info(f"Fit: CC with the target {cc:.3f} on {n} training particles vs {cc_heldout:.3f} on unseen ones ({verdict})")
     return cc

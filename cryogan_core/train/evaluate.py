@@ -18,6 +18,7 @@ from cryogan_core.metrics.images import masked_pearson, psnr
 from cryogan_core.physics.ctf import CtfParams
 from cryogan_core.physics.projection import forward_model
 from cryogan_core.train.pairs import PairSettings, input_transform
+from cryogan_core.train.pix2pix import denoise_images
 
 
 def image_scores(
@@ -45,6 +46,22 @@ def image_scores(
         "frc": frc,
         "frc_freq_inv_A": freq,
     }
+
+
+def generator_cc(generator: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean masked Pearson CC of the generator's outputs with their targets.
+
+    Args:
+        generator: the U-Net (switched to eval mode by :func:`denoise_images`).
+        inputs: ``(n, H, W)`` float32 network inputs (normalised particles).
+        targets: ``(n, H, W)`` float32 the images it should produce (same units).
+        mask: ``(H, W)`` bool, the region scored.
+
+    Returns:
+        The mean over the n images of the CC inside the mask.
+    """
+    out = denoise_images(generator, inputs)
+    return float(masked_pearson(out, targets.to(out.device), mask.to(out.device)).mean())
 
 
 def noise_control(
@@ -85,6 +102,7 @@ def noise_control(
     m = mask.to(out_noise.dtype)
 
     def rms(x: torch.Tensor) -> float:
+        """RMS inside the mask of ``(n, H, W)`` images, each minus its masked mean, over all n."""
         xc = x - (x * m).sum((-2, -1), keepdim=True) / m.sum()
         return float(torch.sqrt(((xc * m) ** 2).sum() / (m.sum() * x.shape[0])))
 

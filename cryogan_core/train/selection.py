@@ -17,8 +17,7 @@ import math
 import torch
 from torch import nn
 
-from cryogan_core.metrics.images import masked_pearson
-from cryogan_core.train.pix2pix import denoise_images
+from cryogan_core.train.evaluate import generator_cc
 
 
 class BestWeights:
@@ -30,9 +29,8 @@ class BestWeights:
         mask: ``(H, W)`` bool, the region scored (the scores' circular mask).
 
     Attributes:
-        best_cc: best mean CC so far (``-inf`` before the first :meth:`update`).
-        best_step: the training step of the best weights (0 before the first update).
-        curve: ``[(step, mean CC), ...]`` of every update, in order.
+        curve: ``[(step, mean CC), ...]`` of every update, in order; :attr:`best_step`,
+            :attr:`best_cc` and :attr:`last_cc` are read from it (the first maximum is best).
 
     Raises:
         ValueError: if inputs and targets differ in shape or there are no particles.
@@ -42,15 +40,26 @@ class BestWeights:
         if inputs.shape != targets.shape or inputs.shape[0] == 0:
             raise ValueError(f"validation inputs {tuple(inputs.shape)} and targets {tuple(targets.shape)} must match and be non-empty")
         self.inputs, self.targets, self.mask = inputs, targets, mask
-        self.best_cc = -math.inf
-        self.best_step = 0
         self.curve: list[tuple[int, float]] = []
         self._best_state: dict[str, torch.Tensor] | None = None
 
     def score(self, generator: nn.Module) -> float:
         """Mean CC inside the mask of the denoised validation particles with their targets."""
-        out = denoise_images(generator, self.inputs)
-        return float(masked_pearson(out, self.targets, self.mask).mean())
+        return generator_cc(generator, self.inputs, self.targets, self.mask)
+
+    def _best(self) -> tuple[int, float]:
+        """``(step, cc)`` of the first highest CC of the curve; ``(0, -inf)`` when empty."""
+        return max(self.curve, key=lambda point: point[1], default=(0, -math.inf))
+
+    @property
+    def best_step(self) -> int:
+        """The training step of the best weights (0 before the first update)."""
+        return self._best()[0]
+
+    @property
+    def best_cc(self) -> float:
+        """The best mean validation CC (``-inf`` before the first update)."""
+        return self._best()[1]
 
     def update(self, generator: nn.Module, step: int) -> float:
         """Score ``generator`` at training ``step``; keep a CPU copy of its weights if best.
@@ -59,9 +68,9 @@ class BestWeights:
             The mean validation CC at this step.
         """
         cc = self.score(generator)
+        improved = cc > self.best_cc
         self.curve.append((int(step), cc))
-        if cc > self.best_cc:
-            self.best_cc, self.best_step = cc, int(step)
+        if improved:
             self._best_state = {k: v.detach().cpu().clone() for k, v in generator.state_dict().items()}
         return cc
 
@@ -78,14 +87,11 @@ class BestWeights:
         return self.curve[-1][1] if self.curve else math.nan
 
     def state_dict(self) -> dict:
-        """Best weights, step, CC and curve, for checkpoints (``torch.load(weights_only=True)``)."""
-        return {"best_cc": self.best_cc, "best_step": self.best_step, "curve": [list(p) for p in self.curve],
-                "best_state": copy.copy(self._best_state)}
+        """Curve and best weights, for checkpoints (``torch.load(weights_only=True)``)."""
+        return {"curve": [list(p) for p in self.curve], "best_state": copy.copy(self._best_state)}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore from :meth:`state_dict` (a resumed run continues the same selection)."""
-        self.best_cc = float(state["best_cc"])
-        self.best_step = int(state["best_step"])
         self.curve = [(int(s), float(c)) for s, c in state["curve"]]
         self._best_state = state["best_state"]
 
