@@ -9,6 +9,7 @@ columns), ``model.pt``, ``checkpoint.pt``, ``summary.json``, PNGs and ``logfile.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import os
@@ -308,14 +309,23 @@ def _train_and_report(
     )
     trainer = Pix2PixTrainer(config, device)
     validation_key = {"rows": len(val_rows), "every": opts.validate_every}
+    extra = n_steps + n_steps // 2  # the last step of the optional training on both halves
+    # weights of the generator that made the held-out report, kept while it trains on both halves
+    report_weights: dict[str, torch.Tensor] | None = None
     ckpt = out_dir / "checkpoint.pt"
     if resume and ckpt.is_file():
         state = torch.load(ckpt, map_location=device, weights_only=True)
-        if state.get("config") == _config_dict(config) and state.get("validation") == validation_key:
+        in_both_halves = opts.train_both_halves and state.get("report_weights") is not None
+        expected = {**_config_dict(config), "n_steps": extra} if in_both_halves else _config_dict(config)
+        if state.get("config") == expected and state.get("validation") == validation_key:
             trainer.load_state_dict(state)
             if best is not None and state.get("selection") is not None:
                 best.load_state_dict(state["selection"])
-            logger.info(f"Continuing from {ckpt} at step {trainer.step_count}/{n_steps}")
+            if in_both_halves:
+                report_weights = state["report_weights"]
+                trainer.config.n_steps = extra
+            logger.info(f"Continuing from {ckpt} at step {trainer.step_count}/{trainer.config.n_steps}"
+                        + (" (training on both halves)" if in_both_halves else ""))
         else:
             logger.warning(f"{ckpt} was made with other training options: starting training over")
 
@@ -324,6 +334,7 @@ def _train_and_report(
         state = trainer.state_dict()
         state["validation"] = validation_key
         state["selection"] = best.state_dict() if best is not None else None
+        state["report_weights"] = report_weights
         with atomic_path(ckpt) as tmp:
             torch.save(state, tmp)
 
@@ -340,23 +351,31 @@ def _train_and_report(
             logger.info(f"Using the weights of step {best.best_step}: validation CC {best.best_cc:.3f} (last step {best.last_cc:.3f})")
             summary.update({"validation_best_step": best.best_step, "validation_cc_best": best.best_cc, "validation_cc_last": best.last_cc})
 
-    train_pix2pix(
-        trainer, train["inputs"], train["targets"], n_steps, on_step=_progress(n_steps, config.batch_size),
-        checkpoint=save_checkpoint, should_stop=should_stop, validate=validate, validate_every=opts.validate_every,
-    )
-    use_best_weights()
+    if report_weights is None:
+        train_pix2pix(
+            trainer, train["inputs"], train["targets"], n_steps, on_step=_progress(n_steps, config.batch_size),
+            checkpoint=save_checkpoint, should_stop=should_stop, validate=validate, validate_every=opts.validate_every,
+        )
+        use_best_weights()
+        report_generator = trainer.generator
+    else:
+        # interrupted while training on both halves: the report is made again with the weights
+        # chosen before that phase, never with weights that have seen half set 2
+        report_generator = copy.deepcopy(trainer.generator)
+        report_generator.load_state_dict(report_weights)
     summary["train_steps"] = trainer.step_count
     summary["n_train_particles"] = int(len(train_rows))
     summary["n_validation_particles"] = int(len(val_rows))
     summary["n_heldout_particles"] = int(len(heldout_rows))
 
+    report = _heldout_report(report_generator, held, settings, df.iloc[heldout_rows], volume_for_pixel, opts, device)
+    summary["train_cc_denoised"] = _training_fit(report_generator, train, settings, len(heldout_rows), report["scores"]["cc_denoised"])
     generator = trainer.generator
-    report = _heldout_report(generator, held, settings, df.iloc[heldout_rows], volume_for_pixel, opts, device)
-    summary["train_cc_denoised"] = _training_fit(generator, train, settings, len(heldout_rows), report["scores"]["cc_denoised"])
     if opts.train_both_halves:
+        if report_weights is None:
+            report_weights = {k: v.detach().clone() for k, v in trainer.generator.state_dict().items()}
         both_rows = np.concatenate([train_rows, heldout_rows])
         both = build_pairs(images, df, both_rows, volume_for_pixel, settings, device=device, should_stop=should_stop)
-        extra = n_steps + n_steps // 2
         trainer.config.n_steps = extra
         logger.info(f"Training further on both halves ({len(both_rows)} particles) up to step {extra}")
         train_pix2pix(trainer, both["inputs"], both["targets"], extra, on_step=_progress(extra, config.batch_size), checkpoint=save_checkpoint,
