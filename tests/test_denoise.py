@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from cryogan_core.commands.denoise import DenoiseInputs, run_denoise
+from cryogan_core.commands.denoise import DenoiseInputs, load_model, run_denoise
 from cryogan_core.commands.simulate import run_simulate
 from cryogan_core.errors import InputError
+from cryogan_core.io.images import ParticleImages
 from cryogan_core.io.mrc import open_stack
 from cryogan_core.io.star import read_particles
 from cryogan_core.metrics.bias import add_extra_domain, max_cc_with_library, recovery_fraction
@@ -102,6 +103,25 @@ def test_a_trained_model_denoises_another_run_identically(trained: tuple[Path, d
     np.testing.assert_allclose(a, b, atol=1e-4)
     df = read_particles(out2 / "particles.star", require_ctf=True).particles
     assert "rlnCryoganCCRaw" not in df
+
+
+def test_the_job_writes_the_symmetry_averaged_particles(trained: tuple[Path, dict], sim: Path) -> None:
+    out, _ = trained
+    out2 = sim / "run_sym2"
+    s = run_denoise(DenoiseInputs(sim / "sim/particles.star", out2, None, project_dir=sim),
+                    {"model": str(out / "model.pt"), "no_scores": True, "stack_size": 100, "average_symmetries": 2})
+    written = np.asarray(open_stack(out2 / "Denoised/particles_000001.mrcs"))
+    gen, settings, _ = load_model(out / "model.pt", torch.device("cpu"))
+    star_path = sim / "sim/particles.star"
+    df = read_particles(star_path).particles
+    raw = torch.from_numpy(ParticleImages(df, sim, star_path).read(np.arange(100)))
+    x = input_transform(raw, settings)(raw).unsqueeze(1)
+    with torch.inference_mode():
+        by_hand = 0.5 * (gen(x) + torch.rot90(gen(torch.rot90(x, 2, dims=(-2, -1))), -2, dims=(-2, -1)))
+    np.testing.assert_allclose(written, by_hand[:, 0].numpy(), atol=1e-4)
+    plain = np.asarray(open_stack(out / "Denoised/particles_000001.mrcs"))
+    assert np.abs(written - plain).max() > 1e-3
+    assert s["options"]["average_symmetries"] == 2
 
 
 def test_model_of_another_box_is_refused(trained: tuple[Path, dict], tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ from cryogan_core.io.particles import load_particles
 from cryogan_core.io.star import ParticleStar, format_image_name, read_particles, write_particles
 from cryogan_core.io.summary import write_summary
 from cryogan_core.metrics.images import circular_mask, masked_pearson
+from cryogan_core.models.symmetry_average import symmetry_averaged
 from cryogan_core.models.unet import UNetGenerator
 from cryogan_core.physics.projection import forward_model
 from cryogan_core.report.denoise_report import write_denoise_report
@@ -251,7 +252,10 @@ def run_denoise(
         logger.info(f"Loaded {opts.model}: no training, denoising only (train box {settings.train_box})")
         summary["model_from"] = opts.model
 
-    written = _denoise_all(inputs, opts, star, images, generator, settings, volume_for_pixel if need_map else None, project_dir, out_dir, device, should_stop, resume)
+    if opts.average_symmetries > 1:
+        logger.info(f"Each particle is denoised {opts.average_symmetries} times (flips / 90° rotations) and averaged")
+    denoiser = symmetry_averaged(generator, opts.average_symmetries)
+    written = _denoise_all(inputs, opts, star, images, denoiser, settings, volume_for_pixel if need_map else None, project_dir, out_dir, device, should_stop, resume)
     summary.update(written["summary"])
     summary.update({f"heldout_{k}": v for k, v in report.get("scores", {}).items()})
     summary.update(report.get("bias", {}))
@@ -368,8 +372,10 @@ def _train_and_report(
     summary["n_validation_particles"] = int(len(val_rows))
     summary["n_heldout_particles"] = int(len(heldout_rows))
 
-    report = _heldout_report(report_generator, held, settings, df.iloc[heldout_rows], volume_for_pixel, opts, device)
-    summary["train_cc_denoised"] = _training_fit(report_generator, train, settings, len(heldout_rows), report["scores"]["cc_denoised"])
+    # the report is made by the same denoiser as the written particles (symmetry averaging included)
+    report_denoiser = symmetry_averaged(report_generator, opts.average_symmetries)
+    report = _heldout_report(report_denoiser, held, settings, df.iloc[heldout_rows], volume_for_pixel, opts, device)
+    summary["train_cc_denoised"] = _training_fit(report_denoiser, train, settings, len(heldout_rows), report["scores"]["cc_denoised"])
     generator = trainer.generator
     if opts.train_both_halves:
         if report_weights is None:
@@ -390,7 +396,7 @@ def _train_and_report(
     return generator, trainer.history, report
 
 
-def _training_fit(generator: UNetGenerator, train: dict[str, torch.Tensor], settings: PairSettings, n: int, cc_heldout: float) -> float:
+def _training_fit(generator: torch.nn.Module, train: dict[str, torch.Tensor], settings: PairSettings, n: int, cc_heldout: float) -> float:
     """Mean CC (inside the mask) of denoised training particles with their targets, over the
     first ``n`` training pairs: next to the held-out CC it tells over-fitting (training CC
     well above held-out) from under-fitting (both alike). Logged and returned."""
@@ -401,7 +407,7 @@ def _training_fit(generator: UNetGenerator, train: dict[str, torch.Tensor], sett
     return cc
 
 
-def _model_fingerprint(generator: UNetGenerator, settings: PairSettings, dtype: type) -> str:
+def _model_fingerprint(generator: torch.nn.Module, settings: PairSettings, dtype: type) -> str:
     """SHA-1 of the network weights, the pair settings and the output dtype."""
     import hashlib
 
@@ -422,7 +428,7 @@ def _config_dict(config: Pix2PixConfig) -> dict:
 
 
 def _heldout_report(
-    generator: UNetGenerator,
+    generator: torch.nn.Module,
     held: dict[str, torch.Tensor],
     settings: PairSettings,
     held_df: pd.DataFrame,
@@ -477,7 +483,7 @@ def _denoise_all(
     opts: DenoiseOptions,
     star: ParticleStar,
     images: ParticleImages,
-    generator: UNetGenerator,
+    generator: torch.nn.Module,
     settings: PairSettings,
     volume_for_pixel: Callable[[float], torch.Tensor] | None,
     project_dir: Path,
@@ -506,6 +512,7 @@ def _denoise_all(
         resume = False
     with atomic_path(marker) as tmp:
         Path(tmp).write_text(fingerprint)
+    generator.eval()
     score = volume_for_pixel is not None
     cc_raw = np.full(n, np.nan, dtype=np.float32)
     cc_den = np.full(n, np.nan, dtype=np.float32)

@@ -101,7 +101,7 @@ def check_values(
     positive: Iterable[str] = (),
     non_negative: Iterable[str] = (),
     unit_interval: Iterable[str] = (),
-    choices: Mapping[str, Iterable[str]] | None = None,
+    choices: Mapping[str, Iterable[object]] | None = None,
 ) -> None:
     """Range checks shared by the options dataclasses (call from ``__post_init__``).
 
@@ -110,7 +110,7 @@ def check_values(
         positive: names that must be > 0.
         non_negative: names that must be >= 0.
         unit_interval: names that must be in [0, 1) (Adam betas, fractions).
-        choices: name -> the allowed words.
+        choices: name -> the allowed values (words or numbers).
 
     Raises:
         InputError: :func:`option_error` for the first value out of range, in the order
@@ -128,7 +128,7 @@ def check_values(
     for name, allowed in (choices or {}).items():
         allowed = tuple(allowed)
         if getattr(opts, name) not in allowed:
-            raise option_error(opts, name, f"must be one of {', '.join(allowed)}")
+            raise option_error(opts, name, f"must be one of {', '.join(str(a) for a in allowed)}")
 
 
 def convert_value(name: str, value: Any, kind: type) -> Any:
