@@ -42,6 +42,7 @@ from cryogan_core.io.images import ParticleImages  # noqa: E402
 from cryogan_core.io.mrc import open_stack  # noqa: E402
 from cryogan_core.io.star import read_particles, write_particles  # noqa: E402
 from cryogan_core.metrics.fsc import fsc, resolution_at  # noqa: E402
+from cryogan_core.models.symmetry_average import symmetry_averaged  # noqa: E402
 from cryogan_core.physics.reconstruct import reconstruct  # noqa: E402
 from cryogan_core.physics.ctf import CtfParams  # noqa: E402
 from cryogan_core.train.evaluate import image_scores  # noqa: E402
@@ -145,6 +146,7 @@ def main() -> None:
     summary, t_job = timed(run_denoise, DenoiseInputs(star_path, a.o / "job", map_path, project_dir=project), options)
 
     gen, settings, pix_train = load_model(a.o / "job/model.pt", torch.device("cpu"))
+    gen = symmetry_averaged(gen, int(options.get("average_symmetries", 1)))  # as the job denoised
     star = read_particles(star_path, require_poses=True, require_images=True)
     df = star.particles
     rows = np.flatnonzero(df["rlnRandomSubset"].to_numpy() == 2)
