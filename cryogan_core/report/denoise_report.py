@@ -36,7 +36,8 @@ def write_denoise_report(
         history: per-step losses (``step``, ``loss_g_l1``, ``loss_g_gan``, ``loss_d``); may be empty.
         report: the held-out report (``scores``, ``raw``/``denoised_scores`` with ``frc`` and
             ``frc_freq_inv_A``, ``montage``, ``bias``, optionally ``validation_curve``
-            ``[(step, cc), ...]`` and ``validation_best_step``); may be empty (``--model`` runs).
+            ``[(step, cc), ...]`` and ``validation_best_step``, and ``average_symmetries``);
+            may be empty (``--model`` runs).
         scores: per-particle ``cc_raw`` and ``cc_denoised`` of all particles, or None.
 
     Returns:
@@ -77,6 +78,8 @@ def write_denoise_report(
         lines.append(f"{key:40s} {value:.4g}" if isinstance(value, float) else f"{key:40s} {value}")
     if report.get("validation_curve"):
         lines.append(f"{'weights used: step':40s} {report['validation_best_step']} (best validation CC)")
+    if report.get("average_symmetries", 1) > 1:
+        lines.append(f"{'outputs averaged over symmetries':40s} {report['average_symmetries']} (flips / 90° rotations)")
     pages.insert(0, ("summary_text.png", _text_figure(lines)))
     written = []
     for name, fig in pages[1:]:
