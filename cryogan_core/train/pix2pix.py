@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cryogan_core.models.patchgan import PatchGANDiscriminator
+from cryogan_core.models.symmetry_average import apply_symmetry
 from cryogan_core.models.unet import UNetGenerator
 
 
@@ -196,12 +197,8 @@ def train_pix2pix(
         idx = torch.randint(0, n, (bs,), generator=g)
         k = int(torch.randint(0, 4, (1,), generator=g))
         flip = bool(torch.randint(0, 2, (1,), generator=g))
-        x = inputs[idx].to(device).unsqueeze(1)
-        y = targets[idx].to(device).unsqueeze(1)
-        x = torch.rot90(x, k, dims=(-2, -1))
-        y = torch.rot90(y, k, dims=(-2, -1))
-        if flip:
-            x, y = x.flip(-1), y.flip(-1)
+        x = apply_symmetry(inputs[idx].to(device).unsqueeze(1), k, flip)
+        y = apply_symmetry(targets[idx].to(device).unsqueeze(1), k, flip)
         record = trainer.step(x, y)
         if on_step is not None:
             on_step(record)
