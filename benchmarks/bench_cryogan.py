@@ -58,7 +58,8 @@ def plot_resolution_vs_time(result: dict, path: Path) -> None:
     if any(r["vs_truth_fsc_0.5_A"] is not None for r in rows):
         curves["vs truth (aligned), FSC 0.5"] = np.array(
             [np.nan if r["vs_truth_fsc_0.5_A"] is None else r["vs_truth_fsc_0.5_A"] for r in rows], dtype=float)
-    save_figure(curves_figure(t, curves, "training time (min, 2 CPU cores)", "resolution (Å)",
+    threads = int(result.get("threads", 2))
+    save_figure(curves_figure(t, curves, f"training time (min, {threads} CPU thread{'s' if threads != 1 else ''})", "resolution (Å)",
                               title=f"CryoGAN, {result['dataset']}, {symmetry} symmetry"), path)
 
 
@@ -110,6 +111,7 @@ def main() -> None:
     result = {
         "dataset": label,
         "options": values,
+        "threads": args.threads,
         "training_minutes": summary["training_time_s"] / 60.0,
         "wall_minutes": wall / 60.0,
         "steps": summary["steps"],
