@@ -45,6 +45,7 @@ from cryogan_core.train.wgan import (
     estimate_signal_variance,
     gaussian_ball,
     learning_rate,
+    resize_volume,
     simulate_batch,
     soft_sphere_mask,
     train_cryogan,
@@ -360,3 +361,76 @@ def test_train_rejects_a_half_smaller_than_a_batch():
     tr = _trainer(box, real, ctf, 1)
     with pytest.raises(ValueError, match="fewer than one batch"):
         train_cryogan([tr], [real[:4]])
+
+
+# --------------------------------------------------------------------------- coarse to fine
+
+
+@pytest.mark.parametrize("old_box, new_box", [(16, 24), (16, 25)])
+def test_resize_volume_pads_the_map_and_keeps_its_brightness_relative_to_the_data(old_box, new_box):
+    """The resized volume is the old one Fourier-padded (an independent FFT zero-pad here),
+    times a scalar, and its clean particles' variance over the data's signal variance is
+    the same at both boxes."""
+    _, ctf, real = _dataset(old_box, 200, 0.0, seed=11)
+    tr = _trainer(old_box, real, ctf, 1)
+    with torch.no_grad():
+        tr.volume.log_scale.fill_(0.3)  # a learned brightness that must be kept
+    old = tr.current_volume()
+    new_pri = SimulationPriors(ctf=ctf, pixel_size_A=6.0 * old_box / new_box, box=new_box,
+                               noise=BackgroundNoise("white", new_box, 1.0), bg_radius_px=0.4 * new_box, shift_px=1.5)
+    mask = torch.ones(new_box, new_box, new_box)
+    sv_old, sv_new = 0.8, 0.3
+    out = resize_volume(tr.volume, new_box, mask, tr.priors, new_pri, sv_old, sv_new, seed=4)
+    vol = out().detach()
+    assert vol.shape == (new_box,) * 3
+    # independent reference: scipy's Fourier resampling along each axis (centre N//2 kept by
+    # rolling it to index 0 first: resample keeps index 0 fixed)
+    from scipy.signal import resample
+
+    ref = np.roll(old.double().numpy(), [-(old_box // 2)] * 3, axis=(0, 1, 2))
+    for axis in range(3):
+        ref = resample(ref, new_box, axis=axis)
+    ref = torch.from_numpy(np.roll(ref, [new_box // 2] * 3, axis=(0, 1, 2))).float()
+    cc = float(torch.corrcoef(torch.stack([vol.flatten(), ref.clamp(min=0).flatten()]))[0, 1])
+    assert cc > 0.995, cc
+    ratio_old = clean_signal_variance(old, tr.priors, seed=4) / sv_old
+    ratio_new = clean_signal_variance(vol, new_pri, seed=4) / sv_new
+    assert ratio_new == pytest.approx(ratio_old, rel=1e-4)
+    assert float(out.log_scale.detach()) == 0.0 and out.log_scale.requires_grad
+    assert out.voxels.config["positivity"] and float(vol.min()) >= 0.0
+
+
+def test_critic_warm_up_trains_only_the_critic_and_is_repeatable():
+    box = 16
+    _, ctf, real = _dataset(box, 120, 0.0, seed=12)
+    a, b = _trainer(box, real, ctf, 1), _trainer(box, real, ctf, 1)
+    vol0 = a.current_volume()
+    critic0 = {k: v.clone() for k, v in a.critic.state_dict().items()}
+    wa = a.warm_up_critic(real, 3, 1.0, 0.0)
+    wb = b.warm_up_critic(real, 3, 1.0, 0.0)
+    assert wa == wb and math.isfinite(wa)
+    for k, v in a.critic.state_dict().items():
+        torch.testing.assert_close(v, b.critic.state_dict()[k], atol=0, rtol=0)
+    assert any(not torch.equal(v, critic0[k]) for k, v in a.critic.state_dict().items())
+    torch.testing.assert_close(a.current_volume(), vol0, atol=0, rtol=0)
+    assert a.step_count == 0 and a.history == []
+    assert a.warm_up_critic(real, 0, 1.0, 0.0) == 0.0
+
+
+def test_training_stops_at_the_end_of_a_stage():
+    """With end_progress 0.5 the run stops halfway through its epochs ("stage"); a trainer
+    that continues from it has its counters and ends the run ("epochs")."""
+    box = 16
+    _, ctf, real = _dataset(box, 64, 0.0, seed=13)
+    tr = _trainer(box, real, ctf, 1)
+    tr.config.n_epochs = 10 * tr.config.batch_size * tr.config.n_critic / real.shape[0]  # 10 steps
+    assert train_cryogan([tr], [real], end_progress=0.5) == "stage"
+    assert tr.step_count == 5
+    nxt = _trainer(box, real, ctf, 1)
+    nxt.config.n_epochs = tr.config.n_epochs
+    nxt.continue_from(tr)
+    assert train_cryogan([nxt], [real], end_progress=1.0) == "epochs"
+    assert nxt.step_count == 10 and len(nxt.history) == 10
+    # the blur schedule runs on across the stages: it decreases from step 1 to step 10
+    sig = [r["sigma_px"] for r in nxt.history]
+    assert sig == sorted(sig, reverse=True) and sig[0] == pytest.approx(2.0)

@@ -67,6 +67,7 @@ __all__ = [
     "estimate_signal_variance",
     "gaussian_ball",
     "learning_rate",
+    "resize_volume",
     "simulate_batch",
     "soft_sphere_mask",
     "train_cryogan",
@@ -291,6 +292,57 @@ def clean_signal_variance(volume: torch.Tensor, priors: SimulationPriors, n: int
     return float(img[:, inside].var(dim=1).mean())
 
 
+def resize_volume(
+    volume: ScaledVolume,
+    box: int,
+    mask: torch.Tensor,
+    old_priors: SimulationPriors,
+    new_priors: SimulationPriors,
+    old_signal_variance: float,
+    new_signal_variance: float,
+    seed: int = 0,
+) -> ScaledVolume:
+    """Carry a volume to a larger (or smaller) training box: coarse-to-fine training.
+
+    The constrained volume is Fourier-padded (:func:`~cryogan_core.physics.resample.fourier_crop_or_pad_map`,
+    values and physical extent kept) to ``box``, becomes the start of a new
+    :class:`~cryogan_core.models.volume.VoxelVolume` with the same constraints and the new
+    ``mask``, and gets the amplitude that keeps the volume's learned brightness relative to
+    the data: the variance of its clean simulated particles over the data's estimated signal
+    variance is the same after the change as before it (images at another box have another
+    normalisation, so the amplitude cannot simply be copied). ``log_scale`` restarts at 0.
+
+    Args:
+        volume: the trained generator at the old box.
+        box: the new training box (px).
+        mask: ``(box, box, box)`` float32 volume mask at the new box.
+        old_priors, new_priors: the simulation priors at the old and the new box.
+        old_signal_variance, new_signal_variance: the real particles' estimated signal
+            variance (:func:`estimate_signal_variance`) at the old and the new box.
+        seed: seed of the simulated particles that measure the variances.
+
+    Returns:
+        A new :class:`ScaledVolume` at ``box`` on the CPU; its output equals the padded
+        old volume up to the positivity clamp of the padding's ringing, times a scalar.
+
+    Raises:
+        ValueError: ``mask`` is not ``(box, box, box)`` (from :class:`VoxelVolume`).
+    """
+    from cryogan_core.physics.resample import fourier_crop_or_pad_map
+
+    with torch.no_grad():
+        old = volume().detach().float().cpu()
+        peak = float(old.abs().max()) or 1.0
+        start = fourier_crop_or_pad_map(old / peak, box)
+        cfg = volume.voxels.config
+        voxels = VoxelVolume(box, init=start, positivity=cfg["positivity"], mask=mask, symmetry=cfg["symmetry"])
+        ratio = clean_signal_variance(old, old_priors, seed=seed) / max(old_signal_variance, 1e-12)
+        target = ratio * max(new_signal_variance, 1e-12)
+        sv_unit = clean_signal_variance(voxels(), new_priors, seed=seed)
+        amplitude = math.sqrt(target / max(sv_unit, 1e-12))
+    return ScaledVolume(voxels, amplitude, learn_scale=bool(volume.log_scale.requires_grad))
+
+
 # ----------------------------------------------------------------------------- training
 
 
@@ -406,6 +458,77 @@ class CryoGanTrainer:
             (self.config.seed * 1_000_003 + self.seed_offset * 7_777_777 + self.step_count) % (2**63 - 1)
         )
 
+    def _critic_updates(self, real: torch.Tensor, sigma_px: float, gen: torch.Generator) -> tuple[float, float, float]:
+        """``n_critic`` critic updates against fakes of the current (fixed) volume.
+
+        Args:
+            real: ``(n_critic · batch, D, D)`` normalised real particles on the device.
+            sigma_px: blur σ of the critic inputs (px).
+            gen: CPU generator of the simulator's draws and of the penalty's mixing weights.
+
+        Returns:
+            Sums over the updates of the critic loss, the Wasserstein estimate and the penalty.
+        """
+        cfg = self.config
+        b, k = cfg.batch_size, cfg.n_critic
+        gp_gen = gen if self.device.type == "cpu" else None
+        with torch.no_grad():
+            fakes = simulate_batch(self.volume(), self.priors, b * k, gen)
+        real_b = gaussian_blur_images(real.unsqueeze(1), sigma_px)
+        fake_b = gaussian_blur_images(fakes.unsqueeze(1), sigma_px)
+        self.critic.requires_grad_(True)
+        loss_c_sum = w_sum = gp_sum = 0.0
+        for i in range(k):
+            r = real_b[i * b : (i + 1) * b]
+            f = fake_b[i * b : (i + 1) * b]
+            d_real = self.critic(r).mean()
+            d_fake = self.critic(f).mean()
+            gp = gradient_penalty(self.critic, r, f, cfg.gp_lambda, generator=gp_gen)
+            loss_c = d_fake - d_real + gp
+            self.opt_c.zero_grad(set_to_none=True)
+            loss_c.backward()
+            self.opt_c.step()
+            loss_c_sum += float(loss_c.detach())
+            w_sum += float((d_real - d_fake).detach())
+            gp_sum += float(gp.detach())
+        return loss_c_sum, w_sum, gp_sum
+
+    def warm_up_critic(self, real: torch.Tensor, n_iterations: int, sigma_px: float, epoch: float) -> float:
+        """Train a new critic against the current, fixed volume (after a change of box).
+
+        ``n_iterations`` rounds of ``n_critic`` critic updates, with the learning rate of
+        ``epoch``; the volume, ``step_count`` and ``history`` are untouched. The draws are
+        seeded by (seed, trainer, step, round), so a resumed run repeats them.
+
+        Args:
+            real: all ``(n, D, D)`` normalised real particles of this half set (any device).
+            n_iterations: rounds (>= 0).
+            sigma_px: blur σ of the critic inputs (px).
+            epoch: current epoch, for the learning rate.
+
+        Returns:
+            The mean Wasserstein estimate of the last round (0 when ``n_iterations`` is 0).
+        """
+        cfg = self.config
+        lr_c = learning_rate(self.lr_critic0, cfg.lr_gamma, epoch)
+        for group in self.opt_c.param_groups:
+            group["lr"] = lr_c
+        w = 0.0
+        base = (cfg.seed * 1_000_003 + self.seed_offset * 7_777_777 + self.step_count) * 4099
+        for i in range(n_iterations):
+            gen = torch.Generator().manual_seed((base + 17 + i) % (2**63 - 1))
+            idx = torch.randint(0, real.shape[0], (cfg.batch_size * cfg.n_critic,), generator=gen)
+            _, w_sum, _ = self._critic_updates(real[idx].to(self.device), sigma_px, gen)
+            w = w_sum / cfg.n_critic
+        return w
+
+    def continue_from(self, other: "CryoGanTrainer") -> None:
+        """Take over another trainer's counters (steps, training time, history): the same
+        reconstruction continued at another box by this trainer."""
+        self.step_count = other.step_count
+        self.elapsed_s = other.elapsed_s
+        self.history = other.history
+
     def train_step(self, real: torch.Tensor, sigma_px: float, epoch: float) -> dict[str, float]:
         """One CryoGAN iteration: ``n_critic`` critic updates, then one volume update.
 
@@ -434,28 +557,7 @@ class CryoGanTrainer:
             group["lr"] = lr_v
         for group in self.opt_c.param_groups:
             group["lr"] = lr_c
-        gp_gen = gen if self.device.type == "cpu" else None
-
-        # ---- critic: n_critic updates against fakes of the current (fixed) volume
-        with torch.no_grad():
-            fakes = simulate_batch(self.volume(), self.priors, b * k, gen)
-        real_b = gaussian_blur_images(real.unsqueeze(1), sigma_px)
-        fake_b = gaussian_blur_images(fakes.unsqueeze(1), sigma_px)
-        self.critic.requires_grad_(True)
-        loss_c_sum = w_sum = gp_sum = 0.0
-        for i in range(k):
-            r = real_b[i * b : (i + 1) * b]
-            f = fake_b[i * b : (i + 1) * b]
-            d_real = self.critic(r).mean()
-            d_fake = self.critic(f).mean()
-            gp = gradient_penalty(self.critic, r, f, cfg.gp_lambda, generator=gp_gen)
-            loss_c = d_fake - d_real + gp
-            self.opt_c.zero_grad(set_to_none=True)
-            loss_c.backward()
-            self.opt_c.step()
-            loss_c_sum += float(loss_c.detach())
-            w_sum += float((d_real - d_fake).detach())
-            gp_sum += float(gp.detach())
+        loss_c_sum, w_sum, gp_sum = self._critic_updates(real, sigma_px, gen)
 
         # ---- volume: one update through the differentiable simulator
         self.critic.requires_grad_(False)
@@ -537,6 +639,7 @@ def train_cryogan(
     checkpoint: Callable[[], None] | None = None,
     checkpoint_every_s: float = 120.0,
     parallel: bool = True,
+    end_progress: float = 1.0,
 ) -> str:
     """Train several independent reconstructions (the half sets) in lockstep.
 
@@ -561,9 +664,12 @@ def train_cryogan(
             with ``torch.get_num_threads() // len(trainers)`` torch threads each (at least
             1). The networks are small, so intra-op parallelism gains little and spins badly
             on a busy machine; one thread per half set was 1.4x faster on 2 cores (box 32).
+        end_progress: stop when the progress reaches this fraction of the run (< 1: one
+            stage of a coarse-to-fine run, which continues later at another box with the
+            same ``n_epochs`` and ``max_seconds``, so that the schedules run on).
 
     Returns:
-        ``"epochs"`` or ``"time"``: what ended the run.
+        ``"epochs"``, ``"time"`` or ``"stage"`` (``end_progress`` reached): what ended the run.
 
     Raises:
         ValueError: ``trainers`` and ``reals`` differ in length, or a half set is smaller
@@ -584,7 +690,7 @@ def train_cryogan(
         torch.set_num_threads(max(1, n_threads // len(trainers)))
     try:
         return _train_loop(trainers, reals, cfg, need, max_seconds, should_stop, on_step, on_eval, eval_every_s,
-                           checkpoint, checkpoint_every_s, pool)
+                           checkpoint, checkpoint_every_s, pool, end_progress)
     finally:
         if pool is not None:
             pool.shutdown(wait=True)
@@ -592,7 +698,7 @@ def train_cryogan(
 
 
 def _train_loop(trainers, reals, cfg, need, max_seconds, should_stop, on_step, on_eval, eval_every_s,  # noqa: ANN001
-                checkpoint, checkpoint_every_s, pool) -> str:  # noqa: ANN001
+                checkpoint, checkpoint_every_s, pool, end_progress) -> str:  # noqa: ANN001
     """The body of :func:`train_cryogan` (same arguments; ``pool`` runs trainers concurrently)."""
     start_elapsed = min(t.elapsed_s for t in trainers)
     t0 = time.monotonic()
@@ -629,6 +735,9 @@ def _train_loop(trainers, reals, cfg, need, max_seconds, should_stop, on_step, o
                     checkpoint()
                 raise
         progress = max(progress_of(t, r.shape[0], now) for t, r in active)
+        if end_progress < 1.0 and progress >= end_progress:
+            reason = "stage"
+            break
         sigma = blur_sigma_px(cfg.blur_sigma_px, progress, cfg.blur_end)
 
         def one(tr: tuple[CryoGanTrainer, torch.Tensor]) -> dict[str, float]:
