@@ -69,6 +69,7 @@ from cryogan_core.train.wgan import (  # noqa: E402
     clean_signal_variance,
     estimate_signal_variance,
     gaussian_ball,
+    resize_volume,
     simulate_batch,
     soft_sphere_mask,
     train_cryogan,
@@ -191,12 +192,13 @@ def _particles_figure(half: HalfData, trainer: CryoGanTrainer, step: int, title:
 # ----------------------------------------------------------------------------- the run
 
 
-def _checkpoint_meta(opts: ReconstructOptions, box_train: int, halves: list[HalfData], star_path: Path) -> dict:
+def _checkpoint_meta(opts: ReconstructOptions, boxes: list[int], use: np.ndarray, labels: np.ndarray, star_path: Path) -> dict:
     """What a checkpoint must agree with to be resumed."""
     return {
         "format": CHECKPOINT_FORMAT,
-        "box_train": box_train,
-        "n_half": [len(h.rows) for h in halves],
+        "box_train": boxes[0],
+        "box_final": boxes[-1],
+        "n_half": [int((labels[use] == h).sum()) for h in (1, 2)],
         "symmetry": opts.symmetry,
         "positivity": opts.positivity,
         "batch_size": opts.batch_size,
@@ -205,8 +207,8 @@ def _checkpoint_meta(opts: ReconstructOptions, box_train: int, halves: list[Half
     }
 
 
-def _load_checkpoint(path: Path, meta: dict, trainers: list[CryoGanTrainer]) -> list[dict]:
-    """Restore trainers from ``path``; return the evaluation history stored with them.
+def _read_checkpoint(path: Path, meta: dict) -> dict:
+    """The checkpoint's contents (``meta``, ``stage_box``, ``trainers``, ``evals``), checked against ``meta``.
 
     Raises:
         InputError: unreadable file, or made with other settings (named).
@@ -215,7 +217,8 @@ def _load_checkpoint(path: Path, meta: dict, trainers: list[CryoGanTrainer]) -> 
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types on a corrupt file
         raise InputError(f"{path}: cannot read the checkpoint ({type(exc).__name__}); delete it to start again") from None
-    saved = state.get("meta", {})
+    saved = dict(state.get("meta", {}))
+    saved.setdefault("box_final", saved.get("box_train"))  # checkpoints from before --box_final
     for key, value in meta.items():
         if key == "star":
             continue
@@ -224,9 +227,37 @@ def _load_checkpoint(path: Path, meta: dict, trainers: list[CryoGanTrainer]) -> 
                 f"{path}: made with {key} = {saved.get(key)}, this run has {value}; "
                 "use the same settings to continue, or delete the checkpoint to start again"
             )
-    for t, s in zip(trainers, state["trainers"]):
-        t.load_state_dict(s)
-    return list(state.get("evals", []))
+    return state
+
+
+@dataclass(frozen=True)
+class _Sampling:
+    """One training sampling: box (px), pixel size (Å) and particle radius (training px)."""
+
+    box: int
+    pixel_A: float
+    radius_px: float
+
+
+def _training_boxes(opts: ReconstructOptions, box: int, star_path: Path) -> list[int]:
+    """The training boxes, first to last: ``[box_train]`` or ``[box_train, box_final]``.
+
+    Raises:
+        InputError: a box larger than the particles' box, below ``MIN_BOX``, or a
+            ``box_final`` not larger than ``box_train``.
+    """
+    d = box if opts.box_train == 0 else opts.box_train
+    if d > box:
+        raise InputError(f"--box_train {d}: larger than the particles' box ({box} px); it can only crop")
+    if d < MIN_BOX:
+        raise InputError(f"{star_path}: the particles' box ({box} px) is below {MIN_BOX} px; the critic needs at least {MIN_BOX}")
+    if opts.box_final == 0:
+        return [d]
+    if opts.box_final > box:
+        raise InputError(f"--box_final {opts.box_final}: larger than the particles' box ({box} px); it can only crop")
+    if opts.box_final <= d:
+        raise InputError(f"--box_final {opts.box_final}: must be larger than the first training box ({d} px), or 0")
+    return [d, opts.box_final]
 
 
 def run_reconstruct(
@@ -285,18 +316,14 @@ def run_reconstruct(
     pixel_A = _check_star(star_path, df, opts)
     images = ParticleImages(df, project_dir, star_path)
     box = images.box
-    d = box if opts.box_train == 0 else opts.box_train
-    if d > box:
-        raise InputError(f"--box_train {d}: larger than the particles' box ({box} px); it can only crop")
-    if d < MIN_BOX:
-        raise InputError(f"{star_path}: the particles' box ({box} px) is below {MIN_BOX} px; the critic needs at least {MIN_BOX}")
-    pixel_t = pixel_A * box / d
+    boxes = _training_boxes(opts, box, star_path)
     diameter_A = opts.particle_diameter_A or 0.8 * box * pixel_A
-    radius_t = 0.5 * diameter_A / pixel_t
-    if radius_t >= d / 2 * math.sqrt(2):
-        raise InputError(f"--particle_diameter_A {diameter_A:g}: larger than the box ({box * pixel_A:.0f} Å): no background left")
-    if radius_t < 2:
-        raise InputError(f"--particle_diameter_A {diameter_A:g}: smaller than 4 training pixels ({pixel_t:.2f} Å each)")
+    samplings = [_Sampling(b, pixel_A * box / b, 0.5 * diameter_A / (pixel_A * box / b)) for b in boxes]
+    for s in samplings:
+        if s.radius_px >= s.box / 2 * math.sqrt(2):
+            raise InputError(f"--particle_diameter_A {diameter_A:g}: larger than the box ({box * pixel_A:.0f} Å): no background left")
+        if s.radius_px < 2:
+            raise InputError(f"--particle_diameter_A {diameter_A:g}: smaller than 4 training pixels ({s.pixel_A:.2f} Å each)")
 
     labels = half_set_labels(df, opts.seed)
     rng = np.random.default_rng(opts.seed)
@@ -304,101 +331,135 @@ def run_reconstruct(
     if 0 < opts.max_particles < len(df):
         use = np.sort(rng.choice(len(df), opts.max_particles, replace=False))
         logger.info(f"Using a random subset of {opts.max_particles} of {len(df)} particles (--max_particles)")
+    s0 = samplings[0]
+    schedule = ""
+    if len(samplings) > 1:
+        s1 = samplings[1]
+        schedule = (f", then at {s1.box} px ({s1.pixel_A:.3f} Å/px, Nyquist {2 * s1.pixel_A:.2f} Å) from "
+                    f"{100 * opts.box_final_at:.0f} % of the run on (--box_final)")
     logger.info(
-        f"{len(use)} particles of {box} px at {pixel_A:.3f} Å/px; training at {d} px ({pixel_t:.3f} Å/px, "
-        f"Nyquist {2 * pixel_t:.2f} Å){' by Fourier cropping (--box_train)' if d != box else ''}; particle diameter "
-        f"{diameter_A:.0f} Å (radius {radius_t:.1f} training px); device {device}"
+        f"{len(use)} particles of {box} px at {pixel_A:.3f} Å/px; training at {s0.box} px ({s0.pixel_A:.3f} Å/px, "
+        f"Nyquist {2 * s0.pixel_A:.2f} Å){' by Fourier cropping (--box_train)' if s0.box != box else ''}{schedule}; "
+        f"particle diameter {diameter_A:.0f} Å (radius {s0.radius_px:.1f} training px); device {device}"
     )
     if "rlnAngleRot" in df and opts.pose_prior == "uniform":
         logger.info("The input has poses: they are ignored (pose prior uniform over SO(3))")
-
-    mics_windows = None
-    if opts.noise in ("auto", "micrographs") and mics_path is not None:
-        mics_windows = micrograph_noise_patches(
-            mics_path, project_dir, pixel_A, box, d, particles=df, generator=torch.Generator().manual_seed(opts.seed)
-        )
-        logger.info(f"{len(mics_windows)} background windows of {box} px cut from the micrographs of {mics_path}")
-    elif opts.noise == "micrographs":
+    if opts.noise == "micrographs" and mics_path is None:
         raise InputError("--noise micrographs needs --in_mics (a micrograph STAR)")
-
+    use_mics = opts.noise in ("auto", "micrographs") and mics_path is not None
+    mask_full = None
     if mask_path is not None:
-        vol_mask = map_for_particles(mask_path, pixel_A, box).cpu()
-        if d != box:
-            vol_mask = fourier_crop_or_pad_map(vol_mask, d)
-        vol_mask = vol_mask.clamp(0.0, 1.0)
-        if float(vol_mask.sum()) <= 0:
+        mask_full = map_for_particles(mask_path, pixel_A, box).cpu()
+        if float(mask_full.clamp(0.0, 1.0).sum()) <= 0:
             raise InputError(f"{mask_path}: the mask is empty (no voxel > 0)")
         logger.warning(
             f"Using the mask {mask_path}: a CryoGAN map has no fixed orientation, so a non-spherical mask "
             "imposes the orientation of the mask"
         )
-    else:
-        vol_mask = soft_sphere_mask(d, radius_t, 2.0)
+    ref_full = map_for_particles(ref_path, pixel_A, box).cpu() if ref_path is not None else None  # a bad file fails early
 
-    halves: list[HalfData] = []
-    for h in (1, 2):
-        rows = use[labels[use] == h]
-        if len(rows) < opts.batch_size:
-            raise InputError(f"{star_path}: half set {h} has {len(rows)} particles, fewer than --batch_size {opts.batch_size}")
-        sub = df.iloc[rows].reset_index(drop=True)
-        imgs = _load_images(images, rows, d, radius_t)
-        gen = torch.Generator().manual_seed(opts.seed * 31 + h)
-        noise = _build_noise(opts, imgs, radius_t, mics_windows, gen)
-        angles = origins = None
-        if opts.pose_prior == "star":
-            angles = torch.tensor(sub[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(), dtype=torch.float32)
-        if opts.shift_prior == "star":
-            origins = torch.tensor(sub[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(), dtype=torch.float32) / pixel_t
-        priors = SimulationPriors(
-            ctf=CtfParams.from_particles(sub), pixel_size_A=pixel_t, box=d, noise=noise.to(device),
-            bg_radius_px=radius_t, shift_prior=opts.shift_prior, shift_px=opts.shift_px * d / box,
-            angles_deg=angles, origins_px=origins, pad_factor=opts.pad_factor,
-        )
-        sv = estimate_signal_variance(imgs, radius_t)
-        halves.append(HalfData(h, rows, imgs, priors, sv))
-        logger.info(f"Half set {h}: {len(rows)} particles; noise: {noise.describe()}; signal variance {sv:.4f}")
+    def volume_mask(s: _Sampling) -> torch.Tensor:
+        """The volume mask at the training box of ``s``: the input mask resampled, or a soft sphere."""
+        if mask_full is None:
+            return soft_sphere_mask(s.box, s.radius_px, 2.0)
+        m = mask_full if s.box == box else fourier_crop_or_pad_map(mask_full, s.box)
+        return m.clamp(0.0, 1.0)
 
-    config = WganConfig(
+    def build_halves(s: _Sampling) -> list[HalfData]:
+        """Both half sets' particles, noise and priors at the training sampling ``s``."""
+        mics_windows = None
+        if use_mics:
+            mics_windows = micrograph_noise_patches(
+                mics_path, project_dir, pixel_A, box, s.box, particles=df, generator=torch.Generator().manual_seed(opts.seed)
+            )
+            logger.info(f"{len(mics_windows)} background windows of {box} px cut from the micrographs of {mics_path}")
+        out: list[HalfData] = []
+        for h in (1, 2):
+            rows = use[labels[use] == h]
+            if len(rows) < opts.batch_size:
+                raise InputError(f"{star_path}: half set {h} has {len(rows)} particles, fewer than --batch_size {opts.batch_size}")
+            sub = df.iloc[rows].reset_index(drop=True)
+            imgs = _load_images(images, rows, s.box, s.radius_px)
+            gen = torch.Generator().manual_seed(opts.seed * 31 + h)
+            noise = _build_noise(opts, imgs, s.radius_px, mics_windows, gen)
+            angles = origins = None
+            if opts.pose_prior == "star":
+                angles = torch.tensor(sub[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(), dtype=torch.float32)
+            if opts.shift_prior == "star":
+                origins = torch.tensor(sub[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(), dtype=torch.float32) / s.pixel_A
+            priors = SimulationPriors(
+                ctf=CtfParams.from_particles(sub), pixel_size_A=s.pixel_A, box=s.box, noise=noise.to(device),
+                bg_radius_px=s.radius_px, shift_prior=opts.shift_prior, shift_px=opts.shift_px * s.box / box,
+                angles_deg=angles, origins_px=origins, pad_factor=opts.pad_factor,
+            )
+            sv = estimate_signal_variance(imgs, s.radius_px)
+            out.append(HalfData(h, rows, imgs, priors, sv))
+            logger.info(f"Half set {h} at {s.box} px: {len(rows)} particles; noise: {noise.describe()}; signal variance {sv:.4f}")
+        return out
+
+    base_config = WganConfig(
         n_critic=opts.n_critic, gp_lambda=opts.gp_lambda, lr=opts.lr, lr_critic=opts.lr_critic or None,
         lr_gamma=opts.lr_gamma, beta1=opts.beta1, beta2=opts.beta2, batch_size=opts.batch_size,
         blur_sigma_px=opts.blur_sigma_px, blur_end=opts.blur_end, n_epochs=opts.n_epochs, seed=opts.seed,
     )
-    start = gaussian_ball(d, radius_t / 2.0) * vol_mask
-    trainers: list[CryoGanTrainer] = []
-    for half in halves:
-        voxels = VoxelVolume(d, init=start, positivity=opts.positivity, mask=vol_mask, symmetry=opts.symmetry)
-        sv0 = clean_signal_variance(voxels().detach().to(device), half.priors, seed=opts.seed)
-        amplitude = math.sqrt(max(half.signal_variance, 1e-4) / max(sv0, 1e-12))
-        trainers.append(
-            CryoGanTrainer(ScaledVolume(voxels, amplitude), half.priors, config, device, name=f"half{half.label}", seed_offset=half.label)
-        )
+
+    def stage_config(s: _Sampling) -> WganConfig:
+        """The hyper-parameters at the training box of ``s`` (the blur σ is given in pixels of
+        the first training box, so that its physical width runs on smoothly across stages)."""
+        return dataclasses.replace(base_config, blur_sigma_px=opts.blur_sigma_px * s.box / s0.box)
+
+    def new_trainers(s: _Sampling, halves: list[HalfData], volumes: list[ScaledVolume]) -> list[CryoGanTrainer]:
+        """One trainer per half set at ``s`` for the given volumes (a new critic each)."""
+        return [CryoGanTrainer(v, h.priors, stage_config(s), device, name=f"half{h.label}", seed_offset=h.label)
+                for v, h in zip(volumes, halves)]
+
+    def start_volumes(s: _Sampling, halves: list[HalfData]) -> list[ScaledVolume]:
+        """The same Gaussian ball inside the mask for both halves, scaled to each half's signal."""
+        m = volume_mask(s)
+        start = gaussian_ball(s.box, s.radius_px / 2.0) * m
+        out = []
+        for half in halves:
+            voxels = VoxelVolume(s.box, init=start, positivity=opts.positivity, mask=m, symmetry=opts.symmetry)
+            sv0 = clean_signal_variance(voxels().detach().to(device), half.priors, seed=opts.seed)
+            out.append(ScaledVolume(voxels, math.sqrt(max(half.signal_variance, 1e-4) / max(sv0, 1e-12))))
+        return out
 
     ckpt_path = output_dir / CHECKPOINT
-    meta = _checkpoint_meta(opts, d, halves, star_path)
-    evals: list[dict] = []
+    meta = _checkpoint_meta(opts, boxes, use, labels, star_path)
+    saved_state = None
+    stage = 0
     if resume and ckpt_path.exists():
-        evals = _load_checkpoint(ckpt_path, meta, trainers)
+        saved_state = _read_checkpoint(ckpt_path, meta)
+        stage = boxes.index(int(saved_state.get("stage_box", boxes[0])))
+    cur_s = samplings[stage]
+    halves = build_halves(cur_s)
+    trainers = new_trainers(cur_s, halves, start_volumes(cur_s, halves))
+    evals: list[dict] = []
+    if saved_state is not None:
+        for t, st in zip(trainers, saved_state["trainers"]):
+            t.load_state_dict(st)
+        evals = list(saved_state.get("evals", []))
         logger.info(
-            f"Continuing from {ckpt_path}: step {trainers[0].step_count}, "
+            f"Continuing from {ckpt_path}: step {trainers[0].step_count} at {cur_s.box} px, "
             f"{_format_duration(trainers[0].elapsed_s)} of training done"
         )
     else:
         logger.info("Starting both half sets from the same volume (a Gaussian ball inside the mask)")
+    state = {"s": cur_s, "halves": halves, "trainers": trainers}
 
     def save_checkpoint() -> None:
-        """Write both trainers, the evaluations and the options to checkpoint.pt (atomically)."""
-        state = {"meta": meta, "trainers": [t.state_dict() for t in trainers], "evals": evals,
-                 "options": dataclasses.asdict(opts)}
+        """Write both trainers, the stage, the evaluations and the options to checkpoint.pt (atomically)."""
+        ckpt = {"meta": meta, "stage_box": state["s"].box, "trainers": [t.state_dict() for t in state["trainers"]],
+                "evals": evals, "options": dataclasses.asdict(opts)}
         with atomic_path(ckpt_path) as tmp:
-            torch.save(state, tmp)
+            torch.save(ckpt, tmp)
 
     max_seconds = opts.max_minutes * 60.0 if opts.max_minutes > 0 else None
-    reals = [h.images.to(device) for h in halves]
     last_log = [time.monotonic() - opts.log_seconds]
 
     def time_left(elapsed: float) -> float:
         """Seconds left (s): the slower half's epochs to go at its rate so far, capped by max_minutes."""
-        eps = [t.epoch(len(h.rows)) for t, h in zip(trainers, halves)]
+        eps = [t.epoch(len(h.rows)) for t, h in zip(state["trainers"], state["halves"])]
         rate = elapsed / max(min(eps), 1e-9)
         left = (opts.n_epochs - min(eps)) * rate if min(eps) > 0 else math.inf
         if max_seconds is not None:
@@ -413,52 +474,57 @@ def run_reconstruct(
         r = records[0]
         join = lambda key, fmt: "/".join(format(x[key], fmt) for x in records)  # noqa: E731
         logger.info(
-            f"epoch {r['epoch']:.2f}/{opts.n_epochs:g} | step {int(r['step'])} | critic loss {join('loss_critic', '.3f')} | "
-            f"generator loss {join('loss_gen', '.3f')} | Wasserstein {join('wasserstein', '.3f')} | "
-            f"blur {r['sigma_px']:.2f} px | lr {r['lr']:.2e} | {_format_duration(elapsed)} elapsed, "
-            f"{_format_duration(time_left(elapsed))} left"
+            f"epoch {r['epoch']:.2f}/{opts.n_epochs:g} | step {int(r['step'])} | box {state['s'].box} | "
+            f"critic loss {join('loss_critic', '.3f')} | generator loss {join('loss_gen', '.3f')} | "
+            f"Wasserstein {join('wasserstein', '.3f')} | blur {r['sigma_px']:.2f} px | lr {r['lr']:.2e} | "
+            f"{_format_duration(elapsed)} elapsed, {_format_duration(time_left(elapsed))} left"
         )
 
     def evaluate(elapsed: float) -> dict:
         """Align half 2 to half 1, record their FSC resolutions (Å) and, with a reference,
         the FSC with it; save the snapshots. Returns the record added to ``evals``."""
-        v1, v2 = (t.current_volume() for t in trainers)
-        al = align_maps(v2, v1, pixel_t)
+        s, trs = state["s"], state["trainers"]
+        v1, v2 = (t.current_volume() for t in trs)
+        al = align_maps(v2, v1, s.pixel_A)
         res = resolution_at(al.freq_inv_A, al.fsc, 0.143)
-        entry = {"elapsed_s": elapsed, "step": trainers[0].step_count,
-                 "epoch": trainers[0].epoch(len(halves[0].rows)), "resolution_A_fsc_0.143": res,
+        entry = {"elapsed_s": elapsed, "step": trs[0].step_count, "box_train": s.box,
+                 "epoch": trs[0].epoch(len(state["halves"][0].rows)), "resolution_A_fsc_0.143": res,
                  "resolution_A_fsc_0.5": resolution_at(al.freq_inv_A, al.fsc, 0.5)}
-        if ref_small is not None:
-            ral = align_maps(0.5 * (v1 + al.aligned), ref_small, pixel_t)
+        if ref_full is not None:
+            ref_small = ref_full if s.box == box else fourier_crop_or_pad_map(ref_full, s.box)
+            ral = align_maps(0.5 * (v1 + al.aligned), ref_small, s.pixel_A)
             entry["resolution_A_vs_reference_fsc_0.5"] = ral.resolution_A(0.5)
         evals.append(entry)
-        tag = f"step{trainers[0].step_count:06d}"
+        tag = f"step{trs[0].step_count:06d}"
         save_figure(_slices_figure({"half 1": v1.numpy(), "half 2 (aligned to half 1)": al.aligned.numpy()},
-                                   f"{_format_duration(elapsed)}, step {trainers[0].step_count}"), snap_dir / f"slices_{tag}.png")
-        save_figure(_particles_figure(halves[0], trainers[0], trainers[0].step_count, f"half 1, step {trainers[0].step_count}"),
+                                   f"{_format_duration(elapsed)}, step {trs[0].step_count}"), snap_dir / f"slices_{tag}.png")
+        save_figure(_particles_figure(state["halves"][0], trs[0], trs[0].step_count, f"half 1, step {trs[0].step_count}"),
                     snap_dir / f"particles_{tag}.png")
         vs_ref = (f"; average vs reference (aligned): 0.5 at {entry['resolution_A_vs_reference_fsc_0.5']:.1f} Å"
-                  if ref_small is not None else "")
+                  if ref_full is not None else "")
         logger.info(
             f"half-map FSC after {_format_duration(elapsed)} (step {entry['step']}, epoch {entry['epoch']:.2f}): "
-            f"0.143 at {res:.1f} Å, 0.5 at {entry['resolution_A_fsc_0.5']:.1f} Å (training Nyquist {2 * pixel_t:.1f} Å)"
+            f"0.143 at {res:.1f} Å, 0.5 at {entry['resolution_A_fsc_0.5']:.1f} Å (training Nyquist {2 * s.pixel_A:.1f} Å)"
             f"{vs_ref}"
         )
         return entry
 
-    ref_small = None
-    if ref_path is not None:
-        ref_small = map_for_particles(ref_path, pixel_A, box).cpu()  # read early: a bad file fails before training
-        if d != box:
-            ref_small = fourier_crop_or_pad_map(ref_small, d)
-
     t_start = time.monotonic()
-    reason = train_cryogan(
-        trainers, reals, max_seconds=max_seconds, should_stop=should_stop, on_step=on_step,
-        on_eval=evaluate if opts.eval_minutes > 0 else None,
-        eval_every_s=opts.eval_minutes * 60.0 if opts.eval_minutes > 0 else None,
-        checkpoint=save_checkpoint,
-    )
+    while True:
+        last_stage = stage == len(samplings) - 1
+        reason = train_cryogan(
+            state["trainers"], [h.images.to(device) for h in state["halves"]], max_seconds=max_seconds,
+            should_stop=should_stop, on_step=on_step,
+            on_eval=evaluate if opts.eval_minutes > 0 else None,
+            eval_every_s=opts.eval_minutes * 60.0 if opts.eval_minutes > 0 else None,
+            checkpoint=save_checkpoint, end_progress=1.0 if last_stage else opts.box_final_at,
+        )
+        if reason != "stage":
+            break
+        stage += 1
+        _move_to_box(state, samplings[stage], build_halves(samplings[stage]), volume_mask(samplings[stage]), new_trainers,
+                     opts, device, save_checkpoint)
+    trainers, halves, s_end = state["trainers"], state["halves"], state["s"]
     logger.info(
         f"Training ended ({'epochs done' if reason == 'epochs' else 'time budget reached'}) after step "
         f"{trainers[0].step_count}, {_format_duration(trainers[0].elapsed_s)} of training "
@@ -468,8 +534,42 @@ def run_reconstruct(
         evaluate(trainers[0].elapsed_s)
         save_checkpoint()
 
-    summary = _write_outputs(output_dir, opts, trainers, halves, evals, pixel_A, box, pixel_t, d, ref_path, star_path, reason)
+    summary = _write_outputs(output_dir, opts, trainers, halves, evals, pixel_A, box, s_end.pixel_A, s_end.box, ref_path,
+                             star_path, reason)
     return summary
+
+
+def _move_to_box(state: dict, s: "_Sampling", halves: list[HalfData], mask: torch.Tensor,
+                 new_trainers: Callable[["_Sampling", list[HalfData], list[ScaledVolume]], list[CryoGanTrainer]],
+                 opts: ReconstructOptions, device: torch.device, save_checkpoint: Callable[[], None]) -> None:
+    """Coarse-to-fine: continue both reconstructions at the training box of ``s``.
+
+    Each volume is Fourier-padded to the new box (:func:`resize_volume`), a new critic is
+    built for the new image size and trained for ``critic_warmup`` rounds against the fixed
+    volume, then the trainers take over the old ones' counters; ``state`` (keys ``s``,
+    ``halves``, ``trainers``) is updated in place and a checkpoint is written.
+    """
+    old_s, old_halves, old_trainers = state["s"], state["halves"], state["trainers"]
+    t0 = time.monotonic()
+    volumes = [
+        resize_volume(t.volume, s.box, mask, oh.priors, nh.priors, oh.signal_variance, nh.signal_variance, seed=opts.seed)
+        for t, oh, nh in zip(old_trainers, old_halves, halves)
+    ]
+    trainers = new_trainers(s, halves, volumes)
+    rec = old_trainers[0].history[-1] if old_trainers[0].history else {"sigma_px": 0.0, "epoch": 0.0}
+    sigma = rec["sigma_px"] * s.box / old_s.box
+    w = [t.warm_up_critic(h.images, opts.critic_warmup, sigma, rec["epoch"]) for t, h in zip(trainers, halves)]
+    spent = time.monotonic() - t0
+    for new, old in zip(trainers, old_trainers):
+        new.continue_from(old)
+        new.elapsed_s += spent
+    state.update(s=s, halves=halves, trainers=trainers)
+    logger.info(
+        f"Step {trainers[0].step_count}: training box {old_s.box} -> {s.box} px ({s.pixel_A:.3f} Å/px, Nyquist "
+        f"{2 * s.pixel_A:.2f} Å); volumes Fourier-padded, new critics trained for {opts.critic_warmup} rounds "
+        f"(Wasserstein {'/'.join(f'{x:.3f}' for x in w)}, {_format_duration(spent)})"
+    )
+    save_checkpoint()
 
 
 def _write_outputs(

@@ -34,6 +34,9 @@ class ReconstructOptions:
     """
 
     box_train: int = option(0, "Training box (px): particles and volume are Fourier-cropped to it for speed (0 = the particles' box). Final maps are written at the particles' box.")
+    box_final: int = option(0, "Coarse to fine: from box_final_at of the run on, train at this larger box (px; volumes Fourier-padded, new critics; 0 = box_train throughout).")
+    box_final_at: float = option(0.5, "Fraction of the run (time or epochs) after which training moves to box_final.")
+    critic_warmup: int = option(100, "Rounds of n_critic critic updates that train the new critics at box_final before the volumes move again.")
     particle_diameter_A: float = option(0.0, "Particle diameter (Å): background radius for normalisation and noise patches, and the spherical volume mask (0 = 0.8 × box × pixel size).")
     symmetry: str = option("C1", "Point group imposed on the volume (C1, Cn, Dn, T, O, I). Set the particle's known symmetry (β-gal: D2): it helps more than any other setting.")
     positivity: bool = option(True, "Constrain the density to be >= 0 (yes/no).")
@@ -71,7 +74,7 @@ class ReconstructOptions:
         check_values(
             self,
             positive=("lr", "batch_size", "n_critic", "pad_factor", "log_seconds", "n_epochs"),
-            non_negative=("box_train", "particle_diameter_A", "max_minutes", "lr_critic", "gp_lambda", "blur_sigma_px",
+            non_negative=("box_train", "box_final", "critic_warmup", "particle_diameter_A", "max_minutes", "lr_critic", "gp_lambda", "blur_sigma_px",
                           "shift_px", "eval_minutes", "max_particles", "blur_end"),
             unit_interval=("beta1", "beta2"),
             choices={"pose_prior": POSE_PRIORS, "shift_prior": SHIFT_PRIORS, "noise": NOISE_SOURCES},
@@ -80,6 +83,8 @@ class ReconstructOptions:
             raise option_error(self, "lr_gamma", "must be in (0, 1]")
         if self.pad_factor < 1:
             raise option_error(self, "pad_factor", "must be >= 1")
+        if not 0 < self.box_final_at < 1:
+            raise option_error(self, "box_final_at", "must be in (0, 1)")
         if 0 < self.box_train < MIN_BOX:
             raise option_error(self, "box_train", f"must be >= {MIN_BOX} px (the critic pools 4 times)")
         try:

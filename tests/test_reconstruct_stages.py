@@ -1,0 +1,121 @@
+"""Coarse-to-fine CryoGAN (``--box_final``): the run moves from box_train to box_final at
+``box_final_at`` of its epochs, writes maps from the final box, and "Continue!" after the
+change resumes at the final box where an uninterrupted run would be."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pytest
+import torch
+from loguru import logger
+
+from cryogan_core.commands.options import options_from_mapping
+from cryogan_core.commands.reconstruct import run_reconstruct
+from cryogan_core.commands.reconstruct_options import ReconstructOptions
+from cryogan_core.commands.simulate import run_simulate
+from cryogan_core.errors import InputError
+
+@pytest.fixture
+def log_messages():
+    """The loguru messages logged during the test (list of str)."""
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(str(m)), format="{message}")
+    yield messages
+    logger.remove(sink)
+
+
+# 60 particles per half, batch 8 x 4 critic updates: an epoch is 60/32 steps, so 8 epochs
+# are 15 steps and the change of box comes after step 8 (progress >= 0.5).
+STAGED = {"box_train": "16", "box_final": "24", "box_final_at": "0.5", "critic_warmup": "2", "max_minutes": "0",
+          "n_epochs": "8", "eval_minutes": "0", "log_seconds": "1000", "symmetry": "C1"}
+
+
+@pytest.fixture(scope="module")
+def sim24(tmp_path_factory) -> Path:
+    """A 24-px synthetic particle set (built-in volume, 8 Å/px, 0 dB, 120 particles)."""
+    root = tmp_path_factory.mktemp("sim24")
+    run_simulate(root / "Simulate", n=120, snr_db=0.0, shift_px=1.0, seed=5, box=24, pixel_size_A=8.0, project_dir=root)
+    return root
+
+
+def _run(sim: Path, out: Path, stop_after_calls: int | None = None, **extra: str) -> dict:
+    """run_reconstruct with STAGED (+ extra) options; a RELION abort after ``stop_after_calls``
+    calls of should_stop (one per training iteration, one more per end of a stage): ``{}``."""
+    opts = options_from_mapping(ReconstructOptions, {**STAGED, **extra})
+    calls = {"n": 0}
+
+    class Stop(Exception):
+        pass
+
+    def should_stop() -> None:
+        calls["n"] += 1
+        if stop_after_calls is not None and calls["n"] > stop_after_calls:
+            raise Stop
+
+    torch.set_num_threads(1)
+    try:
+        return run_reconstruct(sim / "Simulate/particles.star", out, opts, project_dir=sim, should_stop=should_stop)
+    except Stop:
+        return {}
+
+
+def test_training_moves_to_the_final_box_and_writes_maps_from_it(sim24, tmp_path, log_messages):
+    summary = _run(sim24, tmp_path / "out")
+    assert summary["box_train"] == 24 and summary["nyquist_train_A"] == pytest.approx(16.0)
+    assert summary["steps"] == 15 and summary["stopped_by"] == "epochs"
+    with mrcfile.open(tmp_path / "out/run_class001.mrc") as mrc:
+        assert mrc.data.shape == (24, 24, 24)
+        assert float(mrc.voxel_size.x) == pytest.approx(8.0)
+    ckpt = torch.load(tmp_path / "out/checkpoint.pt", weights_only=False)
+    assert ckpt["stage_box"] == 24 and ckpt["meta"]["box_final"] == 24
+    assert ckpt["trainers"][0]["volume"]["voxels.density"].shape == (24, 24, 24)
+    err = "".join(log_messages)
+    assert "then at 24 px" in err and "Step 8: training box 16 -> 24 px" in err
+    # the blur's physical width (sigma in training px x pixel size, i.e. sigma / box) runs on
+    # across the change and falls monotonically to 0 at blur_end (0.8 of the run)
+    hist = ckpt["trainers"][0]["history"]
+    width = [r["sigma_px"] / (16 if i < 8 else 24) for i, r in enumerate(hist)]
+    assert width[0] == pytest.approx(2.0 / 16) and width[-1] == 0.0
+    assert all(a >= b - 1e-9 for a, b in zip(width, width[1:]))
+
+
+def test_continue_after_the_change_resumes_at_the_final_box(sim24, tmp_path, log_messages):
+    full = _run(sim24, tmp_path / "full")
+    part = _run(sim24, tmp_path / "part", stop_after_calls=12)  # aborted after the change (step 8)
+    assert part == {}
+    ckpt = torch.load(tmp_path / "part/checkpoint.pt", weights_only=False)
+    steps = ckpt["trainers"][0]["step_count"]
+    assert ckpt["stage_box"] == 24 and 8 < steps < 15
+    resumed = _run(sim24, tmp_path / "part")
+    assert "Continuing from" in "".join(log_messages) and f"step {steps} at 24 px" in "".join(log_messages)
+    assert resumed["steps"] == full["steps"] == 15
+    with mrcfile.open(tmp_path / "full/run_half1_class001_unfil.mrc") as a, \
+            mrcfile.open(tmp_path / "part/run_half1_class001_unfil.mrc") as b:
+        np.testing.assert_allclose(b.data, a.data, atol=1e-4 * float(np.abs(a.data).max()))
+
+
+def test_a_checkpoint_of_another_schedule_is_refused(sim24, tmp_path):
+    _run(sim24, tmp_path / "out", stop_after_calls=3)
+    with pytest.raises(InputError, match="made with box_final = 24, this run has 20"):
+        _run(sim24, tmp_path / "out", box_final="20")
+
+
+@pytest.mark.parametrize(
+    "values, match",
+    [
+        ({"box_final": "16"}, "--box_final 16: must be larger than the first training box"),
+        ({"box_final": "32"}, "--box_final 32: larger than the particles' box"),
+    ],
+)
+def test_bad_box_final_is_refused_before_training(sim24, tmp_path, values, match):
+    with pytest.raises(InputError, match=match):
+        _run(sim24, tmp_path / "out", **values)
+
+
+@pytest.mark.parametrize("value, shown", [("0", "0.0"), ("1", "1.0"), ("1.5", "1.5")])
+def test_box_final_at_must_be_a_fraction(value, shown):
+    with pytest.raises(InputError, match=f"--box_final_at {shown}: must be in \\(0, 1\\)"):
+        options_from_mapping(ReconstructOptions, {"box_final_at": value})
