@@ -82,6 +82,16 @@ def test_training_moves_to_the_final_box_and_writes_maps_from_it(sim24, tmp_path
     assert all(a >= b - 1e-9 for a, b in zip(width, width[1:]))
 
 
+def test_the_map_is_evaluated_just_before_the_change_of_box(sim24, tmp_path, log_messages):
+    # eval_minutes far longer than the run: no timed evaluation fires, so the history holds
+    # the one made at the end of the box-16 stage (step 8) and the final one (step 15)
+    summary = _run(sim24, tmp_path / "out", eval_minutes="100")
+    hist = summary["history"]
+    assert [(e["step"], e["box_train"]) for e in hist] == [(8, 16), (15, 24)]
+    err = "".join(log_messages)
+    assert err.index("(training Nyquist 24.0 Å)") < err.index("Step 8: training box 16 -> 24 px")
+
+
 def test_continue_after_the_change_resumes_at_the_final_box(sim24, tmp_path, log_messages):
     full = _run(sim24, tmp_path / "full")
     part = _run(sim24, tmp_path / "part", stop_after_calls=12)  # aborted after the change (step 8)

@@ -521,6 +521,8 @@ def run_reconstruct(
         )
         if reason != "stage":
             break
+        if opts.eval_minutes > 0 and (not evals or evals[-1]["step"] != state["trainers"][0].step_count):
+            evaluate(state["trainers"][0].elapsed_s)  # the map just before the move, at the old box
         stage += 1
         _move_to_box(state, samplings[stage], build_halves(samplings[stage]), volume_mask(samplings[stage]), new_trainers,
                      opts, device, save_checkpoint)
