@@ -452,11 +452,13 @@ class CryoGanTrainer:
         """Epochs done (float) for a half set of ``n_real`` particles."""
         return self.step_count * self.config.batch_size * self.config.n_critic / max(1, n_real)
 
+    def _step_seed(self) -> int:
+        """The seed of the current step, from (seed, trainer, step), before reduction mod 2**63 - 1."""
+        return self.config.seed * 1_000_003 + self.seed_offset * 7_777_777 + self.step_count
+
     def step_generator(self) -> torch.Generator:
         """CPU generator of the current step, seeded by (seed, trainer, step): resumable."""
-        return torch.Generator().manual_seed(
-            (self.config.seed * 1_000_003 + self.seed_offset * 7_777_777 + self.step_count) % (2**63 - 1)
-        )
+        return torch.Generator().manual_seed(self._step_seed() % (2**63 - 1))
 
     def _critic_updates(self, real: torch.Tensor, sigma_px: float, gen: torch.Generator) -> tuple[float, float, float]:
         """``n_critic`` critic updates against fakes of the current (fixed) volume.
@@ -514,7 +516,7 @@ class CryoGanTrainer:
         for group in self.opt_c.param_groups:
             group["lr"] = lr_c
         w = 0.0
-        base = (cfg.seed * 1_000_003 + self.seed_offset * 7_777_777 + self.step_count) * 4099
+        base = self._step_seed() * 4099
         for i in range(n_iterations):
             gen = torch.Generator().manual_seed((base + 17 + i) % (2**63 - 1))
             idx = torch.randint(0, real.shape[0], (cfg.batch_size * cfg.n_critic,), generator=gen)
