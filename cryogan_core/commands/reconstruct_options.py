@@ -43,7 +43,6 @@ class ReconstructOptions:
     max_minutes: float = option(60.0, "Training-time budget in minutes, earlier runs of a continued job included (0 = no limit).")
     n_epochs: float = option(200.0, "Epochs (each real particle seen once by the critic per epoch); training ends at n_epochs or max_minutes.")
     lr: float = option(2e-3, "Adam learning rate of the volume (and of the critic unless lr_critic is set). 2e-3 (it was 5e-3): in 60-minute runs at -10 dB the map reached 21.7 Å against the truth in C1 and 20.2 Å in D2 (5e-3: 51.1 and 32.4 Å).")
-    ctf_precondition: float = option(0.0, "CTF preconditioning of the volume's gradient: shells past the first CTF maximum are boosted by up to this factor in proportion to 1 / mean CTF^2 (as cryoSPARC's ab-initio SGD; 0 = off).")
     lr_critic: float = option(0.0, "Adam learning rate of the critic (0 = lr).")
     lr_gamma: float = option(0.99, "Learning-rate decay per epoch (lr · gamma^epoch).")
     n_critic: int = option(4, "Critic updates per volume update.")

@@ -53,7 +53,6 @@ from cryogan_core.physics.ctf import CtfParams, compute_ctf
 from cryogan_core.physics.euler import euler_to_matrix, random_euler_deg
 from cryogan_core.physics.noise import BackgroundNoise
 from cryogan_core.physics.projection import project, shift_phase
-from cryogan_core.train.precondition import ctf_preconditioner, precondition_gradient_
 
 SHIFT_PRIORS = ("uniform", "gaussian", "star", "none")
 
@@ -364,8 +363,6 @@ class WganConfig:
         n_epochs: epochs to train (an epoch = each real particle seen once by the critic).
         learn_scale: learn the volume's overall scale.
         seed: seed of initialisation and of every random draw.
-        ctf_precondition: largest boost of the CTF preconditioner of the volume's gradient
-            (:mod:`cryogan_core.train.precondition`); values <= 1 turn it off (the default).
         critic: keyword arguments of :class:`CryoGANCritic` (besides ``box``).
     """
 
@@ -382,7 +379,6 @@ class WganConfig:
     n_epochs: float = 100.0
     learn_scale: bool = True
     seed: int = 0
-    ctf_precondition: float = 0.0
     critic: dict = field(default_factory=dict)
 
 
@@ -421,8 +417,6 @@ class CryoGanTrainer:
         step_count: volume updates done.
         elapsed_s: training wall time so far (restored from checkpoints).
         history: one record per volume update (see :meth:`train_step`).
-        preconditioner: ``(D, D, D // 2 + 1)`` Fourier weights applied to the voxel
-            gradient before each volume update (``config.ctf_precondition > 1``), else None.
     """
 
     def __init__(
@@ -445,10 +439,6 @@ class CryoGanTrainer:
         betas = (config.beta1, config.beta2)
         self.opt_v = torch.optim.Adam([p for p in self.volume.parameters() if p.requires_grad], lr=config.lr, betas=betas)
         self.opt_c = torch.optim.Adam(self.critic.parameters(), lr=self.lr_critic0, betas=betas)
-        self.preconditioner: torch.Tensor | None = None
-        if config.ctf_precondition > 1:
-            self.preconditioner = ctf_preconditioner(priors.ctf, priors.box, priors.pixel_size_A,
-                                                     config.ctf_precondition).to(self.device)
         self.step_count = 0
         self.elapsed_s = 0.0
         self.history: list[dict[str, float]] = []
@@ -577,8 +567,6 @@ class CryoGanTrainer:
         loss_g = -self.critic(gaussian_blur_images(fake.unsqueeze(1), sigma_px)).mean()
         self.opt_v.zero_grad(set_to_none=True)
         loss_g.backward()
-        if self.preconditioner is not None:
-            precondition_gradient_(self.volume.voxels.density, self.preconditioner)
         self.opt_v.step()
         self.volume.project_()
         self.critic.requires_grad_(True)
