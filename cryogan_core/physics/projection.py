@@ -106,23 +106,48 @@ def _check_rotations(rotations: torch.Tensor) -> None:
         raise ValueError(f"rotations must be (n, 3, 3), got {tuple(rotations.shape)}")
 
 
-def _project_padded_rfft(
-    volume: torch.Tensor, rotations: torch.Tensor, pad_factor: float
-) -> tuple[torch.Tensor, int, int]:
-    """Central slices of the padded volume: (fftshifted-rows rfft2 (n, P, P//2+1), P, before)."""
-    d = _check_volume(volume)
-    _check_rotations(rotations)
-    vol = volume.to(torch.float32)
-    p = padded_size(d, pad_factor)
-    before, after = pad_offsets(d, p)
-    vp = F.pad(vol, [before, after] * 3)
-    # Pre-compensate the trilinear Fourier interpolation (torch-fourier-slice issue #65).
-    vp = vp / separable_sinc2_correction((p, p, p), device=vp.device)
-    ft = torch.fft.rfftn(torch.fft.ifftshift(vp, dim=(-3, -2, -1)), dim=(-3, -2, -1))
-    ft = torch.fft.fftshift(ft, dim=(-3, -2))
-    a_t = rotations.to(device=vol.device, dtype=torch.float32).transpose(-1, -2)
-    slices = extract_central_slices_rfft_3d(volume_rfft=ft, rotation_matrices=a_t)
-    return slices, p, before
+class Projector:
+    """Projections of one map at many rotations, its padded 3-D FFT computed once.
+
+    ``Projector(volume, pad_factor)(rotations)`` equals :func:`project` (which is built on
+    it); keep one when projecting the same map in many calls (pose searches, oracles).
+    Differentiable w.r.t. ``volume`` when built from a tensor that requires grad.
+
+    Args:
+        volume: ``(D, D, D)`` map ``(z, y, x)``, centre at ``D//2``, zero outside the box.
+            Cast to float32.
+        pad_factor: the volume is zero-padded to an even box >= pad_factor·D before the
+            3-D FFT (2 is RELION's default).
+
+    Raises:
+        ValueError: on a non-cubic volume or pad_factor < 1.
+
+    Source: Fourier slice theorem as in RELION ``Projector::project``; sampling by
+    ``torch_fourier_slice.extract_central_slices_rfft_3d`` with its sinc² pre-correction.
+    """
+
+    def __init__(self, volume: torch.Tensor, pad_factor: float = 2.0) -> None:
+        self.box = _check_volume(volume)
+        self.padded = padded_size(self.box, pad_factor)
+        self.before, after = pad_offsets(self.box, self.padded)
+        vp = F.pad(volume.to(torch.float32), [self.before, after] * 3)
+        # Pre-compensate the trilinear Fourier interpolation (torch-fourier-slice issue #65).
+        vp = vp / separable_sinc2_correction((self.padded,) * 3, device=vp.device)
+        ft = torch.fft.rfftn(torch.fft.ifftshift(vp, dim=(-3, -2, -1)), dim=(-3, -2, -1))
+        self.volume_rfft = torch.fft.fftshift(ft, dim=(-3, -2))
+
+    def slices(self, rotations: torch.Tensor) -> torch.Tensor:
+        """Central slices ``(n, P, P//2+1)`` complex64 (rows fftshifted) for ``(n, 3, 3)`` matrices A."""
+        _check_rotations(rotations)
+        a_t = rotations.to(device=self.volume_rfft.device, dtype=torch.float32).transpose(-1, -2)
+        return extract_central_slices_rfft_3d(volume_rfft=self.volume_rfft, rotation_matrices=a_t)
+
+    def __call__(self, rotations: torch.Tensor) -> torch.Tensor:
+        """``(n, 3, 3)`` RELION matrices A -> ``(n, D, D)`` float32 projections (see :func:`project`)."""
+        p, b, d = self.padded, self.before, self.box
+        img = torch.fft.irfftn(torch.fft.ifftshift(self.slices(rotations), dim=(-2,)), s=(p, p), dim=(-2, -1))
+        img = torch.fft.fftshift(img, dim=(-2, -1))
+        return img[..., b : b + d, b : b + d]
 
 
 def project(volume: torch.Tensor, rotations: torch.Tensor, pad_factor: float = 2.0) -> torch.Tensor:
@@ -145,13 +170,11 @@ def project(volume: torch.Tensor, rotations: torch.Tensor, pad_factor: float = 2
         ValueError: on a non-cubic volume, rotations not ``(n, 3, 3)`` or pad_factor < 1.
 
     Source: Fourier slice theorem as in RELION ``Projector::project``; sampling by
-    ``torch_fourier_slice.extract_central_slices_rfft_3d``.
+    ``torch_fourier_slice.extract_central_slices_rfft_3d``. For many calls on the same
+    map, keep a :class:`Projector`.
     """
-    d = _check_volume(volume)
-    slices, p, before = _project_padded_rfft(volume, rotations, pad_factor)
-    img = torch.fft.irfftn(torch.fft.ifftshift(slices, dim=(-2,)), s=(p, p), dim=(-2, -1))
-    img = torch.fft.fftshift(img, dim=(-2, -1))
-    return img[..., before : before + d, before : before + d]
+    _check_rotations(rotations)
+    return Projector(volume, pad_factor)(rotations)
 
 
 def backproject(images: torch.Tensor, rotations: torch.Tensor, pad_factor: float = 2.0) -> torch.Tensor:
