@@ -39,9 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch_fourier_slice import extract_central_slices_rfft_3d
-from torch_fourier_slice.volume_utils import separable_sinc2_correction
+from scipy.spatial.transform import Rotation
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -52,60 +50,20 @@ from cryogan_core.metrics.bias import add_extra_domain, recovery_fraction  # noq
 from cryogan_core.metrics.images import circular_mask  # noqa: E402
 from cryogan_core.physics.ctf import CtfParams, compute_ctf  # noqa: E402
 from cryogan_core.physics.euler import euler_to_matrix, random_euler_deg  # noqa: E402
-from cryogan_core.physics.projection import pad_offsets, padded_size, shift_phase  # noqa: E402
+from cryogan_core.physics.projection import Projector, shift_phase  # noqa: E402
 from cryogan_core.physics.simulator import noise_sigma_for_snr  # noqa: E402
 from cryogan_core.train.evaluate import image_scores  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from baselines import gaussian_lowpass  # noqa: E402
-
-SHARED = REPO.parent / "shared" / "data" / "betagal-relion-tutorial"
-BETAGAL_MAP = SHARED / "betagal_5a1a_sim_relionframe_3.54A_box64.mrc"
-BETAGAL_STAR = SHARED / "betagal_particles_posed.star"
-PIXEL_A = 3.54
+from betagal_data import BETAGAL_MAP, BETAGAL_PIXEL_A as PIXEL_A, BETAGAL_STAR  # noqa: E402
 
 
-class CachedProjector:
-    """Projections of one map at many rotations, the padded 3-D FFT computed once.
-
-    Same numbers as :func:`cryogan_core.physics.projection.project` (pad factor 2).
-
-    Args:
-        volume: ``(D, D, D)`` float32 map, centre ``D//2``.
-    """
-
-    def __init__(self, volume: torch.Tensor) -> None:
-        self.d = int(volume.shape[-1])
-        self.p = padded_size(self.d, 2.0)
-        self.before, after = pad_offsets(self.d, self.p)
-        vp = F.pad(volume.float(), [self.before, after] * 3)
-        vp = vp / separable_sinc2_correction((self.p,) * 3, device=vp.device)
-        ft = torch.fft.rfftn(torch.fft.ifftshift(vp, dim=(-3, -2, -1)), dim=(-3, -2, -1))
-        self.ft = torch.fft.fftshift(ft, dim=(-3, -2))
-
-    def __call__(self, rotations: torch.Tensor) -> torch.Tensor:
-        """``(n, 3, 3)`` RELION matrices -> ``(n, D, D)`` float32 projections."""
-        s = extract_central_slices_rfft_3d(volume_rfft=self.ft, rotation_matrices=rotations.transpose(-1, -2).float())
-        img = torch.fft.fftshift(torch.fft.irfftn(torch.fft.ifftshift(s, dim=(-2,)), s=(self.p, self.p), dim=(-2, -1)), dim=(-2, -1))
-        return img[..., self.before : self.before + self.d, self.before : self.before + self.d]
-
-
-def images_at(proj: CachedProjector, rot: torch.Tensor, shifts_px: torch.Tensor, ctf_rfft: torch.Tensor) -> torch.Tensor:
+def images_at(proj: Projector, rot: torch.Tensor, shifts_px: torch.Tensor, ctf_rfft: torch.Tensor) -> torch.Tensor:
     """CTF'd, shifted projections: ``(n, D, D)``; ``ctf_rfft`` ``(D, D//2+1)`` or ``(n, ...)``."""
-    d = proj.d
+    d = proj.box
     ft = torch.fft.rfft2(proj(rot)) * shift_phase(d, d, shifts_px) * ctf_rfft
     return torch.fft.irfft2(ft, s=(d, d))
-
-
-def rotvec_to_matrix(v: torch.Tensor) -> torch.Tensor:
-    """Rodrigues: ``(n, 3)`` rotation vectors (rad) -> ``(n, 3, 3)`` matrices."""
-    theta = v.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    k = v / theta
-    kx, ky, kz = k.unbind(1)
-    zero = torch.zeros_like(kx)
-    kmat = torch.stack([zero, -kz, ky, kz, zero, -kx, -ky, kx, zero], 1).reshape(-1, 3, 3)
-    t = theta[:, :, None]
-    return torch.eye(3).expand_as(kmat) + torch.sin(t) * kmat + (1 - torch.cos(t)) * kmat @ kmat
 
 
 def uniform_ball(n: int, dim: int, radius: float, g: torch.Generator) -> torch.Tensor:
@@ -121,7 +79,7 @@ def ball_volume(dim: int, radius: float) -> float:
 
 
 def posterior_mean(
-    y: torch.Tensor, rot_true: torch.Tensor, shift_true: torch.Tensor, ctf_rfft: torch.Tensor, proj: CachedProjector,
+    y: torch.Tensor, rot_true: torch.Tensor, shift_true: torch.Tensor, ctf_rfft: torch.Tensor, proj: Projector,
     sigma: float, max_shift_px: float, g: torch.Generator, n_per_scale: int, n_global: int,
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Posterior mean and MAP image of one particle; see the module docstring.
@@ -144,24 +102,25 @@ def posterior_mean(
     shift_radii = [0.25, 0.5, 1.0, 2.0]
     rots, shifts = [], []
     for rr, sr in zip(rot_radii, shift_radii):
-        rots.append(rotvec_to_matrix(uniform_ball(n_per_scale, 3, rr, g)) @ rot_true)
+        rotvecs = uniform_ball(n_per_scale, 3, rr, g).double().numpy()
+        rots.append(torch.from_numpy(Rotation.from_rotvec(rotvecs).as_matrix()).float() @ rot_true)
         shifts.append(shift_true + uniform_ball(n_per_scale, 2, sr, g))
     rots_t, shifts_t = torch.cat(rots), torch.cat(shifts)
     # proposal density of the mixture (rotation-vector x shift coordinates; Haar ~ flat for < 8°)
-    dist_r = torch.stack([torch.linalg.matrix_norm(r @ rot_true.T - torch.eye(3)) for r in [rots_t]])[0]  # monotone in angle
-    ang = 2 * torch.arcsin((dist_r / (2 * math.sqrt(2))).clamp(max=1.0))
+    ang = torch.from_numpy(Rotation.from_matrix((rots_t @ rot_true.T).double().numpy()).magnitude())
     dsh = (shifts_t - shift_true).norm(dim=1)
     q = torch.zeros(len(rots_t), dtype=torch.float64)
     for rr, sr in zip(rot_radii, shift_radii):
         inside = (ang <= rr + 1e-6) & (dsh <= sr + 1e-6)
         q += inside.double() / (ball_volume(3, rr) * ball_volume(2, sr))
     in_prior = (shifts_t.abs() <= max_shift_px).all(dim=1)
-    loglik, images = [], []
-    for i in range(0, len(rots_t), 1000):
-        im = images_at(proj, rots_t[i : i + 1000], shifts_t[i : i + 1000], ctf_rfft)
-        images.append(im)
-        loglik.append(-((y - im) ** 2).sum(dim=(-2, -1)).double() / (2 * sigma**2))
-    images_t, ll = torch.cat(images), torch.cat(loglik)
+
+    def images_and_loglik(rots: torch.Tensor, shifts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted images ``(m, D, D)`` and their Gaussian log-likelihoods ``(m,)`` float64."""
+        images = torch.cat([images_at(proj, rots[i : i + 1000], shifts[i : i + 1000], ctf_rfft) for i in range(0, len(rots), 1000)])
+        return images, -((y - images) ** 2).sum(dim=(-2, -1)).double() / (2 * sigma**2)
+
+    images_t, ll = images_and_loglik(rots_t, shifts_t)
     logw = ll - q.log()
     logw[~in_prior] = -math.inf
     w = torch.softmax(logw, 0)
@@ -170,11 +129,7 @@ def posterior_mean(
     ess = float(1.0 / (w**2).sum())
     gr = euler_to_matrix(random_euler_deg(n_global, generator=g))
     gs = (torch.rand(n_global, 2, generator=g) * 2 - 1) * max_shift_px
-    gll = []
-    for i in range(0, n_global, 1000):
-        im = images_at(proj, gr[i : i + 1000], gs[i : i + 1000], ctf_rfft)
-        gll.append(-((y - im) ** 2).sum(dim=(-2, -1)).double() / (2 * sigma**2))
-    gap = float(torch.cat(gll).max() - ll[in_prior].max())
+    gap = float(images_and_loglik(gr, gs)[1].max() - ll[in_prior].max())
     return mean, best, {"ess": ess, "global_minus_local_nats": gap}
 
 
@@ -203,7 +158,7 @@ def main() -> None:
     ctf_rfft = compute_ctf(ctf, d, PIXEL_A, rfft=True)
     rot = euler_to_matrix(random_euler_deg(a.n, generator=g))
     shift = (torch.rand(a.n, 2, generator=g) * 2 - 1) * 2.0
-    pa, pb = CachedProjector(vol_a), CachedProjector(vol_b)
+    pa, pb = Projector(vol_a), Projector(vol_b)
     clean_a = images_at(pa, rot, shift, ctf_rfft)
     clean_b = images_at(pb, rot, shift, ctf_rfft)
     sigma = noise_sigma_for_snr(clean_a, a.snr_db)
