@@ -31,6 +31,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from betagal_data import BETAGAL_DIR as DATA, BETAGAL_MAP as MAP, BETAGAL_STAR as STAR  # noqa: E402
 
 from cryogan_core.cli import configure_logging  # noqa: E402
 from cryogan_core.commands._common import set_threads  # noqa: E402
@@ -38,10 +41,6 @@ from cryogan_core.commands.options import options_from_mapping  # noqa: E402
 from cryogan_core.commands.reconstruct import run_reconstruct  # noqa: E402
 from cryogan_core.commands.reconstruct_options import ReconstructOptions  # noqa: E402
 from cryogan_core.commands.simulate import run_simulate  # noqa: E402
-
-DATA = REPO.parent / "shared" / "data" / "betagal-relion-tutorial"
-MAP = DATA / "betagal_5a1a_sim_relionframe_3.54A_box64.mrc"
-STAR = DATA / "betagal_particles_posed.star"
 
 
 def plot_resolution_vs_time(result: dict, path: Path) -> None:

@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from baselines import CtfWiener, bm3d_denoise, gaussian_lowpass  # noqa: E402
+from betagal_data import BETAGAL_DIR as SHARED, BETAGAL_MAP, BETAGAL_STAR  # noqa: E402
 
 from cryogan_core.commands._common import map_for_particles  # noqa: E402
 from cryogan_core.commands.denoise import DenoiseInputs, load_model, run_denoise  # noqa: E402
@@ -48,10 +49,6 @@ from cryogan_core.physics.ctf import CtfParams  # noqa: E402
 from cryogan_core.train.evaluate import image_scores  # noqa: E402
 from cryogan_core.train.pairs import build_pairs, input_transform, particle_arrays  # noqa: E402
 from cryogan_core.train.pix2pix import denoise_images  # noqa: E402
-
-SHARED = REPO.parent / "shared" / "data" / "betagal-relion-tutorial"
-BETAGAL_MAP = SHARED / "betagal_5a1a_sim_relionframe_3.54A_box64.mrc"
-BETAGAL_STAR = SHARED / "betagal_particles_posed.star"
 
 
 def _value(text: str) -> object:
