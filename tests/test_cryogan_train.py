@@ -28,6 +28,7 @@ from cryogan_core.physics.euler import euler_to_matrix, random_euler_deg
 from cryogan_core.physics.noise import (
     BackgroundNoise,
     candidate_patch_corners,
+    crop_windows,
     default_patch_px,
     extract_background_patches,
     mosaic_window,
@@ -134,6 +135,23 @@ def test_mosaic_noise_keeps_the_background_statistics(box):
     assert abs(float(s.mean())) < 0.05
     # white input -> nearly uncorrelated neighbours (no seams that correlate pixels)
     assert abs(float((s[:, :, 1:] * s[:, :, :-1]).mean())) < 0.05 * 1.7**2
+
+
+@pytest.mark.parametrize("size", [7, 8])
+def test_crop_windows_equals_slicing_each_image(size):
+    """The one-gather crop of the mosaic sampler cuts exactly what per-image slicing cuts,
+    for odd and even windows, at corners that touch every edge of the image."""
+    g = torch.Generator().manual_seed(5)
+    imgs = torch.randn(6, 13, 15, generator=g)
+    corners = torch.tensor([[0, 0], [13 - size, 15 - size], [0, 15 - size], [13 - size, 0], [2, 3], [5, 1]])
+    out = crop_windows(imgs, corners, size)
+    assert out.shape == (6, size, size)
+    for i, (y, x) in enumerate(corners.tolist()):
+        assert torch.equal(out[i], imgs[i, y : y + size, x : x + size])
+    with pytest.raises(ValueError, match="corners_px"):
+        crop_windows(imgs, corners[:5], size)
+    with pytest.raises(ValueError, match="size_px"):
+        crop_windows(imgs, corners, 0)
 
 
 def test_white_noise_fallback_when_no_patch_fits():
