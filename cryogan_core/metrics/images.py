@@ -9,6 +9,7 @@ import math
 
 import torch
 
+from cryogan_core.device import to_device
 from cryogan_core.errors import InputError
 
 
@@ -161,10 +162,13 @@ def normalize_background(images: torch.Tensor, radius_px: float) -> torch.Tensor
         raise ValueError(f"radius_px must be >= 0, got {radius_px}")
     x = images.to(torch.float32)
     h, w = x.shape[-2:]
-    yy = (torch.arange(h, device=x.device, dtype=torch.float32) - h // 2).reshape(-1, 1)
-    xx = (torch.arange(w, device=x.device, dtype=torch.float32) - w // 2).reshape(1, -1)
+    # the mask is made and counted on the CPU, then copied without a wait (counting it on a
+    # GPU would make the CPU wait for the GPU's queue)
+    yy = (torch.arange(h, dtype=torch.float32) - h // 2).reshape(-1, 1)
+    xx = (torch.arange(w, dtype=torch.float32) - w // 2).reshape(1, -1)
     bg = (yy**2 + xx**2 > float(radius_px) ** 2).to(torch.float32)
     n_bg = float(bg.sum())
+    bg = to_device(bg, x.device)
     if n_bg == 0:
         max_r = math.hypot(h // 2, w // 2)
         raise InputError(

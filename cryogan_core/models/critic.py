@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cryogan_core.device import to_device
+
 
 class CryoGANCritic(nn.Module):
     """CNN critic ``images (n, 1, box, box) -> scores (n,)`` (unbounded, higher = "real").
@@ -211,7 +213,7 @@ def gaussian_blur_images(images: torch.Tensor, sigma_px: float) -> torch.Tensor:
         raise ValueError(f"images must be (n, C, H, W), got {tuple(images.shape)}")
     if sigma_px == 0:
         return images
-    k = gaussian_kernel_1d(sigma_px).to(device=images.device, dtype=images.dtype)
+    k = to_device(gaussian_kernel_1d(sigma_px).to(images.dtype), images.device)
     r = (k.numel() - 1) // 2
     if r == 0:
         return images

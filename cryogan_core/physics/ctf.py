@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cryogan_core.device import to_device
 from cryogan_core.errors import InputError
 
 _CTF_COLUMNS = {
@@ -126,7 +127,7 @@ class CtfParams:
 
     def to(self, device: torch.device | str) -> "CtfParams":
         """Copy of these parameters on ``device``."""
-        return CtfParams(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return CtfParams(**{f.name: to_device(getattr(self, f.name), device) for f in fields(self)})
 
     @property
     def device(self) -> torch.device:
@@ -191,12 +192,13 @@ def compute_ctf(
         raise ValueError(f"box must be >= 1, got {box}")
     device = params.device
     n = len(params)
-    px = torch.as_tensor(pixel_size_A, dtype=torch.float64, device=device).reshape(-1)
+    # checked where it was given (a Python number: on the CPU, so no wait for a GPU queue)
+    px = torch.as_tensor(pixel_size_A, dtype=torch.float64).reshape(-1)
     if px.numel() not in (1, n):
         raise ValueError(f"pixel_size_A has {px.numel()} values for {n} particles")
     if bool((px <= 0).any()):
         raise ValueError(f"pixel_size_A must be positive, got {px.tolist()}")
-    px = px.reshape(-1, 1, 1)
+    px = to_device(px, device).reshape(-1, 1, 1)
 
     def col(t: torch.Tensor) -> torch.Tensor:
         return t.to(device=device, dtype=torch.float64).reshape(-1, 1, 1)

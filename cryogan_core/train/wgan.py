@@ -46,6 +46,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from cryogan_core.device import to_device
 from cryogan_core.models.critic import CryoGANCritic, gaussian_blur_images, gradient_penalty
 from cryogan_core.models.volume import VoxelVolume
 from cryogan_core.metrics.images import normalize_background
@@ -239,12 +240,12 @@ def simulate_batch(
     d = priors.box
     dev = volume.device
     rot, origins_px, ctf = priors.draw(n, generator)
-    proj = project(volume, rot.to(dev), priors.pad_factor)
-    ft = torch.fft.rfft2(proj) * shift_phase(d, d, -origins_px.to(dev))
+    proj = project(volume, to_device(rot, dev), priors.pad_factor)
+    ft = torch.fft.rfft2(proj) * shift_phase(d, d, -to_device(origins_px, dev))
     ft = ft * compute_ctf(ctf.to(dev), d, priors.pixel_size_A, rfft=True)
     img = torch.fft.irfft2(ft, s=(d, d))
     if add_noise:
-        img = img + priors.noise.sample(n, generator).to(dev)
+        img = img + to_device(priors.noise.sample(n, generator), dev)
     if normalise:
         img = normalize_background(img, priors.bg_radius_px)
     return img
@@ -460,7 +461,7 @@ class CryoGanTrainer:
         """CPU generator of the current step, seeded by (seed, trainer, step): resumable."""
         return torch.Generator().manual_seed(self._step_seed() % (2**63 - 1))
 
-    def _critic_updates(self, real: torch.Tensor, sigma_px: float, gen: torch.Generator) -> tuple[float, float, float]:
+    def _critic_updates(self, real: torch.Tensor, sigma_px: float, gen: torch.Generator) -> torch.Tensor:
         """``n_critic`` critic updates against fakes of the current (fixed) volume.
 
         Args:
@@ -469,7 +470,10 @@ class CryoGanTrainer:
             gen: CPU generator of the simulator's draws and of the penalty's mixing weights.
 
         Returns:
-            Sums over the updates of the critic loss, the Wasserstein estimate and the penalty.
+            ``(3,)`` float32 tensor on the device: the sums over the updates of the critic
+            loss, the Wasserstein estimate and the penalty. It stays on the device so that
+            the updates queue on a GPU without waiting for each loss to be read back; the
+            caller reads it once per step.
         """
         cfg = self.config
         b, k = cfg.batch_size, cfg.n_critic
@@ -479,7 +483,7 @@ class CryoGanTrainer:
         real_b = gaussian_blur_images(real.unsqueeze(1), sigma_px)
         fake_b = gaussian_blur_images(fakes.unsqueeze(1), sigma_px)
         self.critic.requires_grad_(True)
-        loss_c_sum = w_sum = gp_sum = 0.0
+        sums = torch.zeros(3, device=self.device)
         for i in range(k):
             r = real_b[i * b : (i + 1) * b]
             f = fake_b[i * b : (i + 1) * b]
@@ -490,10 +494,8 @@ class CryoGanTrainer:
             self.opt_c.zero_grad(set_to_none=True)
             loss_c.backward()
             self.opt_c.step()
-            loss_c_sum += float(loss_c.detach())
-            w_sum += float((d_real - d_fake).detach())
-            gp_sum += float(gp.detach())
-        return loss_c_sum, w_sum, gp_sum
+            sums += torch.stack([loss_c.detach(), (d_real - d_fake).detach(), gp.detach()]).float()
+        return sums
 
     def warm_up_critic(self, real: torch.Tensor, n_iterations: int, sigma_px: float, epoch: float) -> float:
         """Train a new critic against the current, fixed volume (after a change of box).
@@ -515,14 +517,13 @@ class CryoGanTrainer:
         lr_c = learning_rate(self.lr_critic0, cfg.lr_gamma, epoch)
         for group in self.opt_c.param_groups:
             group["lr"] = lr_c
-        w = 0.0
+        sums = None
         base = self._step_seed() * 4099
         for i in range(n_iterations):
             gen = torch.Generator().manual_seed((base + 17 + i) % (2**63 - 1))
             idx = torch.randint(0, real.shape[0], (cfg.batch_size * cfg.n_critic,), generator=gen)
-            _, w_sum, _ = self._critic_updates(real[idx].to(self.device), sigma_px, gen)
-            w = w_sum / cfg.n_critic
-        return w
+            sums = self._critic_updates(to_device(real[to_device(idx, real.device)], self.device), sigma_px, gen)
+        return 0.0 if sums is None else float(sums[1]) / cfg.n_critic
 
     def continue_from(self, other: "CryoGanTrainer") -> None:
         """Take over another trainer's counters (steps, training time, history): the same
@@ -559,7 +560,7 @@ class CryoGanTrainer:
             group["lr"] = lr_v
         for group in self.opt_c.param_groups:
             group["lr"] = lr_c
-        loss_c_sum, w_sum, gp_sum = self._critic_updates(real, sigma_px, gen)
+        sums = self._critic_updates(real, sigma_px, gen)
 
         # ---- volume: one update through the differentiable simulator
         self.critic.requires_grad_(False)
@@ -572,6 +573,9 @@ class CryoGanTrainer:
         self.critic.requires_grad_(True)
 
         self.step_count += 1
+        # one read-back per step (on a GPU, each float() of a device scalar waits for the queue)
+        loss_c_sum, w_sum, gp_sum, loss_gen, scale = torch.cat(
+            [sums, torch.stack([loss_g.detach(), torch.exp(self.volume.log_scale.detach())]).float()]).tolist()
         record = {
             "step": float(self.step_count),
             "epoch": float(epoch),
@@ -580,8 +584,8 @@ class CryoGanTrainer:
             "loss_critic": loss_c_sum / k,
             "wasserstein": w_sum / k,
             "gp": gp_sum / k,
-            "loss_gen": float(loss_g.detach()),
-            "scale": float(torch.exp(self.volume.log_scale.detach())),
+            "loss_gen": loss_gen,
+            "scale": scale,
         }
         self.history.append(record)
         return record
@@ -626,8 +630,8 @@ def _real_batch(real: torch.Tensor, n: int, trainer: CryoGanTrainer) -> torch.Te
     g = torch.Generator().manual_seed(
         (trainer.config.seed * 999_983 + trainer.seed_offset * 31_337 + trainer.step_count) % (2**63 - 1)
     )
-    idx = torch.randint(0, real.shape[0], (n,), generator=g)
-    return real[idx].to(trainer.device, non_blocking=True)
+    idx = to_device(torch.randint(0, real.shape[0], (n,), generator=g), real.device)
+    return to_device(real[idx], trainer.device)
 
 
 def train_cryogan(
