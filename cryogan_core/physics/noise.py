@@ -239,6 +239,7 @@ def crop_windows(images: torch.Tensor, corners_px: torch.Tensor, size_px: int) -
 
     Raises:
         ValueError: ``corners_px`` is not ``(n, 2)``, or ``size_px`` < 1.
+        IndexError: a window leaves its image (on a GPU, a device-side assertion instead).
     """
     n = images.shape[0]
     if corners_px.shape != (n, 2):
