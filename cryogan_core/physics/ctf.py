@@ -201,6 +201,7 @@ def compute_ctf(
     px = to_device(px, device).reshape(-1, 1, 1)
 
     def col(t: torch.Tensor) -> torch.Tensor:
+        """A per-particle ``(n,)`` parameter as an ``(n, 1, 1)`` float64 column on ``device``."""
         return t.to(device=device, dtype=torch.float64).reshape(-1, 1, 1)
 
     ky, kx = _frequency_grid(box, rfft, device)

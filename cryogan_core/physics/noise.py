@@ -111,8 +111,8 @@ def candidate_patch_corners(box: int, radius_px: float, patch_px: int, stride_px
     starts = torch.unique(torch.cat([torch.arange(0, box - patch_px + 1, stride), torch.tensor([box - patch_px])]))
     y0, x0 = torch.meshgrid(starts, starts, indexing="ij")
     y0, x0 = y0.reshape(-1), x0.reshape(-1)
-    # nearest pixel of [a, a+p-1] to c along one axis
     def nearest(a: torch.Tensor) -> torch.Tensor:
+        """Per patch start ``a`` (px, int64), the pixel of ``[a, a + patch_px - 1]`` nearest the centre ``c``."""
         return torch.clamp(torch.full_like(a, c), a, a + patch_px - 1)
 
     dy = (nearest(y0) - c).float()
