@@ -5,10 +5,16 @@ projection of the map at the particle's pose). Losses, as pix2pix (Isola et al. 
 eq. 4): ``L_G = BCE(D(x, G(x)), 1) + lambda_L1 * |G(x) - y|_1`` and
 ``L_D = 0.5 * [BCE(D(x, y), 1) + BCE(D(x, G(x)), 0)]``, with the PatchGAN D giving a grid of
 logits; Adam (lr 2e-4, beta1 0.5, beta2 0.999), lambda_L1 = 100.
+
+CTF-aware mode (``ctf`` given to :func:`train_pix2pix` and :func:`denoise_images`): G sees
+the phase-flipped particle and ``G(x)`` is multiplied by the particle's CTF before the
+losses (:mod:`cryogan_core.physics.ctf_filters`), so the CTF's rings come from the
+particle's known defocus.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -18,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cryogan_core.models.patchgan import PatchGANDiscriminator
-from cryogan_core.models.symmetry_average import apply_symmetry
+from cryogan_core.models.symmetry_average import apply_symmetry, undo_symmetry
+from cryogan_core.physics.ctf_filters import ctf_modulate, phase_flip
 from cryogan_core.models.unet import UNetGenerator
 
 
@@ -86,12 +93,16 @@ class Pix2PixTrainer:
             return self.config.lr
         return self.config.lr * max(0.0, 1.0 - (step - start) / max(1, self.config.n_steps - start))
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def step(
+        self, x: torch.Tensor, y: torch.Tensor, output_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> dict[str, float]:
         """One optimisation step of D then G on a batch.
 
         Args:
             x: ``(n, 1, H, W)`` float32 noisy particles (normalised).
             y: ``(n, 1, H, W)`` float32 reference images (same units as x).
+            output_transform: applied to ``G(x)`` before D and the L1 loss (differentiable;
+                the CTF-aware mode's CTF modulation); None = identity.
 
         Returns:
             The losses of this step (floats).
@@ -103,6 +114,8 @@ class Pix2PixTrainer:
         self.generator.train()
         self.discriminator.train()
         fake = self.generator(x)
+        if output_transform is not None:
+            fake = output_transform(fake)
         loss_d = torch.zeros((), device=x.device)
         if self.config.gan_weight > 0:
             self.opt_d.zero_grad(set_to_none=True)
@@ -166,6 +179,7 @@ def train_pix2pix(
     should_stop: Callable[[], None] | None = None,
     validate: Callable[[int], None] | None = None,
     validate_every: int = 250,
+    ctf: torch.Tensor | None = None,
 ) -> None:
     """Train until ``trainer.step_count == n_steps``, drawing random batches.
 
@@ -186,8 +200,15 @@ def train_pix2pix(
         validate: called with the step count every ``validate_every`` steps and at the end,
             before that step's checkpoint (model selection, :mod:`cryogan_core.train.selection`).
         validate_every: steps between validations.
+        ctf: ``(n, H, W//2+1)`` each particle's CTF (``rfft2`` layout) for the CTF-aware
+            mode: the inputs are phase-flipped with it before the symmetry is applied, and
+            the generator's output is mapped back to the particle's frame, multiplied by
+            the CTF and mapped again (so the CTF's astigmatism stays with its particle).
+            None = plain pix2pix.
     """
     n = inputs.shape[0]
+    if ctf is not None and (ctf.shape[0] != n or ctf.shape[-2] != inputs.shape[-2]):
+        raise ValueError(f"ctf {tuple(ctf.shape)} does not match inputs {tuple(inputs.shape)}")
     bs = min(trainer.config.batch_size, n)
     device = trainer.device
     while trainer.step_count < n_steps:
@@ -197,9 +218,15 @@ def train_pix2pix(
         idx = torch.randint(0, n, (bs,), generator=g)
         k = int(torch.randint(0, 4, (1,), generator=g))
         flip = bool(torch.randint(0, 2, (1,), generator=g))
-        x = apply_symmetry(inputs[idx].to(device).unsqueeze(1), k, flip)
+        x = inputs[idx].to(device)
+        transform = None
+        if ctf is not None:
+            c = ctf[idx].to(device)
+            x = phase_flip(x, c)
+            transform = functools.partial(_modulate_in_frame, ctf=c, quarter_turns=k, flip=flip)
+        x = apply_symmetry(x.unsqueeze(1), k, flip)
         y = apply_symmetry(targets[idx].to(device).unsqueeze(1), k, flip)
-        record = trainer.step(x, y)
+        record = trainer.step(x, y, transform)
         if on_step is not None:
             on_step(record)
         if validate is not None and (trainer.step_count % validate_every == 0 or trainer.step_count == n_steps):
@@ -208,25 +235,55 @@ def train_pix2pix(
             checkpoint()
 
 
-def denoise_images(generator: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+def _modulate_in_frame(out: torch.Tensor, ctf: torch.Tensor, quarter_turns: int, flip: bool) -> torch.Tensor:
+    """CTF-modulate generator outputs made in a rotated/flipped frame.
+
+    Args:
+        out: ``(n, 1, H, W)`` outputs for inputs transformed by ``apply_symmetry(·, quarter_turns, flip)``.
+        ctf: ``(n, H, W//2+1)`` the particles' CTFs in their own frame.
+        quarter_turns, flip: the symmetry of the batch.
+
+    Returns:
+        ``(n, 1, H, W)``: ``g(CTF · g⁻¹(out))`` with g the symmetry (differentiable).
+    """
+    back = undo_symmetry(out, quarter_turns, flip)[:, 0]
+    return apply_symmetry(ctf_modulate(back, ctf), quarter_turns, flip).unsqueeze(1)
+
+
+def denoise_images(generator: nn.Module, images: torch.Tensor, batch_size: int = 64, ctf: torch.Tensor | None = None) -> torch.Tensor:
     """Apply a trained generator to particle images.
 
     Args:
-        generator: the trained U-Net (switched to eval mode here).
+        generator: the trained U-Net (switched to eval mode here), or a wrapper of it
+            (:class:`~cryogan_core.models.symmetry_average.SymmetryAveraged`).
         images: ``(n, H, W)`` float32 normalised particles (any device; batches are moved
             to the generator's device).
         batch_size: particles per forward pass.
+        ctf: ``(n, H, W//2+1)`` each particle's CTF (``rfft2`` layout) for a CTF-aware
+            model: inputs phase-flipped, outputs CTF-modulated
+            (:mod:`cryogan_core.physics.ctf_filters`); None for a plain model.
 
     Returns:
         ``(n, H, W)`` float32 denoised images on the CPU.
+
+    Raises:
+        ValueError: if ``ctf`` does not match the images.
     """
+    if ctf is not None and (ctf.shape[0] != images.shape[0] or ctf.shape[-2] != images.shape[-2]):
+        raise ValueError(f"ctf {tuple(ctf.shape)} does not match images {tuple(images.shape)}")
     generator.eval()
     device = next(generator.parameters()).device
     out = torch.empty(images.shape, dtype=torch.float32)
     with torch.inference_mode():
         for start in range(0, images.shape[0], batch_size):
-            batch = images[start : start + batch_size].to(device).unsqueeze(1)
-            out[start : start + batch.shape[0]] = generator(batch)[:, 0].float().cpu()
+            batch = images[start : start + batch_size].to(device)
+            c = None if ctf is None else ctf[start : start + batch_size].to(device)
+            if c is not None:
+                batch = phase_flip(batch, c)
+            y = generator(batch.unsqueeze(1))[:, 0].float()
+            if c is not None:
+                y = ctf_modulate(y, c)
+            out[start : start + batch.shape[0]] = y.cpu()
     return out
 
 
