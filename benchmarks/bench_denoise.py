@@ -47,7 +47,7 @@ from cryogan_core.models.symmetry_average import symmetry_averaged  # noqa: E402
 from cryogan_core.physics.reconstruct import reconstruct  # noqa: E402
 from cryogan_core.physics.ctf import CtfParams  # noqa: E402
 from cryogan_core.train.evaluate import image_scores  # noqa: E402
-from cryogan_core.train.pairs import build_pairs, input_transform, particle_arrays  # noqa: E402
+from cryogan_core.train.pairs import build_pairs, input_transform, particle_arrays, train_box_ctf  # noqa: E402
 from cryogan_core.train.pix2pix import denoise_images  # noqa: E402
 
 
@@ -178,10 +178,14 @@ def main() -> None:
             methods["BM3D"] = timed(lambda: torch.from_numpy(bm3d_denoise(x.numpy(), 1.0)))
         except ImportError:
             print("bm3d not installed (pip install bm3d): skipped", file=sys.stderr)
-    out_gan, _ = timed(denoise_images, gen, x)
-    # network speed alone, on more particles, at the training box
-    bench_in = x.repeat(max(1, 2000 // len(x) + 1), 1, 1)[:2000]
-    _, t_net = timed(denoise_images, gen, bench_in)
+    # a CTF-aware model (the default) sees phase-flipped particles and CTF-modulates its output
+    ctf_tb = train_box_ctf(df.iloc[rows], settings) if settings.ctf_aware else None
+    out_gan, _ = timed(denoise_images, gen, x, ctf=ctf_tb)
+    # network speed alone (CTF filters included), on more particles, at the training box
+    reps = max(1, 2000 // len(x) + 1)
+    bench_in = x.repeat(reps, 1, 1)[:2000]
+    bench_ctf = None if ctf_tb is None else ctf_tb.repeat(reps, 1, 1)[:2000]
+    _, t_net = timed(denoise_images, gen, bench_in, ctf=bench_ctf)
     methods["cGAN (this job)"] = (out_gan, t_net * len(x) / len(bench_in))
 
     rows_out = []

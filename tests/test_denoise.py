@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import mrcfile
@@ -16,10 +17,14 @@ from cryogan_core.errors import InputError
 from cryogan_core.io.images import ParticleImages
 from cryogan_core.io.mrc import open_stack
 from cryogan_core.io.star import read_particles
-from cryogan_core.metrics.bias import add_extra_domain, max_cc_with_library, recovery_fraction
+from cryogan_core.metrics.bias import add_extra_domain, lowpass_volume, max_cc_with_library, recovery_fraction
 from cryogan_core.metrics.images import circular_mask, masked_pearson
+from cryogan_core.physics.ctf_filters import ctf_modulate, phase_flip
 from cryogan_core.physics.phantom import procedural_volume
-from cryogan_core.train.pairs import PairSettings, input_transform, make_targets, prepare_inputs
+from cryogan_core.physics.ctf import CtfParams
+from cryogan_core.physics.projection import forward_model
+from cryogan_core.train.evaluate import highres_control
+from cryogan_core.train.pairs import PairSettings, default_bg_radius_px, input_transform, make_targets, prepare_inputs, train_box_ctf
 
 SMALL = {"base_channels": 8, "depth": 2, "batch_size": 8, "n_report": 60, "stack_size": 100}
 
@@ -78,7 +83,8 @@ def test_gold_standard_training_improves_unseen_particles(trained: tuple[Path, d
     # the network is not worse on the particles it trained on than on unseen ones
     assert s["heldout_cc_denoised"] - 0.05 <= s["train_cc_denoised"] <= 1.0
     for key in ("n_particles_written", "heldout_cc_raw", "heldout_cc_denoised", "heldout_fsc_40_10A_denoised",
-                "heldout_fsc_40_10A_raw", "bias_noise_max_cc_with_references", "bias_extra_domain_recovery_r"):
+                "heldout_fsc_40_10A_raw", "bias_noise_max_cc_with_references", "bias_extra_domain_recovery_r",
+                "bias_highres_frc_full_map", "bias_highres_frc_lowpass_map"):
         assert key in s, key
     written = json.loads((out / "summary.json").read_text())
     assert written["n_particles_written"] == 240
@@ -115,13 +121,26 @@ def test_the_job_writes_the_symmetry_averaged_particles(trained: tuple[Path, dic
     star_path = sim / "sim/particles.star"
     df = read_particles(star_path).particles
     raw = torch.from_numpy(ParticleImages(df, sim, star_path).read(np.arange(100)))
-    x = input_transform(raw, settings)(raw).unsqueeze(1)
+    assert settings.ctf_aware  # the default: phase-flipped input, CTF-modulated output
+    ctf = train_box_ctf(df.iloc[:100], settings)
+    x = phase_flip(input_transform(raw, settings)(raw), ctf).unsqueeze(1)
     with torch.inference_mode():
-        by_hand = 0.5 * (gen(x) + torch.rot90(gen(torch.rot90(x, 2, dims=(-2, -1))), -2, dims=(-2, -1)))
-    np.testing.assert_allclose(written, by_hand[:, 0].numpy(), atol=1e-4)
+        averaged = 0.5 * (gen(x) + torch.rot90(gen(torch.rot90(x, 2, dims=(-2, -1))), -2, dims=(-2, -1)))
+    by_hand = ctf_modulate(averaged[:, 0], ctf)
+    np.testing.assert_allclose(written, by_hand.numpy(), atol=1e-4)
     plain = np.asarray(open_stack(out / "Denoised/particles_000001.mrcs"))
     assert np.abs(written - plain).max() > 1e-3
     assert s["options"]["average_symmetries"] == 2
+
+
+def test_a_model_saved_before_the_ctf_aware_option_loads_as_plain(trained: tuple[Path, dict], tmp_path: Path) -> None:
+    out, _ = trained
+    blob = torch.load(out / "model.pt", weights_only=True)
+    assert blob["settings"]["ctf_aware"] is True
+    del blob["settings"]["ctf_aware"]  # what model.pt files of earlier versions hold
+    torch.save(blob, tmp_path / "old.pt")
+    _, settings, _ = load_model(tmp_path / "old.pt", torch.device("cpu"))
+    assert settings.ctf_aware is False
 
 
 def test_model_of_another_box_is_refused(trained: tuple[Path, dict], tmp_path: Path) -> None:
@@ -144,6 +163,15 @@ def test_train_box_float16_and_ctf_free_outputs(sim: Path) -> None:
     assert np.allclose(star.particles["rlnImagePixelSize"], 7.0 * 32 / 24)
     assert (star.particles["rlnImageSize"] == 24).all()
     assert not s["ctf_targets"]
+    assert not s["ctf_aware"]  # the CTF-aware mode needs CTF'd targets
+    # a model without the CTF-aware mode: the written particles are the network's output as such
+    gen, settings, _ = load_model(out / "model.pt", torch.device("cpu"))
+    df_in = read_particles(sim / "sim/particles.star").particles
+    raw = torch.from_numpy(ParticleImages(df_in, sim, sim / "sim/particles.star").read(np.arange(100)))
+    with torch.inference_mode():
+        by_hand = gen(input_transform(raw, settings)(raw).unsqueeze(1))[:, 0]
+    written = np.asarray(open_stack(out / "Denoised/particles_000001.mrcs"), dtype=np.float32)
+    np.testing.assert_allclose(written, by_hand.numpy(), atol=2e-2 * float(by_hand.abs().max()))
 
 
 def test_bad_inputs_are_one_line_errors(sim: Path, tmp_path: Path) -> None:
@@ -175,6 +203,43 @@ def test_extra_domain_has_the_requested_mass_outside_the_reference() -> None:
     empty = a < 0.1 * a.max()
     assert float(extra[empty].sum() / extra.sum()) > 0.6  # mostly where A has no density
     assert not torch.equal(add_extra_domain(a, seed=4), b)  # the seed moves it
+
+
+@pytest.mark.parametrize("box", [32, 33])
+def test_lowpass_volume_removes_every_component_past_the_cutoff(box: int) -> None:
+    a = torch.from_numpy(procedural_volume(box))
+    lp = lowpass_volume(a, 4.0, 20.0)
+    f = np.fft.fftfreq(box, d=4.0)
+    radius = np.sqrt(f[:, None, None] ** 2 + f[None, :, None] ** 2 + np.fft.rfftfreq(box, d=4.0)[None, None, :] ** 2)
+    ft_a, ft_lp = np.fft.rfftn(a.numpy()), np.fft.rfftn(lp.numpy())
+    assert np.abs(ft_lp[radius > 1 / 20.0]).max() < 1e-3 * np.abs(ft_a).max()
+    np.testing.assert_allclose(ft_lp[radius <= 1 / 20.0], ft_a[radius <= 1 / 20.0], atol=1e-3 * np.abs(ft_a).max())
+    with pytest.raises(ValueError):
+        lowpass_volume(a, 4.0, 0.0)
+
+
+def test_highres_control_tells_painted_detail_from_recovered_detail() -> None:
+    box, pix, n = 32, 4.0, 40
+    vol = torch.from_numpy(procedural_volume(box))
+    g = torch.Generator().manual_seed(0)
+    angles = torch.stack([torch.rand(n, generator=g) * 360, torch.rand(n, generator=g) * 180, torch.rand(n, generator=g) * 360], 1)
+    origins = torch.zeros(n, 2)
+    f = lambda v: torch.full((n,), float(v))  # noqa: E731
+    ctf = CtfParams(f(8000), f(8000), f(0), f(300), f(2.7), f(0.1), f(0), f(0), f(1))
+    settings = PairSettings(box, box, default_bg_radius_px(box), 0.45 * box)
+    noise_std = 0.02 * float(forward_model(vol, angles, origins, pix, ctf=ctf).std())
+    # a denoiser that returns its input: nothing past 20 Å in, nothing past 20 Å out
+    honest = highres_control(lambda x: x, vol, angles, origins, ctf, pix, 1.0, settings, noise_std=noise_std)
+    assert honest["bias_highres_band_A"] == [20.0, 10.0]
+    assert honest["bias_highres_frc_full_map"] > 0.8
+    assert abs(honest["bias_highres_frc_lowpass_map"]) < 0.1
+    # a denoiser that paints the reference whatever comes in
+    painted = forward_model(vol, angles, origins, pix, ctf=ctf)
+    painter = highres_control(lambda x: painted, vol, angles, origins, ctf, pix, 1.0, settings, noise_std=noise_std)
+    assert painter["bias_highres_frc_lowpass_map"] > 0.95
+    # a training box too coarse for the band: not measured
+    coarse = PairSettings(box, 10, default_bg_radius_px(box), 0.45 * box)  # Nyquist 25.6 Å
+    assert math.isnan(highres_control(lambda x: x, vol, angles, origins, ctf, pix, 1.0, coarse)["bias_highres_frc_lowpass_map"])
 
 
 def test_max_cc_with_library_matches_pairwise_pearson() -> None:

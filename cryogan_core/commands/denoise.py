@@ -5,6 +5,11 @@ half set 2 as unseen particles, then denoises every particle. Outputs (in the ou
 folder): ``Denoised/particles_NNNNNN.mrcs``, ``particles.star`` (every input column kept;
 rlnImageName -> denoised, rlnImageOriginalName -> original; per-particle agreement
 columns), ``model.pt``, ``checkpoint.pt``, ``summary.json``, PNGs and ``logfile.pdf``.
+
+By default the network is CTF-aware (``--ctf_aware``): it sees each particle phase-flipped
+with the particle's CTF, and its output is multiplied by that CTF
+(:mod:`cryogan_core.physics.ctf_filters`), so the written particles carry the CTF of their
+own defocus, as the training targets do.
 """
 
 from __future__ import annotations
@@ -41,8 +46,8 @@ from cryogan_core.models.symmetry_average import symmetry_averaged
 from cryogan_core.models.unet import UNetGenerator
 from cryogan_core.physics.projection import forward_model
 from cryogan_core.report.denoise_report import write_denoise_report
-from cryogan_core.train.evaluate import extra_domain_control, generator_cc, image_scores, noise_control
-from cryogan_core.train.pairs import PairSettings, build_pairs, default_bg_radius_px, input_transform, particle_arrays
+from cryogan_core.train.evaluate import extra_domain_control, generator_cc, highres_control, image_scores, noise_control
+from cryogan_core.train.pairs import PairSettings, build_pairs, default_bg_radius_px, input_transform, particle_arrays, train_box_ctf
 from cryogan_core.train.pix2pix import Pix2PixConfig, Pix2PixTrainer, denoise_images, eta_seconds, train_pix2pix
 from cryogan_core.train.selection import BestWeights
 
@@ -236,7 +241,10 @@ def run_denoise(
         train_box = opts.train_box or box
         if train_box > box or train_box < 16:
             raise InputError(f"--train_box {train_box}: must be between 16 and the particles' box ({box})")
-        settings = PairSettings(box, train_box, default_bg_radius_px(box), mask_radius, not opts.ctf_free, opts.scale_mode)
+        settings = PairSettings(box, train_box, default_bg_radius_px(box), mask_radius, not opts.ctf_free, opts.scale_mode,
+                                ctf_aware=opts.ctf_aware and not opts.ctf_free)
+        if settings.ctf_aware:
+            logger.info("CTF-aware network: it sees each particle phase-flipped with its CTF; its output is multiplied by that CTF")
         generator, history, report = _train_and_report(
             inputs, opts, df, images, settings, volume_for_pixel, device, rng, should_stop, resume, out_dir, summary
         )
@@ -262,6 +270,7 @@ def run_denoise(
     summary["train_box"] = settings.train_box
     summary["pixel_size_output_A"] = pixel_size_train
     summary["ctf_targets"] = settings.ctf_targets
+    summary["ctf_aware"] = settings.ctf_aware
     summary["wall_time_s"] = time.time() - t_start
     summary["options"] = dataclasses.asdict(opts)
     write_denoise_report(out_dir, history, report, written.get("scores"))
@@ -300,7 +309,7 @@ def _train_and_report(
     best: BestWeights | None = None
     if len(val_rows):
         val = build_pairs(images, df, val_rows, volume_for_pixel, settings, device=device, should_stop=should_stop)
-        best = BestWeights(val["inputs"], val["targets"], settings.train_mask())
+        best = BestWeights(val["inputs"], val["targets"], settings.train_mask(), ctf=val.get("ctf"))
     logger.info(f"Prepared {len(train_rows) + len(val_rows) + len(heldout_rows)} training/validation/report pairs in {time.time() - t0:.0f} s (projection, CTF, scale fit)")
 
     n_steps = opts.n_steps
@@ -321,7 +330,9 @@ def _train_and_report(
         state = torch.load(ckpt, map_location=device, weights_only=True)
         in_both_halves = opts.train_both_halves and state.get("report_weights") is not None
         expected = {**_config_dict(config), "n_steps": extra} if in_both_halves else _config_dict(config)
-        if state.get("config") == expected and state.get("validation") == validation_key:
+        # a checkpoint of a network trained with or without the CTF-aware mode only resumes in the same mode
+        same_mode = bool(state.get("settings", {}).get("ctf_aware", False)) == settings.ctf_aware
+        if state.get("config") == expected and state.get("validation") == validation_key and same_mode:
             trainer.load_state_dict(state)
             if best is not None and state.get("selection") is not None:
                 best.load_state_dict(state["selection"])
@@ -337,6 +348,7 @@ def _train_and_report(
         """Write the trainer's state (and the best weights so far) to checkpoint.pt (atomically)."""
         state = trainer.state_dict()
         state["validation"] = validation_key
+        state["settings"] = settings.to_dict()
         state["selection"] = best.state_dict() if best is not None else None
         state["report_weights"] = report_weights
         with atomic_path(ckpt) as tmp:
@@ -359,6 +371,7 @@ def _train_and_report(
         train_pix2pix(
             trainer, train["inputs"], train["targets"], n_steps, on_step=_progress(n_steps, config.batch_size),
             checkpoint=save_checkpoint, should_stop=should_stop, validate=validate, validate_every=opts.validate_every,
+            ctf=train.get("ctf"),
         )
         use_best_weights()
         report_generator = trainer.generator
@@ -386,7 +399,7 @@ def _train_and_report(
         trainer.config.n_steps = extra
         logger.info(f"Training further on both halves ({len(both_rows)} particles) up to step {extra}")
         train_pix2pix(trainer, both["inputs"], both["targets"], extra, on_step=_progress(extra, config.batch_size), checkpoint=save_checkpoint,
-                      should_stop=should_stop, validate=validate, validate_every=opts.validate_every)
+                      should_stop=should_stop, validate=validate, validate_every=opts.validate_every, ctf=both.get("ctf"))
         use_best_weights()
         summary["train_steps"] = trainer.step_count
     if best is not None:
@@ -402,7 +415,8 @@ def _training_fit(generator: torch.nn.Module, train: dict[str, torch.Tensor], se
     first ``n`` training pairs: next to the held-out CC it tells over-fitting (training CC
     well above held-out) from under-fitting (both alike). Logged and returned."""
     n = max(1, min(n, train["inputs"].shape[0]))
-    cc = generator_cc(generator, train["inputs"][:n], train["targets"][:n], settings.train_mask())
+    ctf = train.get("ctf")
+    cc = generator_cc(generator, train["inputs"][:n], train["targets"][:n], settings.train_mask(), ctf=None if ctf is None else ctf[:n])
     verdict = "over-fitting: more particles or fewer steps would help" if cc - cc_heldout > 0.05 else "no over-fitting"
     logger.info(f"Fit: CC with the target {cc:.3f} on {n} training particles vs {cc_heldout:.3f} on unseen ones ({verdict})")
     return cc
@@ -441,7 +455,8 @@ def _heldout_report(
     tb = settings.train_box
     pixel_train = float(held_df["rlnImagePixelSize"].iloc[0]) * settings.box / tb
     mask = settings.train_mask()
-    denoised = denoise_images(generator, held["inputs"])
+    held_ctf = held.get("ctf")
+    denoised = denoise_images(generator, held["inputs"], ctf=held_ctf)
     raw_scores = image_scores(held["inputs"], held["reference_ctf"], mask, pixel_train)
     den_scores = image_scores(denoised, held["targets"], mask, pixel_train)
     scores = {
@@ -459,21 +474,31 @@ def _heldout_report(
     report: dict[str, Any] = {"scores": scores, "raw": raw_scores, "denoised_scores": den_scores,
                               "montage": {"raw (unseen)": held["inputs"][:8].numpy(), "denoised": denoised[:8].numpy(), "reference": held["targets"][:8].numpy()}}
     if not opts.no_bias_controls:
-        def denoise(x: torch.Tensor) -> torch.Tensor:
-            """The trained generator on ``(n, d, d)`` float32 images (CPU in, CPU out)."""
-            return denoise_images(generator, x.cpu())
+        def denoiser_with(ctf: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
+            """The trained generator on ``(n, d, d)`` float32 images (CPU in, CPU out); a
+            CTF-aware one uses ``ctf`` (the n particles' CTFs, cycled when n is larger)."""
+            def denoise(x: torch.Tensor) -> torch.Tensor:
+                c = None if ctf is None else ctf[torch.arange(x.shape[0]) % ctf.shape[0]]
+                return denoise_images(generator, x.cpu(), ctf=c)
+            return denoise
 
-        bias = noise_control(denoise, held["inputs"], denoised, held["targets"], mask, seed=opts.seed)
+        # pure-noise inputs get the held-out particles' CTFs (a CTF-aware network needs one)
+        bias = noise_control(denoiser_with(held_ctf), held["inputs"], denoised, held["targets"], mask, seed=opts.seed)
         angles, origins, ctf, pix = particle_arrays(held_df, device)
         p0 = float(pix[0])
         sel = torch.nonzero(pix == p0).squeeze(1)
         slope = float(held["slope"].median())
-        bias.update(extra_domain_control(denoise, volume_for_pixel(p0), angles[sel], origins[sel], ctf[sel], p0, slope, settings, seed=opts.seed))
+        sel_ctf = None if held_ctf is None else held_ctf[sel.cpu()]
+        bias.update(extra_domain_control(denoiser_with(sel_ctf), volume_for_pixel(p0), angles[sel], origins[sel], ctf[sel], p0, slope, settings, seed=opts.seed))
+        bias.update(highres_control(denoiser_with(sel_ctf), volume_for_pixel(p0), angles[sel], origins[sel], ctf[sel], p0, slope, settings, seed=opts.seed))
         logger.info(
             f"Bias controls: noise outputs' best CC with references {bias['bias_noise_max_cc_with_references']:.3f} "
             f"(real particles {bias['bias_real_max_cc_with_references']:.3f}), noise output RMS ratio {bias['bias_noise_output_rms_ratio']:.2f}; "
             f"extra domain ({100 * bias['bias_extra_domain_mass_fraction']:.0f}% mass) recovered r = {bias['bias_extra_domain_recovery_r']:.2f} "
-            f"(noise-free {bias['bias_extra_domain_r_noise_free']:.2f})"
+            f"(noise-free {bias['bias_extra_domain_r_noise_free']:.2f}); "
+            f"FRC {bias['bias_highres_band_A'][0]:.0f}-{bias['bias_highres_band_A'][1]:.0f} Å with the reference: "
+            f"{bias['bias_highres_frc_full_map']:.3f} for particles of the map, {bias['bias_highres_frc_lowpass_map']:.3f} "
+            f"for particles of the map low-passed at {bias['bias_highres_band_A'][0]:.0f} Å (painted detail)"
         )
         report["bias"] = bias
     return report
@@ -541,8 +566,8 @@ def _denoise_all(
                 raw = torch.from_numpy(images.read(idx)).to(device)
                 transform = input_transform(raw, settings)
                 x = transform(raw)
-                with torch.inference_mode():
-                    y = generator(x.unsqueeze(1))[:, 0]
+                ctf_tb = train_box_ctf(df.iloc[idx], settings, device) if settings.ctf_aware else None
+                y = denoise_images(generator, x, batch_size=len(idx), ctf=ctf_tb).to(device)
                 writer.write(b, y.cpu().numpy().astype(dtype))
                 if score:
                     angles, origins, ctf, pix = particle_arrays(df.iloc[idx], device)

@@ -11,6 +11,10 @@ cryo-electron microscopy: Einstein from noise"). Two controls:
    particles of map B = A + an extra domain that A lacks, and measure the fraction of the
    extra domain's signal recovered, ``r = <out - P_A, P_B - P_A> / ||P_B - P_A||²``
    (:func:`recovery_fraction`; 1 = recovered, 0 = the reference painted over it).
+3. High-resolution painting: denoise particles of map A low-passed at 20 Å (they carry no
+   signal past 20 Å) and measure the outputs' mean FRC with map A's projections over
+   20–10 Å; whatever agreement is there was painted in (:func:`lowpass_volume`,
+   :func:`cryogan_core.train.evaluate.highres_control`).
 """
 
 from __future__ import annotations
@@ -116,3 +120,29 @@ def add_extra_domain(volume: torch.Tensor, mass_fraction: float = 0.06, radius_p
     mass_a = float(vol_cpu.clamp_min(0).sum())
     domain = sphere * (mass_fraction * mass_a / float(sphere.sum()))
     return volume + domain.to(volume.device, volume.dtype)
+
+
+def lowpass_volume(volume: torch.Tensor, pixel_size_A: float, cutoff_A: float) -> torch.Tensor:
+    """The map with every Fourier component past ``cutoff_A`` set to zero (a hard sphere).
+
+    Args:
+        volume: ``(D, D, D)`` float map.
+        pixel_size_A: voxel size in Å.
+        cutoff_A: resolution in Å; components at spatial frequency ``> 1/cutoff_A`` are removed.
+
+    Returns:
+        ``(D, D, D)`` float32 map on ``volume.device``.
+
+    Raises:
+        ValueError: if the map is not cubic or ``pixel_size_A`` / ``cutoff_A`` is not positive.
+    """
+    if volume.ndim != 3 or len(set(volume.shape)) != 1:
+        raise ValueError(f"volume must be cubic (D, D, D), got {tuple(volume.shape)}")
+    if not (pixel_size_A > 0 and cutoff_A > 0):
+        raise ValueError(f"pixel_size_A and cutoff_A must be > 0, got {pixel_size_A} and {cutoff_A}")
+    d = volume.shape[-1]
+    f = torch.fft.fftfreq(d, d=pixel_size_A, device=volume.device)
+    fx = torch.fft.rfftfreq(d, d=pixel_size_A, device=volume.device)
+    radius = torch.sqrt(f[:, None, None] ** 2 + f[None, :, None] ** 2 + fx[None, None, :] ** 2)
+    keep = (radius <= 1.0 / cutoff_A).to(torch.float32)
+    return torch.fft.irfftn(torch.fft.rfftn(volume.to(torch.float32)) * keep, s=volume.shape)

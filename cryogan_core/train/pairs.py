@@ -25,7 +25,7 @@ import torch
 
 from cryogan_core.io.images import ParticleImages
 from cryogan_core.metrics.images import circular_mask, least_squares_scale
-from cryogan_core.physics.ctf import CtfParams
+from cryogan_core.physics.ctf import CtfParams, compute_ctf
 from cryogan_core.physics.projection import forward_model
 from cryogan_core.physics.resample import fourier_crop_images
 
@@ -44,6 +44,9 @@ class PairSettings:
             CTF-free projections (the network also corrects the CTF).
         scale_mode: ``"particle"`` (a least-squares slope per particle) or ``"pooled"``
             (one slope over all particles of the batch set, robust at very low SNR).
+        ctf_aware: the network sees phase-flipped particles and its output is multiplied by
+            the particle's CTF (:mod:`cryogan_core.physics.ctf_filters`; only with
+            ``ctf_targets``). False for models saved before the option existed.
     """
 
     box: int
@@ -52,6 +55,7 @@ class PairSettings:
     mask_radius_px: float
     ctf_targets: bool = True
     scale_mode: str = "particle"
+    ctf_aware: bool = False
 
     def to_dict(self) -> dict:
         """Plain-dict form (for checkpoints loaded with ``weights_only=True``)."""
@@ -186,6 +190,25 @@ def make_targets(
     return a[:, None, None] * predicted_target + b[:, None, None], a
 
 
+def train_box_ctf(df: pd.DataFrame, settings: PairSettings, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Each particle's CTF at the training box (what its Fourier-cropped image carries).
+
+    Args:
+        df: ``n`` particle rows with the CTF columns and ``rlnImagePixelSize`` (Å).
+        settings: the pair settings (``box`` and ``train_box``).
+        device: torch device of the result.
+
+    Returns:
+        ``(n, train_box, train_box//2+1)`` float32 CTFs in the ``rfft2`` layout
+        (:func:`~cryogan_core.physics.ctf.compute_ctf`) at the training pixel size
+        ``rlnImagePixelSize · box / train_box``: Fourier cropping keeps the low frequencies,
+        so the cropped image's CTF is the CTF on the coarser grid.
+    """
+    pix = torch.tensor(df["rlnImagePixelSize"].to_numpy(), dtype=torch.float32) * settings.box / settings.train_box
+    params = CtfParams.from_particles(df.reset_index(drop=True))
+    return compute_ctf(params, settings.train_box, pix, rfft=True).to(device)
+
+
 def particle_arrays(df: pd.DataFrame, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor, CtfParams, torch.Tensor]:
     """Poses, origins, CTF and pixel sizes of a particle table as tensors.
 
@@ -224,7 +247,8 @@ def build_pairs(
     Returns:
         Dict of CPU float32 tensors: ``inputs`` and ``targets`` ``(n, train_box, train_box)``,
         ``reference_ctf`` (the scaled CTF'd prediction, what the particle should look like
-        without noise, at ``train_box``) and ``slope (n,)``.
+        without noise, at ``train_box``) and ``slope (n,)``; with ``settings.ctf_aware`` also
+        ``ctf`` ``(n, train_box, train_box//2+1)`` (:func:`train_box_ctf`).
     """
     n = len(rows)
     tb = settings.train_box
@@ -256,4 +280,6 @@ def build_pairs(
         out["targets"][start:stop] = transform.crop(target).cpu()
         out["reference_ctf"][start:stop] = transform.crop(ref_ctf).cpu()
         out["slope"][start:stop] = slope.cpu()
+    if settings.ctf_aware:
+        out["ctf"] = train_box_ctf(df.iloc[rows], settings)
     return out

@@ -27,6 +27,7 @@ class BestWeights:
         inputs: ``(n, H, W)`` float32 validation particles (network-input units).
         targets: ``(n, H, W)`` float32 their training targets (same units).
         mask: ``(H, W)`` bool, the region scored (the scores' circular mask).
+        ctf: ``(n, H, W//2+1)`` the particles' CTFs for a CTF-aware model, else None.
 
     Attributes:
         curve: ``[(step, mean CC), ...]`` of every update, in order; :attr:`best_step`,
@@ -36,16 +37,16 @@ class BestWeights:
         ValueError: if inputs and targets differ in shape or there are no particles.
     """
 
-    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> None:
+    def __init__(self, inputs: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, ctf: torch.Tensor | None = None) -> None:
         if inputs.shape != targets.shape or inputs.shape[0] == 0:
             raise ValueError(f"validation inputs {tuple(inputs.shape)} and targets {tuple(targets.shape)} must match and be non-empty")
-        self.inputs, self.targets, self.mask = inputs, targets, mask
+        self.inputs, self.targets, self.mask, self.ctf = inputs, targets, mask, ctf
         self.curve: list[tuple[int, float]] = []
         self._best_state: dict[str, torch.Tensor] | None = None
 
     def score(self, generator: nn.Module) -> float:
         """Mean CC inside the mask of the denoised validation particles with their targets."""
-        return generator_cc(generator, self.inputs, self.targets, self.mask)
+        return generator_cc(generator, self.inputs, self.targets, self.mask, ctf=self.ctf)
 
     def _best(self) -> tuple[int, float]:
         """``(step, cc)`` of the first highest CC of the curve; ``(0, -inf)`` when empty."""
