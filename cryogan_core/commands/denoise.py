@@ -478,6 +478,7 @@ def _heldout_report(
             """The trained generator on ``(n, d, d)`` float32 images (CPU in, CPU out); a
             CTF-aware one uses ``ctf`` (the n particles' CTFs, cycled when n is larger)."""
             def denoise(x: torch.Tensor) -> torch.Tensor:
+                """``(n, d, d)`` float32 network inputs -> ``(n, d, d)`` float32 outputs (CPU)."""
                 c = None if ctf is None else ctf[torch.arange(x.shape[0]) % ctf.shape[0]]
                 return denoise_images(generator, x.cpu(), ctf=c)
             return denoise
