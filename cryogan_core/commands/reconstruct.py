@@ -56,6 +56,8 @@ from cryogan_core.models.volume import VoxelVolume  # noqa: E402
 from cryogan_core.physics.ctf import CtfParams  # noqa: E402
 from cryogan_core.physics.noise import (  # noqa: E402
     BackgroundNoise,
+    CroppedNoise,
+    background_variance,
     micrograph_noise_patches,
     noise_from_micrograph_windows,
 )
@@ -109,6 +111,9 @@ def _format_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
+_NOISE_SOURCE_BYTES = 200 * 2**20  # particles read at their own box for the noise source
+
+
 def _load_images(images: ParticleImages, rows: np.ndarray, box_out: int, radius_px: float) -> torch.Tensor:
     """Read ``rows``, Fourier-crop to ``box_out`` and normalise the background; CPU float32."""
     out = torch.empty((len(rows), box_out, box_out), dtype=torch.float32)
@@ -135,8 +140,26 @@ def _check_star(star_path: Path, df, opts: ReconstructOptions) -> float:
 
 
 def _build_noise(opts: ReconstructOptions, imgs: torch.Tensor, radius_t: float, mics_windows: torch.Tensor | None,
-                 gen: torch.Generator) -> BackgroundNoise:
-    """The noise source of one half set (see ``--noise``)."""
+                 gen: torch.Generator, full: tuple[torch.Tensor, float] | None = None) -> BackgroundNoise | CroppedNoise:
+    """The noise source of one half set (see ``--noise``).
+
+    Args:
+        opts: the job's options.
+        imgs: ``(n, b, b)`` normalised particles at the training box b.
+        radius_t: particle radius (training px).
+        mics_windows: micrograph windows at the training box, or None.
+        gen: CPU generator of the patch selection.
+        full: ``(images, radius_px)`` at the particles' own box when it is larger than the
+            training box: patch and white noise are then made there and Fourier-cropped
+            like the particles (:class:`~cryogan_core.physics.noise.CroppedNoise`), which
+            keeps the noise spectrum of the cropped particles, Nyquist included.
+
+    Returns:
+        The noise source at the training box.
+
+    Raises:
+        InputError: ``--noise micrographs`` without micrographs.
+    """
     mode = opts.noise
     if mode == "auto":
         mode = "micrographs" if mics_windows is not None else "patches"
@@ -145,15 +168,20 @@ def _build_noise(opts: ReconstructOptions, imgs: torch.Tensor, radius_t: float, 
             raise InputError("--noise micrographs needs --in_mics (a micrograph STAR)")
         noise = BackgroundNoise.from_particles(imgs, radius_t)  # for the variance
         return noise_from_micrograph_windows(mics_windows, noise.variance)
+    variance = background_variance(imgs, radius_t)
+    src_imgs, src_radius = full if full is not None else (imgs, radius_t)
     if mode == "white":
-        return BackgroundNoise("white", imgs.shape[-1], BackgroundNoise.from_particles(imgs, radius_t, patch_px=0).variance)
-    noise = BackgroundNoise.from_particles(imgs, radius_t, generator=gen)
-    if noise.mode == "white":
-        logger.warning(
-            f"No background patch fits outside the particle radius ({radius_t:.1f} px in a {imgs.shape[-1]} px box): "
-            "using white Gaussian noise of the background variance"
-        )
-    return noise
+        source = BackgroundNoise("white", src_imgs.shape[-1], background_variance(src_imgs, src_radius))
+    else:
+        source = BackgroundNoise.from_particles(src_imgs, src_radius, generator=gen)
+        if source.mode == "white":
+            logger.warning(
+                f"No background patch fits outside the particle radius ({src_radius:.1f} px in a {src_imgs.shape[-1]} px box): "
+                "using white Gaussian noise of the background variance"
+            )
+    if full is None:
+        return source
+    return CroppedNoise.from_source(source, int(imgs.shape[-1]), variance, seed=opts.seed)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -381,7 +409,15 @@ def run_reconstruct(
             sub = df.iloc[rows].reset_index(drop=True)
             imgs = _load_images(images, rows, s.box, s.radius_px)
             gen = torch.Generator().manual_seed(opts.seed * 31 + h)
-            noise = _build_noise(opts, imgs, s.radius_px, mics_windows, gen)
+            full = None
+            if s.box < box and not use_mics:
+                # noise is made at the particles' box and cropped as they are (CroppedNoise)
+                radius_full = s.radius_px * box / s.box
+                n_full = min(len(rows), max(200, _NOISE_SOURCE_BYTES // (4 * box * box)))
+                pick = np.sort(np.random.default_rng(opts.seed * 31 + h).permutation(len(rows))[:n_full])
+                full = (_load_images(images, rows[pick], box, radius_full), radius_full)
+            noise = _build_noise(opts, imgs, s.radius_px, mics_windows, gen, full)
+            del full
             angles = origins = None
             if opts.pose_prior == "star":
                 angles = torch.tensor(sub[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(), dtype=torch.float32)

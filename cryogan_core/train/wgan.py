@@ -52,7 +52,7 @@ from cryogan_core.models.volume import VoxelVolume
 from cryogan_core.metrics.images import normalize_background
 from cryogan_core.physics.ctf import CtfParams, compute_ctf
 from cryogan_core.physics.euler import euler_to_matrix, random_euler_deg
-from cryogan_core.physics.noise import BackgroundNoise
+from cryogan_core.physics.noise import BackgroundNoise, CroppedNoise
 from cryogan_core.physics.projection import project, shift_phase
 
 SHIFT_PRIORS = ("uniform", "gaussian", "star", "none")
@@ -152,7 +152,9 @@ class SimulationPriors:
         ctf: CTFs of the real particles (length m); each simulated image takes a random one.
         pixel_size_A: training pixel size (Å).
         box: training box (px).
-        noise: the background-noise source (its ``box`` must equal ``box``).
+        noise: the background-noise source (its ``box`` must equal ``box``); a
+            :class:`~cryogan_core.physics.noise.CroppedNoise` when the particles were
+            Fourier-cropped to ``box``.
         bg_radius_px: radius (training px) outside which images are normalised to mean 0,
             std 1 (RELION ``--bg_radius``).
         shift_prior: ``"uniform"`` (each axis uniform in ±``shift_px``), ``"gaussian"``
@@ -168,7 +170,7 @@ class SimulationPriors:
     ctf: CtfParams
     pixel_size_A: float
     box: int
-    noise: BackgroundNoise
+    noise: BackgroundNoise | CroppedNoise
     bg_radius_px: float
     shift_prior: str = "uniform"
     shift_px: float = 0.0
