@@ -23,7 +23,7 @@ from cryogan_core.physics.ctf_filters import ctf_modulate, phase_flip
 from cryogan_core.physics.phantom import procedural_volume
 from cryogan_core.physics.ctf import CtfParams
 from cryogan_core.physics.projection import forward_model
-from cryogan_core.train.evaluate import highres_control
+from cryogan_core.train.evaluate import HeldoutSimulation, highres_control
 from cryogan_core.train.pairs import PairSettings, default_bg_radius_px, input_transform, make_targets, prepare_inputs, train_box_ctf
 
 SMALL = {"base_channels": 8, "depth": 2, "batch_size": 8, "n_report": 60, "stack_size": 100}
@@ -229,17 +229,19 @@ def test_highres_control_tells_painted_detail_from_recovered_detail() -> None:
     settings = PairSettings(box, box, default_bg_radius_px(box), 0.45 * box)
     noise_std = 0.02 * float(forward_model(vol, angles, origins, pix, ctf=ctf).std())
     # a denoiser that returns its input: nothing past 20 Å in, nothing past 20 Å out
-    honest = highres_control(lambda x: x, vol, angles, origins, ctf, pix, 1.0, settings, noise_std=noise_std)
+    held = HeldoutSimulation(angles, origins, ctf, pix, 1.0, settings, noise_std=noise_std)
+    honest = highres_control(lambda x: x, vol, held)
     assert honest["bias_highres_band_A"] == [20.0, 10.0]
     assert honest["bias_highres_frc_full_map"] > 0.8
     assert abs(honest["bias_highres_frc_lowpass_map"]) < 0.1
     # a denoiser that paints the reference whatever comes in
     painted = forward_model(vol, angles, origins, pix, ctf=ctf)
-    painter = highres_control(lambda x: painted, vol, angles, origins, ctf, pix, 1.0, settings, noise_std=noise_std)
+    painter = highres_control(lambda x: painted, vol, held)
     assert painter["bias_highres_frc_lowpass_map"] > 0.95
     # a training box too coarse for the band: not measured
     coarse = PairSettings(box, 10, default_bg_radius_px(box), 0.45 * box)  # Nyquist 25.6 Å
-    assert math.isnan(highres_control(lambda x: x, vol, angles, origins, ctf, pix, 1.0, coarse)["bias_highres_frc_lowpass_map"])
+    coarse_held = HeldoutSimulation(angles, origins, ctf, pix, 1.0, coarse)
+    assert math.isnan(highres_control(lambda x: x, vol, coarse_held)["bias_highres_frc_lowpass_map"])
 
 
 def test_max_cc_with_library_matches_pairwise_pearson() -> None:

@@ -46,7 +46,14 @@ from cryogan_core.models.symmetry_average import symmetry_averaged
 from cryogan_core.models.unet import UNetGenerator
 from cryogan_core.physics.projection import forward_model
 from cryogan_core.report.denoise_report import write_denoise_report
-from cryogan_core.train.evaluate import extra_domain_control, generator_cc, highres_control, image_scores, noise_control
+from cryogan_core.train.evaluate import (
+    HeldoutSimulation,
+    extra_domain_control,
+    generator_cc,
+    highres_control,
+    image_scores,
+    noise_control,
+)
 from cryogan_core.train.pairs import PairSettings, build_pairs, default_bg_radius_px, input_transform, particle_arrays, train_box_ctf
 from cryogan_core.train.pix2pix import Pix2PixConfig, Pix2PixTrainer, denoise_images, eta_seconds, train_pix2pix
 from cryogan_core.train.selection import BestWeights
@@ -490,8 +497,9 @@ def _heldout_report(
         sel = torch.nonzero(pix == p0).squeeze(1)
         slope = float(held["slope"].median())
         sel_ctf = None if held_ctf is None else held_ctf[sel.cpu()]
-        bias.update(extra_domain_control(denoiser_with(sel_ctf), volume_for_pixel(p0), angles[sel], origins[sel], ctf[sel], p0, slope, settings, seed=opts.seed))
-        bias.update(highres_control(denoiser_with(sel_ctf), volume_for_pixel(p0), angles[sel], origins[sel], ctf[sel], p0, slope, settings, seed=opts.seed))
+        held = HeldoutSimulation(angles[sel], origins[sel], ctf[sel], p0, slope, settings)
+        bias.update(extra_domain_control(denoiser_with(sel_ctf), volume_for_pixel(p0), held, seed=opts.seed))
+        bias.update(highres_control(denoiser_with(sel_ctf), volume_for_pixel(p0), held, seed=opts.seed))
         logger.info(
             f"Bias controls: noise outputs' best CC with references {bias['bias_noise_max_cc_with_references']:.3f} "
             f"(real particles {bias['bias_real_max_cc_with_references']:.3f}), noise output RMS ratio {bias['bias_noise_output_rms_ratio']:.2f}; "

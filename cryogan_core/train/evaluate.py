@@ -8,6 +8,7 @@ the particle's pose, with or without the CTF, scaled to the particle by least sq
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -119,37 +120,68 @@ def noise_control(
     }
 
 
+@dataclass(frozen=True)
+class HeldoutSimulation:
+    """How the bias controls simulate particles: at the held-out particles' poses, origins
+    and CTFs, in the units of the normalised real particles (``slope`` × prediction + white
+    noise of ``noise_std``).
+
+    Attributes:
+        angles_deg: ``(n, 3)`` RELION Euler angles ``[rot, tilt, psi]`` of the held-out
+            particles (degrees).
+        origins_A: ``(n, 2)`` their ``[rlnOriginXAngst, rlnOriginYAngst]`` (Å).
+        ctf: their CTFs (length n).
+        pixel_size_A: pixel size of the particles (Å).
+        slope: the pooled particle/prediction scale of the real particles.
+        settings: pair settings of the model (targets with or without CTF, boxes).
+        noise_std: std of the simulated noise (1 = RELION-normalised background).
+    """
+
+    angles_deg: torch.Tensor
+    origins_A: torch.Tensor
+    ctf: CtfParams
+    pixel_size_A: float
+    slope: float
+    settings: PairSettings
+    noise_std: float = 1.0
+
+    def predict(self, volume: torch.Tensor, with_ctf: bool = True) -> torch.Tensor:
+        """Noise-free images ``(n, box, box)`` of ``volume`` ``(box, box, box)`` at the
+        held-out poses (:func:`~cryogan_core.physics.projection.forward_model`), CTF'd or not."""
+        with torch.no_grad():
+            return forward_model(volume, self.angles_deg, self.origins_A, self.pixel_size_A, ctf=self.ctf if with_ctf else None)
+
+    def target(self, volume: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+        """The model's training target for ``volume``: ``predicted`` (its CTF'd images) for
+        CTF'd targets, else its images without CTF."""
+        return predicted if self.settings.ctf_targets else self.predict(volume, with_ctf=False)
+
+    def noise(self, like: torch.Tensor, seed: int) -> torch.Tensor:
+        """White Gaussian noise of ``noise_std``, shaped and placed as ``like``."""
+        g = torch.Generator().manual_seed(seed)
+        return self.noise_std * torch.randn(like.shape, generator=g).to(like.device)
+
+
 def extra_domain_control(
     denoise: Callable[[torch.Tensor], torch.Tensor],
     volume_a: torch.Tensor,
-    angles_deg: torch.Tensor,
-    origins_A: torch.Tensor,
-    ctf: CtfParams,
-    pixel_size_A: float,
-    slope: float,
-    settings: PairSettings,
+    held: HeldoutSimulation,
     mass_fraction: float = 0.06,
-    noise_std: float = 1.0,
     seed: int = 0,
 ) -> dict[str, float]:
     """Control 2 (Su et al. 2018, Fig. 5): can the denoiser show density the reference lacks?
 
     Map B = map A + a globular domain of ``mass_fraction`` of A's mass
-    (:func:`cryogan_core.metrics.bias.add_extra_domain`). Particles of B are simulated at
-    the held-out particles' poses, origins and CTFs, in the units of the normalised real
-    particles (``slope`` × prediction + white noise of ``noise_std``), denoised by the
-    network trained on A's references, and ``r`` (:func:`recovery_fraction`) measures the
-    fraction of the extra domain's signal in the outputs.
+    (:func:`cryogan_core.metrics.bias.add_extra_domain`). Particles of B are simulated as
+    ``held`` says, denoised by the network trained on A's references, and ``r``
+    (:func:`recovery_fraction`) measures the fraction of the extra domain's signal in the
+    outputs.
 
     Args:
         denoise: inputs ``(n, tb, tb)`` -> outputs.
         volume_a: ``(box, box, box)`` the reference map at the particles' pixel size.
-        angles_deg, origins_A, ctf: poses and CTFs of the held-out particles (n).
-        pixel_size_A: pixel size of the particles (Å).
-        slope: the pooled particle/prediction scale of the real particles.
-        settings: pair settings of the model (targets with or without CTF, boxes).
+        held: the held-out particles' poses, CTFs and units.
         mass_fraction: mass of the extra domain relative to A.
-        noise_std: std of the simulated noise (1 = RELION-normalised background).
         seed: seed of the domain placement and the noise.
 
     Returns:
@@ -157,63 +189,44 @@ def extra_domain_control(
         ``bias_extra_domain_r_noise_free`` (r for noise-free B inputs: the best case).
     """
     volume_b = add_extra_domain(volume_a, mass_fraction=mass_fraction, seed=seed)
-    with torch.no_grad():
-        ctf_a = forward_model(volume_a, angles_deg, origins_A, pixel_size_A, ctf=ctf)
-        ctf_b = forward_model(volume_b, angles_deg, origins_A, pixel_size_A, ctf=ctf)
-        if settings.ctf_targets:
-            tgt_a, tgt_b = ctf_a, ctf_b
-        else:
-            tgt_a = forward_model(volume_a, angles_deg, origins_A, pixel_size_A, ctf=None)
-            tgt_b = forward_model(volume_b, angles_deg, origins_A, pixel_size_A, ctf=None)
-    g = torch.Generator().manual_seed(seed + 1)
-    noise = noise_std * torch.randn(ctf_b.shape, generator=g).to(ctf_b.device)
+    ctf_a, ctf_b = held.predict(volume_a), held.predict(volume_b)
+    tgt_a, tgt_b = held.target(volume_a, ctf_a), held.target(volume_b, ctf_b)
     results = {}
-    mask = settings.train_mask(ctf_b.device)
-    noisy = slope * ctf_b + noise
-    transform = input_transform(noisy, settings)  # the normalisation the noisy particles get
-    ref_a, ref_b = transform(slope * tgt_a), transform(slope * tgt_b)
-    for label, raw in (("bias_extra_domain_recovery_r", noisy), ("bias_extra_domain_r_noise_free", slope * ctf_b)):
+    mask = held.settings.train_mask(ctf_b.device)
+    noisy = held.slope * ctf_b + held.noise(ctf_b, seed + 1)
+    transform = input_transform(noisy, held.settings)  # the normalisation the noisy particles get
+    ref_a, ref_b = transform(held.slope * tgt_a), transform(held.slope * tgt_b)
+    for label, raw in (("bias_extra_domain_recovery_r", noisy), ("bias_extra_domain_r_noise_free", held.slope * ctf_b)):
         out = denoise(transform(raw)).to(raw.device)
         results[label] = recovery_fraction(out, ref_a, ref_b, mask)
     results["bias_extra_domain_mass_fraction"] = mass_fraction
-    results["bias_extra_domain_n_particles"] = int(angles_deg.shape[0])
+    results["bias_extra_domain_n_particles"] = int(held.angles_deg.shape[0])
     return results
 
 
 def highres_control(
     denoise: Callable[[torch.Tensor], torch.Tensor],
     volume_a: torch.Tensor,
-    angles_deg: torch.Tensor,
-    origins_A: torch.Tensor,
-    ctf: CtfParams,
-    pixel_size_A: float,
-    slope: float,
-    settings: PairSettings,
+    held: HeldoutSimulation,
     cutoff_A: float = 20.0,
     band_high_A: float = 10.0,
-    noise_std: float = 1.0,
     seed: int = 0,
 ) -> dict[str, float]:
     """Control 3: does the denoiser paint the reference's high-resolution detail?
 
-    Particles are simulated at the held-out poses, origins and CTFs (``slope`` × prediction
-    + white noise of ``noise_std``, as :func:`extra_domain_control`) twice: from map A,
-    and from map A low-passed at ``cutoff_A`` (:func:`~cryogan_core.metrics.bias.lowpass_volume`),
-    which carries no signal past it. Both are denoised, and each output's single-image FRC
-    with map A's reference image is averaged over ``cutoff_A``–``band_high_A`` (capped at the
-    training Nyquist). For the low-passed particles any agreement there was painted in from
-    the training reference; for the full-map particles it is recovered signal plus painting.
+    Particles are simulated as ``held`` says twice: from map A, and from map A low-passed
+    at ``cutoff_A`` (:func:`~cryogan_core.metrics.bias.lowpass_volume`), which carries no
+    signal past it. Both are denoised, and each output's single-image FRC with map A's
+    reference image is averaged over ``cutoff_A``–``band_high_A`` (capped at the training
+    Nyquist). For the low-passed particles any agreement there was painted in from the
+    training reference; for the full-map particles it is recovered signal plus painting.
 
     Args:
         denoise: inputs ``(n, tb, tb)`` -> outputs.
         volume_a: ``(box, box, box)`` the reference map at the particles' pixel size.
-        angles_deg, origins_A, ctf: poses and CTFs of the held-out particles (n).
-        pixel_size_A: pixel size of the particles (Å).
-        slope: the pooled particle/prediction scale of the real particles.
-        settings: pair settings of the model (targets with or without CTF, boxes).
+        held: the held-out particles' poses, CTFs and units.
         cutoff_A: the low-pass of the control map (Å).
         band_high_A: high-resolution end of the FRC band (Å).
-        noise_std: std of the simulated noise (1 = RELION-normalised background).
         seed: seed of the noise.
 
     Returns:
@@ -221,22 +234,21 @@ def highres_control(
         band; NaN when the training Nyquist is coarser than ``cutoff_A``),
         ``bias_highres_band_A`` ``[low, high]``.
     """
-    pixel_train = pixel_size_A * settings.box / settings.train_box
+    settings = held.settings
+    pixel_train = held.pixel_size_A * settings.box / settings.train_box
     band = (cutoff_A, max(band_high_A, 2.0 * pixel_train))
     out: dict[str, Any] = {"bias_highres_band_A": [band[0], band[1]]}
     if band[1] >= band[0]:
         return {**out, "bias_highres_frc_full_map": math.nan, "bias_highres_frc_lowpass_map": math.nan}
-    volume_lp = lowpass_volume(volume_a, pixel_size_A, cutoff_A)
-    with torch.no_grad():
-        pred = {k: forward_model(v, angles_deg, origins_A, pixel_size_A, ctf=ctf) for k, v in (("full", volume_a), ("lowpass", volume_lp))}
-        ref_a = pred["full"] if settings.ctf_targets else forward_model(volume_a, angles_deg, origins_A, pixel_size_A, ctf=None)
-    g = torch.Generator().manual_seed(seed + 2)
-    noise = noise_std * torch.randn(ref_a.shape, generator=g).to(ref_a.device)
+    volume_lp = lowpass_volume(volume_a, held.pixel_size_A, cutoff_A)
+    pred = {"full": held.predict(volume_a), "lowpass": held.predict(volume_lp)}
+    ref_a = held.target(volume_a, pred["full"])
+    noise = held.noise(ref_a, seed + 2)
     mask = settings.train_mask(ref_a.device)
     for key, clean in pred.items():
-        raw = slope * clean + noise
+        raw = held.slope * clean + noise
         transform = input_transform(raw, settings)
         est = denoise(transform(raw)).to(raw.device)
-        scores = image_scores(est, transform(slope * ref_a), mask, pixel_train, band_A=band)
+        scores = image_scores(est, transform(held.slope * ref_a), mask, pixel_train, band_A=band)
         out[f"bias_highres_frc_{key}_map"] = float(np.mean(scores["fsc_band"]))
     return out
