@@ -437,6 +437,7 @@ def run_reconstruct(
         n_critic=opts.n_critic, gp_lambda=opts.gp_lambda, lr=opts.lr, lr_critic=opts.lr_critic or None,
         lr_gamma=opts.lr_gamma, beta1=opts.beta1, beta2=opts.beta2, batch_size=opts.batch_size,
         blur_sigma_px=opts.blur_sigma_px, blur_end=opts.blur_end, n_epochs=opts.n_epochs, seed=opts.seed,
+        critic={"channels": tuple(opts.critic_width * 2**i for i in range(4))},
     )
 
     def stage_config(s: _Sampling) -> WganConfig:
