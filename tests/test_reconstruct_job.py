@@ -161,7 +161,8 @@ def test_options_from_mapping_converts_and_checks():
     opts = options_from_mapping(ReconstructOptions, {"box_train": "32", "positivity": "no", "lr": "1e-3", "symmetry": "D2"})
     assert (opts.box_train, opts.positivity, opts.lr, opts.symmetry) == (32, False, 1e-3, "D2")
     assert options_from_mapping(ReconstructOptions, {}) == ReconstructOptions()
-    for bad, match in [({"n_critic": "0"}, "--n_critic 0: must be > 0"), ({"noise": "pink"}, "--noise pink"),
+    for bad, match in [({"n_critic": "0"}, "--n_critic 0: must be > 0"), ({"critic_width": "0"}, "--critic_width 0: must be > 0"),
+                       ({"noise": "pink"}, "--noise pink"),
                        ({"positivity": "maybe"}, "expected yes or no"), ({"lr_gamma": "1.5"}, "--lr_gamma 1.5")]:
         with pytest.raises(InputError, match=match):
             options_from_mapping(ReconstructOptions, bad)

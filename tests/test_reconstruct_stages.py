@@ -113,6 +113,15 @@ def test_a_checkpoint_of_another_schedule_is_refused(sim24, tmp_path):
         _run(sim24, tmp_path / "out", box_final="20")
 
 
+def test_critic_width_sets_the_critics_channels_and_must_match_to_continue(sim24, tmp_path):
+    _run(sim24, tmp_path / "out", stop_after_calls=3, critic_width="8")
+    ckpt = torch.load(tmp_path / "out/checkpoint.pt", weights_only=False)
+    assert tuple(ckpt["trainers"][0]["critic_config"]["channels"]) == (8, 16, 32, 64)
+    assert ckpt["trainers"][0]["critic"]["features.0.weight"].shape[0] == 8
+    with pytest.raises(InputError, match="made with critic_width = 8, this run has 16"):
+        _run(sim24, tmp_path / "out")
+
+
 @pytest.mark.parametrize(
     "values, match",
     [

@@ -231,6 +231,7 @@ def _checkpoint_meta(opts: ReconstructOptions, boxes: list[int], use: np.ndarray
         "positivity": opts.positivity,
         "batch_size": opts.batch_size,
         "n_critic": opts.n_critic,
+        "critic_width": opts.critic_width,
         "star": str(star_path),
     }
 
@@ -247,6 +248,7 @@ def _read_checkpoint(path: Path, meta: dict) -> dict:
         raise InputError(f"{path}: cannot read the checkpoint ({type(exc).__name__}); delete it to start again") from None
     saved = dict(state.get("meta", {}))
     saved.setdefault("box_final", saved.get("box_train"))  # checkpoints from before --box_final
+    saved.setdefault("critic_width", 16)  # checkpoints from before --critic_width
     for key, value in meta.items():
         if key == "star":
             continue
