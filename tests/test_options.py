@@ -95,6 +95,7 @@ def test_from_mapping_rejects_unknown_names_and_bad_values():
     (DenoiseOptions, {"l1_weight": "0", "gan_weight": "0"}, "nothing to train on"),
     (DenoiseOptions, {"device": "tpu"}, "tpu"),
     (DenoiseOptions, {"average_symmetries": "3"}, "--average_symmetries 3: must be one of 1, 2, 4, 8"),
+    (DenoiseOptions, {"recon_loss": "huber"}, "--recon_loss huber: must be one of l1, l2"),
     (ReconstructOptions, {"symmetry": "X3"}, "--symmetry X3"),
     (ReconstructOptions, {"box_train": "8"}, "--box_train 8: must be >= 16"),
 ])

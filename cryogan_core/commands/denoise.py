@@ -55,7 +55,7 @@ from cryogan_core.train.evaluate import (
     noise_control,
 )
 from cryogan_core.train.pairs import PairSettings, build_pairs, default_bg_radius_px, input_transform, particle_arrays, train_box_ctf
-from cryogan_core.train.pix2pix import Pix2PixConfig, Pix2PixTrainer, denoise_images, eta_seconds, train_pix2pix
+from cryogan_core.train.pix2pix import Pix2PixConfig, Pix2PixTrainer, denoise_images, eta_seconds, reconstruction_loss, train_pix2pix
 from cryogan_core.train.selection import BestWeights
 
 MODEL_FORMAT = "cryogan-denoiser-v1"
@@ -127,8 +127,11 @@ def load_model(path: Path, device: torch.device) -> tuple[UNetGenerator, PairSet
     return gen, PairSettings(**blob["settings"]), float(blob["pixel_size_train_A"])
 
 
-def _progress(total_steps: int, batch_size: int, every_s: float = 20.0) -> Callable[[dict[str, float]], None]:
-    """A per-step callback that logs step, losses, particles/s and time left every ``every_s``."""
+def _progress(total_steps: int, batch_size: int, every_s: float = 20.0, loss_name: str = "L1") -> Callable[[dict[str, float]], None]:
+    """A per-step callback that logs step, losses, particles/s and time left every ``every_s``.
+
+    ``loss_name`` labels the reconstruction term (``L1`` or ``L2``) in the log line.
+    """
     t0 = time.time()
     state = {"last": 0.0, "first_step": None}
 
@@ -145,7 +148,7 @@ def _progress(total_steps: int, batch_size: int, every_s: float = 20.0) -> Calla
         rate = done * batch_size / max(now - t0, 1e-9)
         eta = eta_seconds(done, total_steps - state["first_step"], now - t0)
         logger.info(
-            f"step {step}/{total_steps}  L1 {rec['loss_g_l1']:.4f}  G_adv {rec['loss_g_gan']:.3f}  D {rec['loss_d']:.3f}  "
+            f"step {step}/{total_steps}  {loss_name} {reconstruction_loss(rec):.4f}  G_adv {rec['loss_g_gan']:.3f}  D {rec['loss_d']:.3f}  "
             f"{rate:.0f} particles/s  {eta / 60:.1f} min left"
         )
 
@@ -280,7 +283,7 @@ def run_denoise(
     summary["ctf_aware"] = settings.ctf_aware
     summary["wall_time_s"] = time.time() - t_start
     summary["options"] = dataclasses.asdict(opts)
-    write_denoise_report(out_dir, history, report, written.get("scores"))
+    write_denoise_report(out_dir, history, report, written.get("scores"), recon_loss=opts.recon_loss)
     write_summary(out_dir / "summary.json", summary)
     logger.info(f"Done in {summary['wall_time_s'] / 60:.1f} min: {summary['n_particles_written']} denoised particles in {out_dir / 'particles.star'}")
     return summary
@@ -321,7 +324,7 @@ def _train_and_report(
 
     n_steps = opts.n_steps
     config = Pix2PixConfig(
-        l1_weight=opts.l1_weight, gan_weight=opts.gan_weight, lr=opts.lr, beta1=opts.beta1,
+        l1_weight=opts.l1_weight, recon_loss=opts.recon_loss, gan_weight=opts.gan_weight, lr=opts.lr, beta1=opts.beta1,
         batch_size=opts.batch_size, n_steps=n_steps, seed=opts.seed,
         generator={"base_channels": opts.base_channels, "depth": opts.depth, "n_res_blocks": opts.n_res_blocks},
         # the 70 x 70 PatchGAN (3 layers) needs >= 32 px; smaller training boxes judge 34-px patches
@@ -339,7 +342,9 @@ def _train_and_report(
         expected = {**_config_dict(config), "n_steps": extra} if in_both_halves else _config_dict(config)
         # a checkpoint of a network trained with or without the CTF-aware mode only resumes in the same mode
         same_mode = bool(state.get("settings", {}).get("ctf_aware", False)) == settings.ctf_aware
-        if state.get("config") == expected and state.get("validation") == validation_key and same_mode:
+        # checkpoints made before recon_loss existed trained with L1
+        stored = {"recon_loss": "l1", **state["config"]} if isinstance(state.get("config"), dict) else None
+        if stored == expected and state.get("validation") == validation_key and same_mode:
             trainer.load_state_dict(state)
             if best is not None and state.get("selection") is not None:
                 best.load_state_dict(state["selection"])
@@ -376,7 +381,7 @@ def _train_and_report(
 
     if report_weights is None:
         train_pix2pix(
-            trainer, train["inputs"], train["targets"], n_steps, on_step=_progress(n_steps, config.batch_size),
+            trainer, train["inputs"], train["targets"], n_steps, on_step=_progress(n_steps, config.batch_size, loss_name=config.recon_loss.upper()),
             checkpoint=save_checkpoint, should_stop=should_stop, validate=validate, validate_every=opts.validate_every,
             ctf=train.get("ctf"),
         )
@@ -405,7 +410,7 @@ def _train_and_report(
         both = build_pairs(images, df, both_rows, volume_for_pixel, settings, device=device, should_stop=should_stop)
         trainer.config.n_steps = extra
         logger.info(f"Training further on both halves ({len(both_rows)} particles) up to step {extra}")
-        train_pix2pix(trainer, both["inputs"], both["targets"], extra, on_step=_progress(extra, config.batch_size), checkpoint=save_checkpoint,
+        train_pix2pix(trainer, both["inputs"], both["targets"], extra, on_step=_progress(extra, config.batch_size, loss_name=config.recon_loss.upper()), checkpoint=save_checkpoint,
                       should_stop=should_stop, validate=validate, validate_every=opts.validate_every, ctf=both.get("ctf"))
         use_best_weights()
         summary["train_steps"] = trainer.step_count

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from cryogan_core.commands.options import check_values, option, option_error
 
 SCALE_MODES = ("particle", "pooled")
+# the generator's reconstruction term (train.pix2pix.RECON_LOSSES; not imported: no torch here)
+RECON_LOSSES = ("l1", "l2")
 # symmetry counts SymmetryAveraged accepts (models.symmetry_average.ALLOWED_COUNTS; not imported
 # here so that this module, and ``cryogan --help``, load without torch)
 SYMMETRY_COUNTS = (1, 2, 4, 8)
@@ -33,7 +35,8 @@ class DenoiseOptions:
     batch_size: int = option(16, "Particles per training step.")
     validation_fraction: float = option(0.1, "Fraction of the training particles (half set 1) kept out of training to choose the weights: the generator is scored on them every validate_every steps and the best-scoring weights are used (0 = the last step's weights). Half set 2 stays unseen for the report.")
     validate_every: int = option(250, "Training steps between validation scores.")
-    l1_weight: float = option(100.0, "Weight of the L1 loss (pix2pix lambda).")
+    l1_weight: float = option(100.0, "Weight of the reconstruction loss, L1 or L2 as recon_loss says (pix2pix lambda).")
+    recon_loss: str = option("l1", "The generator's reconstruction loss: 'l1' (pix2pix; its optimum is the per-pixel posterior median of the target) or 'l2' (squared error; its optimum is the posterior mean, which maximises the expected CC).")
     gan_weight: float = option(0.1, "Weight of the adversarial loss (pix2pix: 1; 0 = plain L1 U-Net). At 1 the held-out CC with the truth drops by ~0.09 (hallucinated texture), so the default is 0.1.")
     lr: float = option(1e-3, "Adam learning rate (pix2pix: 2e-4; 1e-3 converges within the CPU budget), decayed linearly to 0 over the second half of training.")
     beta1: float = option(0.5, "Adam beta1.")
@@ -69,7 +72,7 @@ class DenoiseOptions:
             non_negative=("train_box", "l1_weight", "gan_weight", "mask_radius_px", "max_train_particles", "n_report",
                           "n_res_blocks"),
             unit_interval=("beta1", "validation_fraction"),
-            choices={"scale_mode": SCALE_MODES, "average_symmetries": SYMMETRY_COUNTS},
+            choices={"scale_mode": SCALE_MODES, "average_symmetries": SYMMETRY_COUNTS, "recon_loss": RECON_LOSSES},
         )
         if self.l1_weight == 0 and self.gan_weight == 0:
             raise option_error(self, "l1_weight", "and --gan_weight are both 0: nothing to train on")

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from cryogan_core.train.pix2pix import reconstruction_loss
 from cryogan_core.report.plots import curves_figure, fsc_figure, histogram_figure, montage_figure, save_figure, write_pdf
 
 
@@ -28,17 +29,20 @@ def write_denoise_report(
     history: Sequence[Mapping[str, float]],
     report: Mapping[str, Any],
     scores: Mapping[str, np.ndarray] | None,
+    recon_loss: str = "l1",
 ) -> list[Path]:
     """Write the PNGs and ``logfile.pdf`` of a denoiser run.
 
     Args:
         out_dir: the job's output folder.
-        history: per-step losses (``step``, ``loss_g_l1``, ``loss_g_gan``, ``loss_d``); may be empty.
+        history: per-step losses (``step``, ``loss_g_rec`` (``loss_g_l1`` in older checkpoints),
+            ``loss_g_gan``, ``loss_d``); may be empty.
         report: the held-out report (``scores``, ``raw``/``denoised_scores`` with ``frc`` and
             ``frc_freq_inv_A``, ``montage``, ``bias``, optionally ``validation_curve``
             ``[(step, cc), ...]`` and ``validation_best_step``, and ``average_symmetries``);
             may be empty (``--model`` runs).
         scores: per-particle ``cc_raw`` and ``cc_denoised`` of all particles, or None.
+        recon_loss: the generator's reconstruction term (``"l1"`` or ``"l2"``), for the plot's label.
 
     Returns:
         The paths written (PNGs, then the PDF).
@@ -48,7 +52,7 @@ def write_denoise_report(
         steps = np.array([h["step"] for h in history])
         pages.append(("loss_curves.png", curves_figure(
             steps,
-            {"generator L1": np.array([h["loss_g_l1"] for h in history]),
+            {f"generator {recon_loss.upper()}": np.array([reconstruction_loss(h) for h in history]),
              "generator adversarial": np.array([h["loss_g_gan"] for h in history]),
              "discriminator": np.array([h["loss_d"] for h in history])},
             "training step", "loss", title="Training losses (pix2pix)", logy=True)))

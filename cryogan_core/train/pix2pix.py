@@ -4,7 +4,10 @@ The generator G maps a noisy particle x to its clean reference image y (the CTF-
 projection of the map at the particle's pose). Losses, as pix2pix (Isola et al. 2017,
 eq. 4): ``L_G = BCE(D(x, G(x)), 1) + lambda_L1 * |G(x) - y|_1`` and
 ``L_D = 0.5 * [BCE(D(x, y), 1) + BCE(D(x, G(x)), 0)]``, with the PatchGAN D giving a grid of
-logits; Adam (lr 2e-4, beta1 0.5, beta2 0.999), lambda_L1 = 100.
+logits; Adam (lr 2e-4, beta1 0.5, beta2 0.999), lambda_L1 = 100. ``recon_loss="l2"`` replaces
+the L1 term by the mean squared error (same weight): its minimiser is the posterior mean of
+the target given the particle (the minimum-mean-squared-error estimate), where L1's is the
+per-pixel posterior median.
 
 CTF-aware mode (``ctf`` given to :func:`train_pix2pix` and :func:`denoise_images`): G sees
 the phase-flipped particle and ``G(x)`` is multiplied by the particle's CTF before the
@@ -29,12 +32,25 @@ from cryogan_core.physics.ctf_filters import ctf_modulate, phase_flip
 from cryogan_core.models.unet import UNetGenerator
 
 
+# the generator's reconstruction term: pix2pix's L1, or the squared error (posterior mean)
+RECON_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "l1": F.l1_loss,
+    "l2": F.mse_loss,
+}
+
+
+def reconstruction_loss(record: dict[str, float]) -> float:
+    """The reconstruction term of one history record (``loss_g_rec``; ``loss_g_l1`` in older runs' checkpoints)."""
+    return float(record["loss_g_rec"] if "loss_g_rec" in record else record["loss_g_l1"])
+
+
 @dataclass
 class Pix2PixConfig:
     """Hyper-parameters of the denoiser training (defaults: pix2pix's, Isola et al. 2017).
 
     Attributes:
-        l1_weight: weight of the L1 term (lambda_L1; pix2pix 100).
+        l1_weight: weight of the reconstruction term (lambda_L1; pix2pix 100), L1 or L2.
+        recon_loss: ``"l1"`` (pix2pix: mean absolute error) or ``"l2"`` (mean squared error).
         gan_weight: weight of the adversarial term (1; 0 trains a plain L1 U-Net).
         lr: Adam learning rate of both networks (2e-4).
         beta1: Adam beta1 (0.5).
@@ -48,6 +64,7 @@ class Pix2PixConfig:
     """
 
     l1_weight: float = 100.0
+    recon_loss: str = "l1"
     gan_weight: float = 1.0
     lr: float = 2e-4
     beta1: float = 0.5
@@ -71,10 +88,16 @@ class Pix2PixTrainer:
         generator: the :class:`UNetGenerator`.
         discriminator: the :class:`PatchGANDiscriminator`.
         step_count: number of steps taken (restored from checkpoints).
-        history: list of per-step loss dicts (``step``, ``loss_g_gan``, ``loss_g_l1``, ``loss_d``).
+        history: list of per-step loss dicts (``step``, ``lr``, ``loss_g_gan``, ``loss_g_rec`` (the
+            L1 or L2 term, unweighted), ``loss_d``).
+
+    Raises:
+        ValueError: ``config.recon_loss`` is not ``"l1"`` or ``"l2"``.
     """
 
     def __init__(self, config: Pix2PixConfig, device: torch.device | str = "cpu") -> None:
+        if config.recon_loss not in RECON_LOSSES:
+            raise ValueError(f"recon_loss {config.recon_loss!r}: expected one of {', '.join(RECON_LOSSES)}")
         self.config = config
         self.device = torch.device(device)
         torch.manual_seed(config.seed)
@@ -101,7 +124,7 @@ class Pix2PixTrainer:
         Args:
             x: ``(n, 1, H, W)`` float32 noisy particles (normalised).
             y: ``(n, 1, H, W)`` float32 reference images (same units as x).
-            output_transform: applied to ``G(x)`` before D and the L1 loss (differentiable;
+            output_transform: applied to ``G(x)`` before D and the reconstruction loss (differentiable;
                 the CTF-aware mode's CTF modulation); None = identity.
 
         Returns:
@@ -128,19 +151,19 @@ class Pix2PixTrainer:
             loss_d.backward()
             self.opt_d.step()
         self.opt_g.zero_grad(set_to_none=True)
-        loss_l1 = F.l1_loss(fake, y)
+        loss_rec = RECON_LOSSES[self.config.recon_loss](fake, y)
         loss_gan = torch.zeros((), device=x.device)
         if self.config.gan_weight > 0:
             logits = self.discriminator(x, fake)
             loss_gan = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
-        (self.config.gan_weight * loss_gan + self.config.l1_weight * loss_l1).backward()
+        (self.config.gan_weight * loss_gan + self.config.l1_weight * loss_rec).backward()
         self.opt_g.step()
         self.step_count += 1
         record = {
             "step": float(self.step_count),
             "lr": lr,
             "loss_g_gan": float(loss_gan.detach()),
-            "loss_g_l1": float(loss_l1.detach()),
+            "loss_g_rec": float(loss_rec.detach()),
             "loss_d": float(loss_d.detach()),
         }
         self.history.append(record)
