@@ -88,3 +88,5 @@ def test_a_checkpoint_made_before_recon_loss_existed_resumes_as_l1(tmp_path: Pat
     finally:
         logger.remove(sink)
     assert any("starting training over" in m for m in messages)
+    # L2 at the default adversarial weight is warned about (the adversarial term dominates)
+    assert any("--recon_loss l2 with --gan_weight 0.1" in m and "--gan_weight 0 is advised" in m for m in messages)
