@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +39,15 @@ RECON_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = 
 }
 
 
-def reconstruction_loss(record: dict[str, float]) -> float:
-    """The reconstruction term of one history record (``loss_g_rec``; ``loss_g_l1`` in older runs' checkpoints)."""
+def reconstruction_loss(record: Mapping[str, float]) -> float:
+    """The reconstruction term (unweighted L1 or L2) of one history record of :class:`Pix2PixTrainer`.
+
+    Args:
+        record: one step's losses; ``loss_g_rec``, or ``loss_g_l1`` in older runs' checkpoints.
+
+    Raises:
+        KeyError: the record has neither key.
+    """
     return float(record["loss_g_rec"] if "loss_g_rec" in record else record["loss_g_l1"])
 
 
