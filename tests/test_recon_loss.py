@@ -48,6 +48,13 @@ def test_l2_learns_the_mean_and_l1_the_median_of_an_unpredictable_target() -> No
     assert outputs["l1"] == pytest.approx(0.0, abs=0.05)
 
 
+def test_the_option_offers_exactly_the_trainer_losses() -> None:
+    from cryogan_core.commands.denoise_options import RECON_LOSSES as OPTION_CHOICES
+    from cryogan_core.train.pix2pix import RECON_LOSSES
+
+    assert OPTION_CHOICES == tuple(RECON_LOSSES)  # the option's check (torch-free) and the trainer agree
+
+
 def test_an_unknown_loss_is_refused() -> None:
     with pytest.raises(ValueError, match="recon_loss 'huber'"):
         _trainer("huber")

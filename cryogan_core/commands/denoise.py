@@ -345,9 +345,7 @@ def _train_and_report(
         expected = {**_config_dict(config), "n_steps": extra} if in_both_halves else _config_dict(config)
         # a checkpoint of a network trained with or without the CTF-aware mode only resumes in the same mode
         same_mode = bool(state.get("settings", {}).get("ctf_aware", False)) == settings.ctf_aware
-        # checkpoints made before recon_loss existed trained with L1
-        stored = {"recon_loss": "l1", **state["config"]} if isinstance(state.get("config"), dict) else None
-        if stored == expected and state.get("validation") == validation_key and same_mode:
+        if _stored_config(state) == expected and state.get("validation") == validation_key and same_mode:
             trainer.load_state_dict(state)
             if best is not None and state.get("selection") is not None:
                 best.load_state_dict(state["selection"])
@@ -455,6 +453,22 @@ def _config_dict(config: Pix2PixConfig) -> dict:
     from dataclasses import asdict
 
     return asdict(config)
+
+
+def _stored_config(state: dict) -> dict | None:
+    """A checkpoint's config as :func:`_config_dict` would write it now, or None if unreadable.
+
+    Fields a checkpoint predates take the :class:`Pix2PixConfig` default, which is what that
+    older run trained with (e.g. ``recon_loss`` "l1"); a config with unknown fields (a newer
+    version's) gives None, so training starts over.
+    """
+    stored = state.get("config")
+    if not isinstance(stored, dict):
+        return None
+    try:
+        return _config_dict(Pix2PixConfig(**stored))
+    except TypeError:
+        return None
 
 
 def _heldout_report(
