@@ -1,0 +1,120 @@
+"""Diagnostics of CryoGAN's path (run by hand): ``bench_cryogan.py`` with the start or the
+volume update changed, to reproduce the stop-22 paragraphs of the README.
+
+Not features of the job: these wrap :mod:`cryogan_core.commands.reconstruct` and
+:mod:`cryogan_core.train.wgan` by replacing two functions before the benchmark runs.
+
+* ``--start-truth``: both half volumes start at the true map (the benchmark's β-gal map,
+  Fourier-cropped to the training box, scaled to maximum 1; then masked and clamped at 0 as
+  the job's Gaussian ball is), optionally low-passed (``--start-lowpass-A``: hard cut at that
+  resolution in Å). Uses the truth, so it is a diagnostic, never a method: it tells whether
+  a plateau is the objective's optimum or where the path from the ball ends.
+* ``--march``: frequency marching of the volume. After every volume update (after the
+  positivity clamp) the density is projected onto the Fourier shells ``|k| <= kc`` of the
+  training box, ``kc = 0.342 · box / σ`` (the frequency at which the critic's Gaussian blur
+  of σ px, response ``exp(−2π² σ² f²)``, passes 0.1), never below 4 shells, and no limit once
+  ``kc`` exceeds the box's corner (``box/2 · √3``).
+
+Every other argument goes to ``bench_cryogan.py``. Examples (2 CPU cores, one thread each)::
+
+    python benchmarks/cryogan_path_experiments.py --start-truth --n 10000 --snr-db -10 \\
+        --minutes 30 --threads 1 --out bench_out/m10d2_truthstart --set symmetry=D2
+    python benchmarks/cryogan_path_experiments.py --start-truth --start-lowpass-A 40 --n 5000 \\
+        --snr-db -20 --minutes 30 --threads 1 --out bench_out/m20d2_lp40start --set symmetry=D2
+    python benchmarks/cryogan_path_experiments.py --march --n 5000 --snr-db -20 --minutes 60 \\
+        --threads 1 --out bench_out/m20d2_march --set symmetry=D2
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import runpy
+import sys
+from pathlib import Path
+
+import mrcfile
+import torch
+
+import cryogan_core.commands.reconstruct as reconstruct
+import cryogan_core.train.wgan as wgan
+from cryogan_core.models.volume import VoxelVolume
+from cryogan_core.physics.resample import fourier_crop_or_pad_map
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from betagal_data import BETAGAL_MAP, BETAGAL_PIXEL_A  # noqa: E402
+
+#: frequency (cycles/px · σ) at which a Gaussian blur of σ px passes 0.1: sqrt(ln 10 / 2π²)
+BLUR_10PCT = math.sqrt(math.log(10.0) / (2.0 * math.pi**2))
+
+
+def shell_radius(box: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Fourier radius ``(box, box, box//2 + 1)`` float32 in shells of ``box`` (rfftn layout)."""
+    f = torch.fft.fftfreq(box, device=device) * box
+    fz = torch.fft.rfftfreq(box, device=device) * box
+    return torch.sqrt(f[:, None, None] ** 2 + f[None, :, None] ** 2 + fz[None, None, :] ** 2)
+
+
+def band_limit(volume: torch.Tensor, kc_shells: float) -> torch.Tensor:
+    """``volume`` ``(D, D, D)`` float32 with every Fourier coefficient beyond ``kc_shells`` zeroed."""
+    d = volume.shape[-1]
+    keep = (shell_radius(d, volume.device) <= kc_shells).to(volume.dtype)
+    return torch.fft.irfftn(torch.fft.rfftn(volume) * keep, s=(d, d, d))
+
+
+def truth_start(lowpass_A: float):
+    """A replacement for ``gaussian_ball(box, sigma_px, device)``: the true map at ``box``."""
+
+    def start(box: int, sigma_px: float, device: torch.device | str | None = None) -> torch.Tensor:
+        v = fourier_crop_or_pad_map(torch.from_numpy(mrcfile.read(BETAGAL_MAP).astype("float32")), box)
+        if lowpass_A > 0:
+            box_A = mrcfile.open(BETAGAL_MAP, header_only=True).header.nx * BETAGAL_PIXEL_A
+            v = band_limit(v, box_A / lowpass_A)
+        v = v / v.abs().max()
+        print(f"[path experiment] start = the true map at box {box}, low-pass {lowpass_A or 'none'} Å", flush=True)
+        return v.to(device) if device is not None else v
+
+    return start
+
+
+def install_marching() -> None:
+    """Band-limit the volume after each update to what the critic's current blur passes."""
+    state = {"sigma": 0.0}
+    orig_step, orig_project = wgan.CryoGanTrainer.train_step, VoxelVolume.project_
+
+    def train_step(self, real, sigma_px, epoch):  # type: ignore[no-untyped-def]
+        state["sigma"] = float(sigma_px)
+        return orig_step(self, real, sigma_px, epoch)
+
+    @torch.no_grad()
+    def project_(self) -> None:  # type: ignore[no-untyped-def]
+        orig_project(self)
+        d = self.density.shape[-1]
+        if state["sigma"] <= 0:
+            return
+        kc = max(4.0, BLUR_10PCT * d / state["sigma"])
+        if kc < d / 2 * math.sqrt(3):
+            self.density.copy_(band_limit(self.density, kc))
+
+    wgan.CryoGanTrainer.train_step = train_step
+    VoxelVolume.project_ = project_
+
+
+def main() -> None:
+    """Parse our options, install the replacements, run ``bench_cryogan.py`` with the rest."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
+    p.add_argument("--start-truth", action="store_true")
+    p.add_argument("--start-lowpass-A", type=float, default=0.0)
+    p.add_argument("--march", action="store_true")
+    ours, rest = p.parse_known_args()
+    if ours.start_truth:
+        reconstruct.gaussian_ball = truth_start(ours.start_lowpass_A)
+    if ours.march:
+        install_marching()
+    sys.argv = [str(HERE / "bench_cryogan.py"), *rest]
+    runpy.run_path(str(HERE / "bench_cryogan.py"), run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
