@@ -38,6 +38,7 @@ import torch
 
 import cryogan_core.commands.reconstruct as reconstruct
 import cryogan_core.train.wgan as wgan
+from cryogan_core.metrics.bias import lowpass_volume
 from cryogan_core.models.volume import VoxelVolume
 from cryogan_core.physics.resample import fourier_crop_or_pad_map
 
@@ -49,24 +50,18 @@ from betagal_data import BETAGAL_MAP, BETAGAL_PIXEL_A  # noqa: E402
 BLUR_10PCT = math.sqrt(math.log(10.0) / (2.0 * math.pi**2))
 
 
-def shell_radius(box: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """Fourier radius ``(box, box, box//2 + 1)`` float32 in shells of ``box`` (rfftn layout)."""
-    f = torch.fft.fftfreq(box, device=device) * box
-    fz = torch.fft.rfftfreq(box, device=device) * box
-    return torch.sqrt(f[:, None, None] ** 2 + f[None, :, None] ** 2 + fz[None, None, :] ** 2)
-
-
 def band_limit(volume: torch.Tensor, kc_shells: float) -> torch.Tensor:
-    """``volume`` ``(D, D, D)`` float32 with every Fourier coefficient beyond ``kc_shells`` zeroed."""
-    d = volume.shape[-1]
-    keep = (shell_radius(d, volume.device) <= kc_shells).to(volume.dtype)
-    return torch.fft.irfftn(torch.fft.rfftn(volume) * keep, s=(d, d, d))
+    """``volume`` ``(D, D, D)`` float32 with every Fourier coefficient beyond ``kc_shells``
+    (shells of ``D``) zeroed: :func:`~cryogan_core.metrics.bias.lowpass_volume` in pixel units
+    (a cutoff of ``D / kc`` px)."""
+    return lowpass_volume(volume, 1.0, volume.shape[-1] / kc_shells)
 
 
 def truth_start(lowpass_A: float):
     """A replacement for ``gaussian_ball(box, sigma_px, device)``: the true map at ``box``."""
 
     def start(box: int, sigma_px: float, device: torch.device | str | None = None) -> torch.Tensor:
+        """``(box, box, box)`` float32 true map, maximum 1 (``sigma_px`` is ignored)."""
         v = fourier_crop_or_pad_map(torch.from_numpy(mrcfile.read(BETAGAL_MAP).astype("float32")), box)
         if lowpass_A > 0:
             box_A = mrcfile.open(BETAGAL_MAP, header_only=True).header.nx * BETAGAL_PIXEL_A
@@ -84,11 +79,13 @@ def install_marching() -> None:
     orig_step, orig_project = wgan.CryoGanTrainer.train_step, VoxelVolume.project_
 
     def train_step(self, real, sigma_px, epoch):  # type: ignore[no-untyped-def]
+        """The trainer's step, remembering the critic's blur σ (px) for ``project_``."""
         state["sigma"] = float(sigma_px)
         return orig_step(self, real, sigma_px, epoch)
 
     @torch.no_grad()
     def project_(self) -> None:  # type: ignore[no-untyped-def]
+        """The positivity clamp, then the band limit ``kc`` of the current blur (in place)."""
         orig_project(self)
         d = self.density.shape[-1]
         if state["sigma"] <= 0:
