@@ -46,6 +46,7 @@ from cryogan_core.train.wgan import (
     estimate_signal_variance,
     gaussian_ball,
     learning_rate,
+    marching_cutoff_shells,
     resize_volume,
     simulate_batch,
     soft_sphere_mask,
@@ -274,6 +275,61 @@ def test_schedules_closed_form():
     assert blur_sigma_px(2.0, 0.4, 0.8) == pytest.approx(1.0)
     assert blur_sigma_px(2.0, 0.9, 0.8) == 0.0
     assert blur_sigma_px(2.0, 0.1, 0.0) == 0.0
+
+
+def test_marching_cutoff_is_where_the_blur_passes_a_tenth():
+    """kc / box (cycles/px) is where exp(-2 pi^2 sigma^2 f^2) = 0.1; at least 4 shells; no
+    limit at sigma 0 or once kc passes the box's corner."""
+    for box, sigma in [(32, 2.0), (33, 1.3), (64, 3.0)]:
+        kc = marching_cutoff_shells(box, sigma)
+        assert math.exp(-2 * math.pi**2 * sigma**2 * (kc / box) ** 2) == pytest.approx(0.1)
+    assert marching_cutoff_shells(32, 4.0) == 4.0  # 0.342 * 32 / 4 = 2.7 shells -> the minimum
+    assert marching_cutoff_shells(32, 8.0, min_shells=2.0) == 2.0
+    assert marching_cutoff_shells(32, 0.0) is None
+    assert marching_cutoff_shells(32, 0.39) is None  # 28.0 shells > 16 sqrt(3) = 27.7
+    assert marching_cutoff_shells(32, 0.41) == pytest.approx(0.34155 * 32 / 0.41, rel=1e-4)
+    with pytest.raises(ValueError, match="sigma_px"):
+        marching_cutoff_shells(32, -1.0)
+
+
+def _shell_radius(box: int) -> np.ndarray:
+    """``(box, box, box)`` radius |k| (shells) of every numpy fftn coefficient."""
+    k = np.fft.fftfreq(box) * box
+    return np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)
+
+
+@pytest.mark.parametrize("box, kc", [(24, 5.5), (25, 7.1), (24, 4.3)])  # no |k| on a cutoff
+def test_band_limit_keeps_exactly_the_shells_inside_kc(box, kc):
+    """Against numpy's full FFT: coefficients at |k| <= kc unchanged, all others zero."""
+    g = torch.Generator().manual_seed(box)
+    vol = ScaledVolume(VoxelVolume(box, init=torch.rand(box, box, box, generator=g), positivity=False))
+    before = np.fft.fftn(vol.voxels.density.detach().numpy().astype(np.float64))
+    vol.band_limit_(kc)
+    after = np.fft.fftn(vol.voxels.density.detach().numpy().astype(np.float64))
+    inside = _shell_radius(box) <= kc
+    scale = np.abs(before).max()
+    assert np.abs(after[~inside]).max() < 1e-5 * scale
+    assert np.abs(after[inside] - before[inside]).max() < 1e-5 * scale
+    assert np.abs(before[~inside]).max() > 0.01 * scale  # the test volume had power there
+    with pytest.raises(ValueError, match="kc_shells"):
+        vol.band_limit_(0.0)
+
+
+def test_march_band_limits_the_volume_after_each_update_only_when_asked():
+    """With march, a volume update at blur 2 px leaves no power beyond 0.342 * 24 / 2 = 4.1
+    shells; without, the same update puts power there (the test can fail)."""
+    box = 24
+    _, ctf, real = _dataset(box, 64, 0.0, seed=3)
+    power = {}
+    for march in (False, True):
+        tr = _trainer(box, real, ctf, 1, march=march)
+        for _ in range(3):
+            tr.train_step(real[:32], 2.0, 0.0)
+        spec = np.abs(np.fft.fftn(tr.volume.voxels.density.detach().numpy().astype(np.float64))) ** 2
+        outside = _shell_radius(box) > marching_cutoff_shells(box, 2.0)
+        power[march] = spec[outside].sum() / spec.sum()
+    assert power[True] < 1e-10, power
+    assert power[False] > 1e-4, power
 
 
 # --------------------------------------------------------------------------- training

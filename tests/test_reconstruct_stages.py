@@ -138,3 +138,22 @@ def test_bad_box_final_is_refused_before_training(sim24, tmp_path, values, match
 def test_box_final_at_must_be_a_fraction(value, shown):
     with pytest.raises(InputError, match=f"--box_final_at {shown}: must be in \\(0, 1\\)"):
         options_from_mapping(ReconstructOptions, {"box_final_at": value})
+
+
+@pytest.mark.parametrize("march", ["no", "yes"])
+def test_march_option_band_limits_the_job_volume_to_the_blur(sim24, tmp_path, march):
+    """``--march yes`` reaches the trainer at both boxes: with the blur still on at the end
+    (blur_end 2: σ ends above 2 · 24/16 · 0.5 = 1.5 px at box 24), the final voxels hold
+    no power beyond 0.342 · 24 / 1.5 = 5.5 shells; without marching they do."""
+    _run(sim24, tmp_path / "out", blur_end="2", march=march)
+    ckpt = torch.load(tmp_path / "out/checkpoint.pt", weights_only=False)
+    assert ckpt["trainers"][0]["config"]["march"] is (march == "yes")
+    density = ckpt["trainers"][0]["volume"]["voxels.density"].double().numpy()
+    k = np.fft.fftfreq(24) * 24
+    radius = np.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, :] ** 2)
+    spec = np.abs(np.fft.fftn(density)) ** 2
+    outside = spec[radius > 0.3416 * 24 / 1.5].sum() / spec.sum()
+    if march == "yes":
+        assert outside < 1e-10
+    else:
+        assert outside > 1e-5

@@ -439,6 +439,7 @@ def run_reconstruct(
         n_critic=opts.n_critic, gp_lambda=opts.gp_lambda, lr=opts.lr, lr_critic=opts.lr_critic or None,
         lr_gamma=opts.lr_gamma, beta1=opts.beta1, beta2=opts.beta2, batch_size=opts.batch_size,
         blur_sigma_px=opts.blur_sigma_px, blur_end=opts.blur_end, n_epochs=opts.n_epochs, seed=opts.seed,
+        march=opts.march,
         critic={"channels": tuple(opts.critic_width * 2**i for i in range(4))},
     )
 

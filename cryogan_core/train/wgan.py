@@ -49,6 +49,7 @@ from torch import nn
 from cryogan_core.device import to_device
 from cryogan_core.models.critic import CryoGANCritic, gaussian_blur_images, gradient_penalty
 from cryogan_core.models.volume import VoxelVolume
+from cryogan_core.metrics.bias import lowpass_volume
 from cryogan_core.metrics.images import normalize_background
 from cryogan_core.physics.ctf import CtfParams, compute_ctf
 from cryogan_core.physics.euler import euler_to_matrix, random_euler_deg
@@ -58,6 +59,7 @@ from cryogan_core.physics.projection import project, shift_phase
 SHIFT_PRIORS = ("uniform", "gaussian", "star", "none")
 
 __all__ = [
+    "BLUR_PASSES_10PCT",
     "SHIFT_PRIORS",
     "CryoGanTrainer",
     "ScaledVolume",
@@ -68,6 +70,7 @@ __all__ = [
     "estimate_signal_variance",
     "gaussian_ball",
     "learning_rate",
+    "marching_cutoff_shells",
     "resize_volume",
     "simulate_batch",
     "soft_sphere_mask",
@@ -139,6 +142,23 @@ class ScaledVolume(nn.Module):
     def project_(self) -> None:
         """Project the voxels onto the constraint set after an optimiser step."""
         self.voxels.project_()
+
+    @torch.no_grad()
+    def band_limit_(self, kc_shells: float) -> None:
+        """Zero every Fourier coefficient of the voxel parameter beyond ``kc_shells`` (in place).
+
+        Args:
+            kc_shells: cutoff radius in Fourier shells of the box ``D`` (cycles per box; a
+                coefficient at ``|k| <= kc_shells`` is kept): a hard sphere, through
+                :func:`~cryogan_core.metrics.bias.lowpass_volume` at a cutoff of ``D / kc`` px.
+
+        Raises:
+            ValueError: ``kc_shells`` is not positive.
+        """
+        if not kc_shells > 0:
+            raise ValueError(f"kc_shells must be > 0, got {kc_shells}")
+        density = self.voxels.density
+        density.copy_(lowpass_volume(density, 1.0, density.shape[-1] / float(kc_shells)))
 
 
 # ----------------------------------------------------------------------------- simulator
@@ -365,6 +385,8 @@ class WganConfig:
         blur_end: fraction of the run after which σ = 0 (linear decrease until then).
         n_epochs: epochs to train (an epoch = each real particle seen once by the critic).
         learn_scale: learn the volume's overall scale.
+        march: frequency marching: after every volume update, band-limit the voxels to the
+            Fourier shells the critic's current blur passes (:func:`marching_cutoff_shells`).
         seed: seed of initialisation and of every random draw.
         critic: keyword arguments of :class:`CryoGANCritic` (besides ``box``).
     """
@@ -381,6 +403,7 @@ class WganConfig:
     blur_end: float = 0.8
     n_epochs: float = 100.0
     learn_scale: bool = True
+    march: bool = False
     seed: int = 0
     critic: dict = field(default_factory=dict)
 
@@ -401,6 +424,41 @@ def blur_sigma_px(sigma0_px: float, progress: float, blur_end: float) -> float:
     if blur_end <= 0:
         return 0.0
     return float(sigma0_px) * max(0.0, 1.0 - float(progress) / float(blur_end))
+
+
+#: ``σ · f`` (px · cycles/px) at which a Gaussian blur of σ px passes 0.1 of an amplitude:
+#: ``exp(−2π² σ² f²) = 0.1`` gives ``σ f = sqrt(ln 10 / 2π²) = 0.3416``
+BLUR_PASSES_10PCT = math.sqrt(math.log(10.0) / (2.0 * math.pi**2))
+
+
+def marching_cutoff_shells(box: int, sigma_px: float, min_shells: float = 4.0) -> float | None:
+    """Band limit of frequency marching: the Fourier shell where the critic's blur passes 0.1.
+
+    The critic sees images blurred by a Gaussian of σ px (Fourier response
+    ``exp(−2π² σ² f²)``, f in cycles/px), so it cannot tell real from simulated beyond about
+    ``f = 0.3416 / σ``; frequency marching keeps the volume inside the band the critic sees
+    (cf. the frequency marching of Barnett et al. 2017, SIAM J. Imaging Sci. 10(3):1170, used
+    there to steer ab initio refinement from low to high resolution). Here the cutoff is
+    ``kc = 0.3416 · box / σ`` shells, never below ``min_shells``.
+
+    Args:
+        box: training box ``D`` (px).
+        sigma_px: the critic's current blur σ (training px, >= 0).
+        min_shells: the smallest cutoff (shells).
+
+    Returns:
+        ``kc`` in shells of ``box``, or None where no limit applies: σ = 0, or ``kc`` beyond
+        the box's corner (``box/2 · √3``), which every coefficient passes.
+
+    Raises:
+        ValueError: ``box`` < 1 or ``sigma_px`` < 0.
+    """
+    if box < 1 or sigma_px < 0:
+        raise ValueError(f"need box >= 1 and sigma_px >= 0, got {box} and {sigma_px}")
+    if sigma_px == 0:
+        return None
+    kc = max(float(min_shells), BLUR_PASSES_10PCT * box / float(sigma_px))
+    return None if kc >= box / 2 * math.sqrt(3.0) else kc
 
 
 class CryoGanTrainer:
@@ -572,6 +630,10 @@ class CryoGanTrainer:
         loss_g.backward()
         self.opt_v.step()
         self.volume.project_()
+        if cfg.march:
+            kc = marching_cutoff_shells(self.priors.box, sigma_px)
+            if kc is not None:
+                self.volume.band_limit_(kc)
         self.critic.requires_grad_(True)
 
         self.step_count += 1
