@@ -1,19 +1,21 @@
 """Diagnostics of CryoGAN's path (run by hand): ``bench_cryogan.py`` with the start or the
 volume update changed, to reproduce the stop-22 paragraphs of the README.
 
-Not features of the job: these wrap :mod:`cryogan_core.commands.reconstruct` and
-:mod:`cryogan_core.train.wgan` by replacing two functions before the benchmark runs.
+``--start-truth`` is not a feature of the job: it replaces the job's start volume
+(:func:`cryogan_core.commands.reconstruct.gaussian_ball`) before the benchmark runs.
 
 * ``--start-truth``: both half volumes start at the true map (the benchmark's β-gal map,
   Fourier-cropped to the training box, scaled to maximum 1; then masked and clamped at 0 as
   the job's Gaussian ball is), optionally low-passed (``--start-lowpass-A``: hard cut at that
   resolution in Å). Uses the truth, so it is a diagnostic, never a method: it tells whether
   a plateau is the objective's optimum or where the path from the ball ends.
-* ``--march``: frequency marching of the volume. After every volume update (after the
-  positivity clamp) the density is projected onto the Fourier shells ``|k| <= kc`` of the
-  training box, ``kc = 0.342 · box / σ`` (the frequency at which the critic's Gaussian blur
-  of σ px, response ``exp(−2π² σ² f²)``, passes 0.1), never below 4 shells, and no limit once
-  ``kc`` exceeds the box's corner (``box/2 · √3``).
+* ``--march``: frequency marching of the volume, now the job's ``march`` option (this flag
+  adds ``march=yes`` to ``--set``; stop 22 ran the same steps as a replacement of
+  ``VoxelVolume.project_``). After every volume update (after the positivity clamp) the
+  density is projected onto the Fourier shells ``|k| <= kc`` of the training box,
+  ``kc = 0.342 · box / σ`` (the frequency at which the critic's Gaussian blur of σ px,
+  response ``exp(−2π² σ² f²)``, passes 0.1), never below 4 shells, and no limit once ``kc``
+  exceeds the box's corner (``box/2 · √3``): :func:`cryogan_core.train.wgan.marching_cutoff_shells`.
 
 Every other argument goes to ``bench_cryogan.py``. Examples (2 CPU cores, one thread each)::
 
@@ -28,7 +30,6 @@ Every other argument goes to ``bench_cryogan.py``. Examples (2 CPU cores, one th
 from __future__ import annotations
 
 import argparse
-import math
 import runpy
 import sys
 from pathlib import Path
@@ -37,18 +38,12 @@ import mrcfile
 import torch
 
 import cryogan_core.commands.reconstruct as reconstruct
-import cryogan_core.train.wgan as wgan
 from cryogan_core.metrics.bias import lowpass_volume
-from cryogan_core.models.volume import VoxelVolume
 from cryogan_core.physics.resample import fourier_crop_or_pad_map
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from betagal_data import BETAGAL_MAP, BETAGAL_PIXEL_A  # noqa: E402
-
-#: frequency (cycles/px · σ) at which a Gaussian blur of σ px passes 0.1: sqrt(ln 10 / 2π²)
-BLUR_10PCT = math.sqrt(math.log(10.0) / (2.0 * math.pi**2))
-
 
 def band_limit(volume: torch.Tensor, kc_shells: float) -> torch.Tensor:
     """``volume`` ``(D, D, D)`` float32 with every Fourier coefficient beyond ``kc_shells``
@@ -73,29 +68,13 @@ def truth_start(lowpass_A: float):
     return start
 
 
-def install_marching() -> None:
-    """Band-limit the volume after each update to what the critic's current blur passes."""
-    state = {"sigma": 0.0}
-    orig_step, orig_project = wgan.CryoGanTrainer.train_step, VoxelVolume.project_
-
-    def train_step(self, real, sigma_px, epoch):  # type: ignore[no-untyped-def]
-        """The trainer's step, remembering the critic's blur σ (px) for ``project_``."""
-        state["sigma"] = float(sigma_px)
-        return orig_step(self, real, sigma_px, epoch)
-
-    @torch.no_grad()
-    def project_(self) -> None:  # type: ignore[no-untyped-def]
-        """The positivity clamp, then the band limit ``kc`` of the current blur (in place)."""
-        orig_project(self)
-        d = self.density.shape[-1]
-        if state["sigma"] <= 0:
-            return
-        kc = max(4.0, BLUR_10PCT * d / state["sigma"])
-        if kc < d / 2 * math.sqrt(3):
-            self.density.copy_(band_limit(self.density, kc))
-
-    wgan.CryoGanTrainer.train_step = train_step
-    VoxelVolume.project_ = project_
+def with_reconstruct_option(argv: list[str], item: str) -> list[str]:
+    """``bench_cryogan.py``'s arguments with ``item`` (``OPTION=VALUE``) added to ``--set``
+    (a second ``--set`` would replace the first, so it goes into the existing one)."""
+    if "--set" in argv:
+        i = argv.index("--set") + 1
+        return [*argv[:i], item, *argv[i:]]
+    return [*argv, "--set", item]
 
 
 def main() -> None:
@@ -108,7 +87,7 @@ def main() -> None:
     if ours.start_truth:
         reconstruct.gaussian_ball = truth_start(ours.start_lowpass_A)
     if ours.march:
-        install_marching()
+        rest = with_reconstruct_option(rest, "march=yes")
     sys.argv = [str(HERE / "bench_cryogan.py"), *rest]
     runpy.run_path(str(HERE / "bench_cryogan.py"), run_name="__main__")
 
