@@ -53,7 +53,7 @@ class ReconstructOptions:
     batch_size: int = option(8, "Particles per critic / volume step.")
     blur_sigma_px: float = option(2.0, "Gaussian blur sigma (training px) of the critic inputs at the start; it shrinks to 0.")
     blur_end: float = option(0.8, "Fraction of the run at which the blur reaches 0.")
-    march: bool = option(False, "Frequency marching (yes/no): after every volume update, keep only the Fourier shells the critic's current blur passes (0.34 × box / blur sigma, at least 4), so the map grows from low to high resolution with the blur. Off by default: see the README for what it did in benchmarks.")
+    march: bool = option(False, "Frequency marching (yes/no): after every volume update, keep only the Fourier shells the critic's current blur passes (0.34 × box / blur sigma, at least 4), so the map grows from low to high resolution with the blur. Off by default: at -20 dB (5,000 particles, three training seeds, paired runs) it ended 2 and 7.5 Å better and 13.5 Å worse than without; at -10 dB the same 20 Å.")
     pose_prior: str = option("uniform", "Pose prior: uniform (SO(3)) or star (the input's rlnAngleRot/Tilt/Psi distribution).")
     shift_prior: str = option("uniform", "Shift prior: uniform (±shift_px), gaussian (sigma shift_px), star (the input's origins) or none.")
     shift_px: float = option(2.0, "Half-width (uniform) or sigma (gaussian) of the shift prior, in pixels of the input particles.")
