@@ -45,12 +45,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from betagal_data import BETAGAL_MAP, BETAGAL_PIXEL_A  # noqa: E402
 
-def band_limit(volume: torch.Tensor, kc_shells: float) -> torch.Tensor:
-    """``volume`` ``(D, D, D)`` float32 with every Fourier coefficient beyond ``kc_shells``
-    (shells of ``D``) zeroed: :func:`~cryogan_core.metrics.bias.lowpass_volume` in pixel units
-    (a cutoff of ``D / kc`` px)."""
-    return lowpass_volume(volume, 1.0, volume.shape[-1] / kc_shells)
-
 
 def truth_start(lowpass_A: float):
     """A replacement for ``gaussian_ball(box, sigma_px, device)``: the true map at ``box``."""
@@ -60,7 +54,7 @@ def truth_start(lowpass_A: float):
         v = fourier_crop_or_pad_map(torch.from_numpy(mrcfile.read(BETAGAL_MAP).astype("float32")), box)
         if lowpass_A > 0:
             box_A = mrcfile.open(BETAGAL_MAP, header_only=True).header.nx * BETAGAL_PIXEL_A
-            v = band_limit(v, box_A / lowpass_A)
+            v = lowpass_volume(v, box_A / box, lowpass_A)
         v = v / v.abs().max()
         print(f"[path experiment] start = the true map at box {box}, low-pass {lowpass_A or 'none'} Å", flush=True)
         return v.to(device) if device is not None else v
