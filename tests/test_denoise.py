@@ -82,6 +82,8 @@ def test_gold_standard_training_improves_unseen_particles(trained: tuple[Path, d
     assert s["heldout_cc_denoised"] > s["heldout_cc_raw"] + 0.1
     # the network is not worse on the particles it trained on than on unseen ones
     assert s["heldout_cc_denoised"] - 0.05 <= s["train_cc_denoised"] <= 1.0
+    # the particles were simulated at -10 dB with this map: the job reads their SNR back
+    assert s["estimated_snr_db"] == pytest.approx(-10.0, abs=0.3)
     for key in ("n_particles_written", "heldout_cc_raw", "heldout_cc_denoised", "heldout_fsc_40_10A_denoised",
                 "heldout_fsc_40_10A_raw", "bias_noise_max_cc_with_references", "bias_extra_domain_recovery_r",
                 "bias_highres_frc_full_map", "bias_highres_frc_lowpass_map"):
@@ -91,6 +93,27 @@ def test_gold_standard_training_improves_unseen_particles(trained: tuple[Path, d
     for name in ("particles.star", "model.pt", "logfile.pdf", "loss_curves.png", "montage_heldout.png", "fsc_heldout.png", "agreement_histogram.png",
                  "validation_cc.png"):
         assert (out / name).is_file(), name
+
+
+@pytest.mark.parametrize("gan_weight, snr, warned", [(0.1, -20.0, True), (0.0, -20.0, False), (0.1, -10.0, False)])
+def test_low_snr_advice_is_logged_only_where_it_applies(gan_weight: float, snr: float, warned: bool) -> None:
+    from loguru import logger
+
+    from cryogan_core.commands.denoise import DenoiseOptions, _estimated_snr
+
+    n = 50
+    pairs = [{"signal_var": torch.full((n,), 10 ** (snr / 10)), "noise_var": torch.ones(n)},
+             {"signal_var": torch.full((n // 2,), 10 ** (snr / 10)), "noise_var": torch.ones(n // 2)}]
+    messages: list[str] = []
+    sink = logger.add(lambda m: messages.append(str(m)), format="{level} {message}")
+    try:
+        value = _estimated_snr(DenoiseOptions(gan_weight=gan_weight), pairs)
+    finally:
+        logger.remove(sink)
+    assert value == pytest.approx(snr, abs=1e-6)
+    assert any(m.startswith("INFO Particle SNR") and f"{snr:.1f} dB (75 particles" in m for m in messages)
+    advice = [m for m in messages if m.startswith("WARNING") and "--recon_loss l2 --gan_weight 0" in m]
+    assert len(advice) == int(warned)
 
 
 def test_per_particle_scores_separate_right_from_wrong_poses(trained: tuple[Path, dict]) -> None:

@@ -1,6 +1,6 @@
 """Per-image measures: circular masks, masked correlation, least-squares scale, PSNR,
-and RELION background normalisation. All batched over ``(n, H, W)`` torch tensors on
-any device; results are float32 on the inputs' device.
+signal and noise variance (SNR), and RELION background normalisation. All batched over
+``(n, H, W)`` torch tensors on any device; results are float32 on the inputs' device.
 """
 
 from __future__ import annotations
@@ -135,6 +135,59 @@ def psnr(estimate: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor | None 
     mse = (((e - t) ** 2) * m).sum(dim=(-2, -1)) / m.sum()
     out = 10.0 * torch.log10(peak**2 / mse.clamp_min(torch.finfo(torch.float32).tiny))
     return torch.where(mse > 0, out, torch.full_like(out, math.inf))
+
+
+def signal_and_noise_variance(particles: torch.Tensor, predictions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each particle's signal and noise variance, given its noise-free prediction.
+
+    The signal is the prediction (e.g. the CTF'd projection at the particle's pose, put in
+    the particle's units by least squares), the noise is what is left,
+    ``particle − prediction``; each variance is taken over the whole box, as in the SNR
+    definition of Gupta et al. 2021, Sec. V (:func:`cryogan_core.physics.simulator.noise_sigma_for_snr`).
+    Where the prediction misses part of the signal (a wrong pose, a map that lacks a
+    domain), that part counts as noise, so the SNR it gives is a lower bound.
+
+    Args:
+        particles: ``(n, H, W)`` float images.
+        predictions: ``(n, H, W)`` their noise-free predictions, same units.
+
+    Returns:
+        ``(signal_var (n,), noise_var (n,))`` float32 (image units squared; population
+        variances over the ``H·W`` pixels).
+
+    Raises:
+        ValueError: on shape mismatch.
+    """
+    if particles.shape != predictions.shape or particles.dim() != 3:
+        raise ValueError(f"particles {tuple(particles.shape)} and predictions {tuple(predictions.shape)} must both be (n, H, W)")
+    p = particles.to(torch.float32).reshape(particles.shape[0], -1)
+    s = predictions.to(torch.float32).reshape(predictions.shape[0], -1)
+    return s.var(dim=1, unbiased=False), (p - s).var(dim=1, unbiased=False)
+
+
+def snr_db(signal_var: torch.Tensor, noise_var: torch.Tensor) -> float:
+    """Signal-to-noise ratio of a particle set in dB: ``10·log10(mean(signal_var) / mean(noise_var))``.
+
+    The definition of Gupta et al. 2021, Sec. V, used by ``cryogan simulate``: the mean
+    over images of each image's signal variance over the mean noise variance.
+
+    Args:
+        signal_var, noise_var: ``(n,)`` per-image variances
+            (:func:`signal_and_noise_variance`).
+
+    Returns:
+        The SNR in dB (float); ``-inf`` for zero signal.
+
+    Raises:
+        ValueError: for empty inputs or zero noise variance.
+    """
+    if signal_var.numel() == 0 or noise_var.numel() == 0:
+        raise ValueError("no particles to estimate an SNR from")
+    noise = float(noise_var.to(torch.float64).mean())
+    if noise <= 0.0:
+        raise ValueError("the noise variance is zero: the particles equal their predictions")
+    signal = float(signal_var.to(torch.float64).mean())
+    return 10.0 * math.log10(signal / noise) if signal > 0 else -math.inf
 
 
 def normalize_background(images: torch.Tensor, radius_px: float) -> torch.Tensor:

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from cryogan_core.io.images import ParticleImages
-from cryogan_core.metrics.images import circular_mask, least_squares_scale
+from cryogan_core.metrics.images import circular_mask, least_squares_scale, signal_and_noise_variance
 from cryogan_core.physics.ctf import CtfParams, compute_ctf
 from cryogan_core.physics.projection import forward_model
 from cryogan_core.physics.resample import fourier_crop_images
@@ -247,13 +247,17 @@ def build_pairs(
     Returns:
         Dict of CPU float32 tensors: ``inputs`` and ``targets`` ``(n, train_box, train_box)``,
         ``reference_ctf`` (the scaled CTF'd prediction, what the particle should look like
-        without noise, at ``train_box``) and ``slope (n,)``; with ``settings.ctf_aware`` also
-        ``ctf`` ``(n, train_box, train_box//2+1)`` (:func:`train_box_ctf`).
+        without noise, at ``train_box``), ``slope (n,)``, and ``signal_var`` / ``noise_var``
+        ``(n,)``: the variance over the whole particle box (before any crop) of the scaled
+        CTF'd prediction and of the particle minus it
+        (:func:`~cryogan_core.metrics.images.signal_and_noise_variance`; for the SNR); with
+        ``settings.ctf_aware`` also ``ctf`` ``(n, train_box, train_box//2+1)`` (:func:`train_box_ctf`).
     """
     n = len(rows)
     tb = settings.train_box
     out = {k: torch.empty((n, tb, tb), dtype=torch.float32) for k in ("inputs", "targets", "reference_ctf")}
-    out["slope"] = torch.empty(n, dtype=torch.float32)
+    for k in ("slope", "signal_var", "noise_var"):
+        out[k] = torch.empty(n, dtype=torch.float32)
     mask = circular_mask(settings.box, settings.mask_radius_px, device=device)
     for start in range(0, n, batch_size):
         if should_stop is not None:
@@ -280,6 +284,9 @@ def build_pairs(
         out["targets"][start:stop] = transform.crop(target).cpu()
         out["reference_ctf"][start:stop] = transform.crop(ref_ctf).cpu()
         out["slope"][start:stop] = slope.cpu()
+        signal_var, noise_var = signal_and_noise_variance(x_full, ref_ctf)
+        out["signal_var"][start:stop] = signal_var.cpu()
+        out["noise_var"][start:stop] = noise_var.cpu()
     if settings.ctf_aware:
         out["ctf"] = train_box_ctf(df.iloc[rows], settings)
     return out
