@@ -403,6 +403,7 @@ def _train_and_report(
     report_denoiser = symmetry_averaged(report_generator, opts.average_symmetries)
     report = _heldout_report(report_denoiser, held, settings, df.iloc[heldout_rows], volume_for_pixel, opts, device)
     report["average_symmetries"] = opts.average_symmetries
+    report["estimated_snr_db"] = summary["estimated_snr_db"]
     summary["train_cc_denoised"] = _training_fit(report_denoiser, train, settings, len(heldout_rows), report["scores"]["cc_denoised"])
     generator = trainer.generator
     if opts.train_both_halves:

@@ -39,8 +39,8 @@ def write_denoise_report(
             ``loss_g_gan``, ``loss_d``); may be empty.
         report: the held-out report (``scores``, ``raw``/``denoised_scores`` with ``frc`` and
             ``frc_freq_inv_A``, ``montage``, ``bias``, optionally ``validation_curve``
-            ``[(step, cc), ...]`` and ``validation_best_step``, and ``average_symmetries``);
-            may be empty (``--model`` runs).
+            ``[(step, cc), ...]`` and ``validation_best_step``, ``average_symmetries`` and
+            ``estimated_snr_db``); may be empty (``--model`` runs).
         scores: per-particle ``cc_raw`` and ``cc_denoised`` of all particles, or None.
         recon_loss: the generator's reconstruction term (``"l1"`` or ``"l2"``), for the plot's label.
 
@@ -78,6 +78,8 @@ def write_denoise_report(
             {"raw": scores["cc_raw"], "denoised": scores["cc_denoised"]}, "CC with the projection at the particle's pose",
             title="Per-particle agreement (rlnCryoganCCRaw / rlnCryoganCCDenoised)")))
     lines = ["cryogan denoise"]
+    if report.get("estimated_snr_db") is not None:
+        lines.append(f"{'particle SNR, dB (a lower bound)':40s} {report['estimated_snr_db']:.1f}")
     for key, value in {**report.get("scores", {}), **report.get("bias", {})}.items():
         lines.append(f"{key:40s} {value:.4g}" if isinstance(value, float) else f"{key:40s} {value}")
     if report.get("validation_curve"):
