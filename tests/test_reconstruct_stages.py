@@ -10,22 +10,12 @@ import mrcfile
 import numpy as np
 import pytest
 import torch
-from loguru import logger
 
 from cryogan_core.commands.options import options_from_mapping
 from cryogan_core.commands.reconstruct import run_reconstruct
 from cryogan_core.commands.reconstruct_options import ReconstructOptions
 from cryogan_core.commands.simulate import run_simulate
 from cryogan_core.errors import InputError
-
-@pytest.fixture
-def log_messages():
-    """The loguru messages logged during the test (list of str)."""
-    messages: list[str] = []
-    sink = logger.add(lambda m: messages.append(str(m)), format="{message}")
-    yield messages
-    logger.remove(sink)
-
 
 # 60 particles per half, batch 8 x 4 critic updates: an epoch is 60/32 steps, so 8 epochs
 # are 15 steps and the change of box comes after step 8 (progress >= 0.5).

@@ -51,7 +51,7 @@ from cryogan_core.io.particles import load_particles  # noqa: E402
 from cryogan_core.io.summary import write_summary  # noqa: E402
 from cryogan_core.metrics.align import align_maps, apply_alignment  # noqa: E402
 from cryogan_core.metrics.fsc import fsc, resolution_at, shells_up_to, write_fsc_star  # noqa: E402
-from cryogan_core.metrics.images import normalize_background  # noqa: E402
+from cryogan_core.metrics.images import background_signal_and_noise_variance, normalize_background, snr_db  # noqa: E402
 from cryogan_core.models.volume import VoxelVolume  # noqa: E402
 from cryogan_core.physics.ctf import CtfParams  # noqa: E402
 from cryogan_core.physics.noise import (  # noqa: E402
@@ -137,6 +137,37 @@ def _check_star(star_path: Path, df, opts: ReconstructOptions) -> float:
     if "rlnCtfDataAreCtfPremultiplied" in df and (df["rlnCtfDataAreCtfPremultiplied"].to_numpy() == 1).any():
         raise InputError(f"{star_path}: column rlnCtfDataAreCtfPremultiplied is 1: CTF-premultiplied particles are not supported")
     return float(sizes[0])
+
+
+LOW_SNR_DB = -15.0  # below this the README measured maps that move by 10 Å with the seed
+
+
+def _estimate_snr(images: ParticleImages, rows: np.ndarray, box: int, radius_px: float, seed: int) -> tuple[float, int]:
+    """Pose-free SNR of the particles (dB) at their own box, and how many were read.
+
+    Up to ``_NOISE_SOURCE_BYTES`` of particles drawn at random from ``rows`` are normalised
+    as RELION does and go through
+    :func:`~cryogan_core.metrics.images.background_signal_and_noise_variance` (whole-box
+    variance against the variance outside ``radius_px``) and
+    :func:`~cryogan_core.metrics.images.snr_db` (Gupta et al. 2021, Sec. V).
+
+    Args:
+        images: the particle stacks.
+        rows: ``(n,)`` int rows of the particle table to draw from.
+        box: the particles' box (px).
+        radius_px: particle radius at that box (px).
+        seed: seed of the draw.
+
+    Returns:
+        ``(snr_db, n_read)``; ``-inf`` dB when no signal is found.
+
+    Raises:
+        InputError: an unreadable stack or no background pixel.
+    """
+    n = min(len(rows), max(200, _NOISE_SOURCE_BYTES // (4 * box * box)))
+    pick = np.sort(np.random.default_rng(seed).permutation(len(rows))[:n])
+    signal_var, noise_var = background_signal_and_noise_variance(_load_images(images, rows[pick], box, radius_px), radius_px)
+    return snr_db(signal_var, noise_var), n
 
 
 def _build_noise(opts: ReconstructOptions, imgs: torch.Tensor, radius_t: float, mics_windows: torch.Tensor | None,
@@ -374,6 +405,17 @@ def run_reconstruct(
     )
     if "rlnAngleRot" in df and opts.pose_prior == "uniform":
         logger.info("The input has poses: they are ignored (pose prior uniform over SO(3))")
+    snr, n_snr = _estimate_snr(images, use, box, 0.5 * diameter_A / pixel_A, opts.seed)
+    logger.info(
+        f"Particle SNR {snr:.1f} dB ({n_snr} particles; pose-free: whole-box variance over the variance outside "
+        f"the particle radius, Gupta et al.'s definition; neighbours and signal spread past the radius count as noise, so it reads low)"
+    )
+    if snr < LOW_SNR_DB:
+        logger.warning(
+            f"Particle SNR {snr:.1f} dB is below {LOW_SNR_DB:.0f} dB: there (the README's -20 dB benchmark) CryoGAN maps moved "
+            "by 10 Å or more with the training seed while their half maps agreed. Run it again with another --seed and "
+            "compare the two maps with each other (or with an independent map), not by their half-map FSC"
+        )
     if opts.noise == "micrographs" and mics_path is None:
         raise InputError("--noise micrographs needs --in_mics (a micrograph STAR)")
     use_mics = opts.noise in ("auto", "micrographs") and mics_path is not None
@@ -577,7 +619,7 @@ def run_reconstruct(
         save_checkpoint()
 
     summary = _write_outputs(output_dir, opts, trainers, halves, evals, pixel_A, box, s_end.pixel_A, s_end.box, ref_path,
-                             star_path, reason)
+                             star_path, reason, snr)
     return summary
 
 
@@ -617,9 +659,10 @@ def _move_to_box(state: dict, s: "_Sampling", halves: list[HalfData], mask: torc
 def _write_outputs(
     output_dir: Path, opts: ReconstructOptions, trainers: list[CryoGanTrainer], halves: list[HalfData],
     evals: list[dict], pixel_A: float, box: int, pixel_t: float, d: int, ref_path: str | Path | None,
-    star_path: Path, reason: str,
+    star_path: Path, reason: str, estimated_snr_db: float,
 ) -> dict:
-    """Final maps at the particles' sampling, FSCs, figures, PDF and summary."""
+    """Final maps at the particles' sampling, FSCs, figures, PDF and summary (``estimated_snr_db``:
+    the particles' pose-free SNR, :func:`_estimate_snr`)."""
     vols = [t.current_volume() for t in trainers]
     if d != box:
         vols = [fourier_crop_or_pad_map(v, box) for v in vols]
@@ -645,6 +688,7 @@ def _write_outputs(
         "epochs": trainers[0].epoch(len(halves[0].rows)),
         "training_time_s": trainers[0].elapsed_s,
         "stopped_by": reason,
+        "estimated_snr_db": estimated_snr_db,
         "resolution_A_fsc_0.143": res,
         "resolution_A_fsc_0.5": resolution_at(freq, curve, 0.5),
         "fsc_freq_inv_A": freq,
