@@ -172,8 +172,10 @@ def test_pose_free_snr_reads_the_simulators_from_the_background(box: int, target
 def test_pose_free_snr_bad_input() -> None:
     with pytest.raises(ValueError, match="radius_px"):
         background_signal_and_noise_variance(torch.zeros(2, 8, 8), 0.0)
-    with pytest.raises(ValueError, match="n, H, W"):
+    with pytest.raises(ValueError, match="square"):
         background_signal_and_noise_variance(torch.zeros(8, 8), 3.0)
+    with pytest.raises(ValueError, match="square"):
+        background_signal_and_noise_variance(torch.zeros(2, 8, 9), 3.0)
     with pytest.raises(InputError, match="no background pixels"):
         background_signal_and_noise_variance(torch.zeros(2, 8, 8), 6.0)
 

@@ -169,7 +169,7 @@ def background_signal_and_noise_variance(images: torch.Tensor, radius_px: float)
     """Each particle's signal and noise variance without a pose: from its background.
 
     The noise variance is the variance of the pixels farther than ``radius_px`` from the
-    centre ``(H//2, W//2)`` (RELION's background); the signal variance is the variance
+    centre ``(D//2, D//2)`` (RELION's background); the signal variance is the variance
     over the whole box minus it, so that, with stationary noise, the two are the terms of
     the SNR definition of Gupta et al. 2021, Sec. V, as in :func:`signal_and_noise_variance`
     but with no prediction. Neighbouring particles, ice edges and signal spread past the
@@ -177,7 +177,7 @@ def background_signal_and_noise_variance(images: torch.Tensor, radius_px: float)
     β-gal particles: −12.0 dB here at radius 0.4 × box, −11.7 dB from their poses and map).
 
     Args:
-        images: ``(n, H, W)`` float images.
+        images: ``(n, D, D)`` float images.
         radius_px: particle radius in pixels (> 0).
 
     Returns:
@@ -185,19 +185,17 @@ def background_signal_and_noise_variance(images: torch.Tensor, radius_px: float)
         variances; a signal variance may be negative for pure noise).
 
     Raises:
-        ValueError: if images are not ``(n, H, W)`` or ``radius_px`` is not positive.
+        ValueError: if images are not ``(n, D, D)`` or ``radius_px`` is not positive.
         InputError: if no pixel lies outside the radius.
     """
-    if images.ndim != 3:
-        raise ValueError(f"images must be (n, H, W), got {tuple(images.shape)}")
+    if images.ndim != 3 or images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"images must be square (n, D, D), got {tuple(images.shape)}")
     if not radius_px > 0:
         raise ValueError(f"radius_px must be > 0, got {radius_px}")
-    h, w = images.shape[-2:]
-    yy = (torch.arange(h, dtype=torch.float32) - h // 2).reshape(-1, 1)
-    xx = (torch.arange(w, dtype=torch.float32) - w // 2).reshape(1, -1)
-    bg = yy**2 + xx**2 > float(radius_px) ** 2
+    box = images.shape[-1]
+    bg = ~circular_mask(box, radius_px)
     if not bool(bg.any()):
-        raise InputError(f"background radius {radius_px:.1f} px leaves no background pixels in a {h}x{w} px box")
+        raise InputError(f"background radius {radius_px:.1f} px leaves no background pixels in a {box} px box")
     x = images.to(torch.float32)
     noise = x[:, to_device(bg, x.device)].var(dim=1, unbiased=False)
     return x.reshape(x.shape[0], -1).var(dim=1, unbiased=False) - noise, noise
