@@ -1,6 +1,7 @@
 """``cryogan reconstruct`` estimates the particles' SNR without poses (whole-box variance
-over background variance), logs it, writes it to summary.json as ``estimated_snr_db``, and
-warns below -15 dB, where the README measured CryoGAN maps moving with the seed."""
+over background variance), logs it, writes it to summary.json as ``estimated_snr_db`` and
+to the PDF's summary page, and warns below -15 dB, where the README measured CryoGAN maps
+moving with the seed."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from cryogan_core.commands.options import options_from_mapping
-from cryogan_core.commands.reconstruct import LOW_SNR_DB, run_reconstruct
+from cryogan_core.commands.reconstruct import LOW_SNR_DB, _summary_lines, run_reconstruct
 from cryogan_core.commands.reconstruct_options import ReconstructOptions
 from cryogan_core.commands.simulate import run_simulate
 
@@ -37,3 +38,8 @@ def test_the_job_reports_the_particles_snr_and_warns_when_low(tmp_path, log_mess
     text = "".join(log_messages)
     assert f"Particle SNR {got:.1f} dB (120 particles; pose-free" in text
     assert ("another --seed" in text) is warned
+    # the PDF's first page: the same numbers
+    page = "\n".join(_summary_lines(summary))
+    assert f"particle SNR, dB (pose-free; reads low)    {got:.1f}" in page
+    assert f"{summary['resolution_A_fsc_0.143']:.1f} Å" in page and "120 (" in page
+    assert ("run another seed" in page) is warned

@@ -62,7 +62,7 @@ from cryogan_core.physics.noise import (  # noqa: E402
     noise_from_micrograph_windows,
 )
 from cryogan_core.physics.resample import fourier_crop_images, fourier_crop_or_pad_map  # noqa: E402
-from cryogan_core.report.plots import curves_figure, fsc_figure, montage_figure, save_figure, write_pdf  # noqa: E402
+from cryogan_core.report.plots import curves_figure, fsc_figure, montage_figure, save_figure, text_figure, write_pdf  # noqa: E402
 from cryogan_core.train.wgan import (  # noqa: E402
     CryoGanTrainer,
     ScaledVolume,
@@ -656,6 +656,30 @@ def _move_to_box(state: dict, s: "_Sampling", halves: list[HalfData], mask: torc
     save_checkpoint()
 
 
+def _summary_lines(summary: dict) -> list[str]:
+    """The first page of ``logfile.pdf``: the run's headline numbers from ``summary``
+    (the dict :func:`_write_outputs` builds), one ``label  value`` line each."""
+    o = summary["options"]
+    rows = [
+        ("particles (half 1 / half 2)", f"{summary['n_particles']} ({summary['n_half1']} / {summary['n_half2']})"),
+        ("particle SNR, dB (pose-free; reads low)", f"{summary['estimated_snr_db']:.1f}"),
+        ("box, pixel size", f"{summary['box']} px, {summary['pixel_size_A']:.3f} Å"),
+        ("training box, its Nyquist", f"{summary['box_train']} px, {summary['nyquist_train_A']:.1f} Å"),
+        ("symmetry; training seed", f"{o['symmetry']}; {o['seed']}"),
+        ("steps, epochs, training time", f"{summary['steps']}, {summary['epochs']:.1f}, {_format_duration(summary['training_time_s'])}"),
+        ("stopped by", str(summary["stopped_by"])),
+        ("half-map FSC 0.143 (optimistic)", f"{summary['resolution_A_fsc_0.143']:.1f} Å"),
+    ]
+    if "resolution_A_vs_reference_fsc_0.5" in summary:
+        rows.append(("FSC 0.5 with the reference (aligned)", f"{summary['resolution_A_vs_reference_fsc_0.5']:.1f} Å"))
+    lines = ["cryogan reconstruct"] + [f"{k:42s} {v}" for k, v in rows]
+    lines += ["", "Both half maps start from the same volume and share the simulator,",
+              "so their FSC runs ahead of the map's agreement with an independent map."]
+    if summary["estimated_snr_db"] < LOW_SNR_DB:
+        lines += [f"Below {LOW_SNR_DB:.0f} dB our maps moved by 10 Å or more with the seed: run another seed."]
+    return lines
+
+
 def _write_outputs(
     output_dir: Path, opts: ReconstructOptions, trainers: list[CryoGanTrainer], halves: list[HalfData],
     evals: list[dict], pixel_A: float, box: int, pixel_t: float, d: int, ref_path: str | Path | None,
@@ -766,6 +790,7 @@ def _write_outputs(
     fig = _particles_figure(halves[0], trainers[0], trainers[0].step_count, "Real versus simulated particles (half 1, final volume)")
     save_figure(fig, output_dir / "particles_real_vs_simulated.png", close=False)
     figures.append(fig)
+    figures.insert(0, text_figure(_summary_lines(summary)))
     write_pdf(output_dir / "logfile.pdf", figures)
     write_summary(output_dir / "summary.json", summary)
     logger.info(f"Half-map FSC = 0.143 at {res:.1f} Å (training Nyquist {2 * pixel_t:.1f} Å); wrote {output_dir}")

@@ -9,19 +9,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
 from cryogan_core.train.pix2pix import reconstruction_loss
-from cryogan_core.report.plots import curves_figure, fsc_figure, histogram_figure, montage_figure, save_figure, write_pdf
-
-
-def _text_figure(lines: Sequence[str]) -> Figure:
-    """A page of plain text (used when there is nothing to plot)."""
-    fig = plt.figure(figsize=(6.0, 3.0))
-    fig.text(0.05, 0.95, "\n".join(lines), va="top", family="monospace", fontsize=9)
-    return fig
+from cryogan_core.report.plots import (
+    curves_figure,
+    fsc_figure,
+    histogram_figure,
+    montage_figure,
+    save_figure,
+    text_figure,
+    write_pdf,
+)
 
 
 def write_denoise_report(
@@ -86,7 +86,7 @@ def write_denoise_report(
         lines.append(f"{'weights used: step':40s} {report['validation_best_step']} (best validation CC)")
     if report.get("average_symmetries", 1) > 1:
         lines.append(f"{'outputs averaged over symmetries':40s} {report['average_symmetries']} (flips / 90° rotations)")
-    pages.insert(0, ("summary_text.png", _text_figure(lines)))
+    pages.insert(0, ("summary_text.png", text_figure(lines)))
     written = []
     for name, fig in pages[1:]:
         save_figure(fig, out_dir / name, close=False)

@@ -27,6 +27,20 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 110, close: bool = Tru
         plt.close(fig)
 
 
+def text_figure(lines: Sequence[str]) -> Figure:
+    """A page of plain monospace text (a report's summary page).
+
+    Args:
+        lines: the lines, top to bottom.
+
+    Returns:
+        The figure (6 × 3 in, taller for more than 16 lines); the caller closes it.
+    """
+    fig = plt.figure(figsize=(6.0, max(3.0, 0.18 * len(lines))))
+    fig.text(0.05, 0.95, "\n".join(lines), va="top", family="monospace", fontsize=9)
+    return fig
+
+
 def fsc_figure(
     freq_inv_A: np.ndarray,
     curves: Mapping[str, np.ndarray],
