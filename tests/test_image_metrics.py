@@ -119,17 +119,23 @@ def test_real_particles_are_relion_normalised() -> None:
     np.testing.assert_allclose(normalize_background(x, 24).numpy(), x.numpy(), atol=2e-3)
 
 
+def _simulated(box: int, target_db: float, n: int):
+    """``n`` particles of a procedural volume (4 Å/px, defocus 1.1-1.2 µm, 300 kV) at
+    ``target_db`` (Gupta et al. SNR), seeded by ``box``; returns ``(simulation, generator)``."""
+    g = torch.Generator().manual_seed(box)
+    vol = torch.from_numpy(procedural_volume(box, seed=box))
+    angles = torch.rand(n, 3, generator=g) * torch.tensor([360.0, 180.0, 360.0])
+    f = lambda v: torch.full((n,), float(v))  # noqa: E731
+    ctf = CtfParams(f(12000), f(11000), f(20), f(300), f(2.7), f(0.1), f(0), f(0), f(1))
+    return simulate_particles(vol, 4.0, angles, torch.zeros(n, 2), ctf, target_db, generator=g), g
+
+
 @pytest.mark.parametrize("box, target_db", [(24, -10.0), (25, -20.0), (25, 0.0)])
 def test_snr_of_simulated_particles_is_the_simulators(box: int, target_db: float) -> None:
     # the simulator sets its noise from the SNR (Gupta et al. definition); given the clean
     # images back, the estimate must read the same SNR, with an independent numpy reference
-    g = torch.Generator().manual_seed(box)
-    vol = torch.from_numpy(procedural_volume(box, seed=box))
     n = 300
-    angles = torch.rand(n, 3, generator=g) * torch.tensor([360.0, 180.0, 360.0])
-    f = lambda v: torch.full((n,), float(v))  # noqa: E731
-    ctf = CtfParams(f(12000), f(11000), f(20), f(300), f(2.7), f(0.1), f(0), f(0), f(1))
-    sim = simulate_particles(vol, 4.0, angles, torch.zeros(n, 2), ctf, target_db, generator=g)
+    sim, g = _simulated(box, target_db, n)
     sig, noise = signal_and_noise_variance(sim.noisy, sim.clean)
     clean, noisy = sim.clean.numpy().reshape(n, -1), sim.noisy.numpy().reshape(n, -1)
     np.testing.assert_allclose(sig.numpy(), clean.var(axis=1), rtol=1e-4)
@@ -146,13 +152,8 @@ def test_snr_of_simulated_particles_is_the_simulators(box: int, target_db: float
 def test_pose_free_snr_reads_the_simulators_from_the_background(box: int, target_db: float) -> None:
     # no prediction: the noise is the variance outside the radius, the signal what the whole
     # box has more; the signal the CTF spreads past the radius counts as noise (reads low)
-    g = torch.Generator().manual_seed(box)
-    vol = torch.from_numpy(procedural_volume(box, seed=box))
     n = 300
-    angles = torch.rand(n, 3, generator=g) * torch.tensor([360.0, 180.0, 360.0])
-    f = lambda v: torch.full((n,), float(v))  # noqa: E731
-    ctf = CtfParams(f(12000), f(11000), f(20), f(300), f(2.7), f(0.1), f(0), f(0), f(1))
-    sim = simulate_particles(vol, 4.0, angles, torch.zeros(n, 2), ctf, target_db, generator=g)
+    sim, g = _simulated(box, target_db, n)
     radius = 0.4 * box
     sig, noise = background_signal_and_noise_variance(sim.noisy, radius)
     noisy = sim.noisy.numpy().reshape(n, -1)
