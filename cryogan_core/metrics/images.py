@@ -230,38 +230,36 @@ def normalize_background(images: torch.Tensor, radius_px: float) -> torch.Tensor
     """RELION normalisation: mean 0, standard deviation 1 of the background pixels.
 
     The background is every pixel farther than ``radius_px`` from the centre
-    ``(H//2, W//2)`` (RELION ``relion_preprocess --norm --bg_radius``; ``normalise`` in
+    ``(D//2, D//2)`` (RELION ``relion_preprocess --norm --bg_radius``; ``normalise`` in
     ``src/preprocessing.cpp``). The population standard deviation (ddof 0) is used, as
     RELION does. An image with a constant background is only mean-subtracted.
 
     Args:
-        images: ``(n, H, W)`` float images.
+        images: ``(n, D, D)`` float images.
         radius_px: background radius in pixels.
 
     Returns:
-        ``(n, H, W)`` float32 normalised images.
+        ``(n, D, D)`` float32 normalised images.
 
     Raises:
         InputError: if no pixel lies outside the radius (radius too large for the box).
-        ValueError: if images are not 3-D or radius is negative.
+        ValueError: if images are not square ``(n, D, D)`` or radius is negative.
     """
-    if images.ndim != 3:
-        raise ValueError(f"images must be (n, H, W), got {tuple(images.shape)}")
+    if images.ndim != 3 or images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"images must be square (n, D, D), got {tuple(images.shape)}")
     if radius_px < 0:
         raise ValueError(f"radius_px must be >= 0, got {radius_px}")
     x = images.to(torch.float32)
-    h, w = x.shape[-2:]
+    box = x.shape[-1]
     # the mask is made and counted on the CPU, then copied without a wait (counting it on a
     # GPU would make the CPU wait for the GPU's queue)
-    yy = (torch.arange(h, dtype=torch.float32) - h // 2).reshape(-1, 1)
-    xx = (torch.arange(w, dtype=torch.float32) - w // 2).reshape(1, -1)
-    bg = (yy**2 + xx**2 > float(radius_px) ** 2).to(torch.float32)
+    bg = (~circular_mask(box, radius_px)).to(torch.float32)
     n_bg = float(bg.sum())
     bg = to_device(bg, x.device)
     if n_bg == 0:
-        max_r = math.hypot(h // 2, w // 2)
+        max_r = math.hypot(box // 2, box // 2)
         raise InputError(
-            f"background radius {radius_px} px leaves no background pixels in a {h}x{w} px box"
+            f"background radius {radius_px} px leaves no background pixels in a {box}x{box} px box"
             f" (corner distance {max_r:.1f} px)"
         )
     mean = (x * bg).sum(dim=(-2, -1), keepdim=True) / n_bg

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from cryogan_core.device import to_device
 from cryogan_core.errors import InputError
 from cryogan_core.io.images import resolve_image_path
+from cryogan_core.metrics.images import circular_mask
 from cryogan_core.physics.resample import fourier_crop_images
 
 NOISE_MODES = ("patches", "white", "micrographs")
@@ -129,22 +130,24 @@ def candidate_patch_corners(box: int, radius_px: float, patch_px: int, stride_px
 def background_variance(images: torch.Tensor, radius_px: float) -> float:
     """Mean over images of the variance of the pixels outside ``radius_px``.
 
+    The background is RELION's: farther than ``radius_px`` from the centre ``(D//2, D//2)``
+    (:func:`~cryogan_core.metrics.images.circular_mask`); sample variances (ddof 1).
+
     Args:
-        images: ``(n, H, W)`` float images.
-        radius_px: particle radius in pixels.
+        images: ``(n, D, D)`` float images.
+        radius_px: particle radius in pixels (>= 0).
 
     Returns:
         The mean background variance (image units²).
 
     Raises:
         InputError: no pixel lies outside the radius.
+        ValueError: ``radius_px`` is negative.
     """
-    h, w = images.shape[-2:]
-    yy = (torch.arange(h, device=images.device) - h // 2).reshape(-1, 1).float()
-    xx = (torch.arange(w, device=images.device) - w // 2).reshape(1, -1).float()
-    bg = (yy**2 + xx**2) > float(radius_px) ** 2
+    box = images.shape[-1]
+    bg = ~circular_mask(box, radius_px, device=images.device)
     if not bool(bg.any()):
-        raise InputError(f"background radius {radius_px:.1f} px leaves no background pixels in a {h} px box")
+        raise InputError(f"background radius {radius_px:.1f} px leaves no background pixels in a {box} px box")
     return float(images[:, bg].float().var(dim=1).mean())
 
 

@@ -50,7 +50,7 @@ from cryogan_core.device import to_device
 from cryogan_core.models.critic import CryoGANCritic, gaussian_blur_images, gradient_penalty
 from cryogan_core.models.volume import VoxelVolume
 from cryogan_core.metrics.bias import lowpass_volume
-from cryogan_core.metrics.images import normalize_background
+from cryogan_core.metrics.images import circular_mask, normalize_background
 from cryogan_core.physics.ctf import CtfParams, compute_ctf
 from cryogan_core.physics.euler import euler_to_matrix, random_euler_deg
 from cryogan_core.physics.noise import BackgroundNoise, CroppedNoise
@@ -280,16 +280,17 @@ def estimate_signal_variance(images: torch.Tensor, radius_px: float) -> float:
     projections add inside the particle radius.
 
     Args:
-        images: ``(n, H, W)`` normalised real particles.
-        radius_px: particle radius (px).
+        images: ``(n, D, D)`` normalised real particles.
+        radius_px: particle radius (px; inside = within it of ``(D//2, D//2)``,
+            :func:`~cryogan_core.metrics.images.circular_mask`).
 
     Returns:
         The estimate (may be ≤ 0 for pure noise; callers clamp it).
+
+    Raises:
+        ValueError: ``radius_px`` is negative.
     """
-    h = images.shape[-1]
-    c = torch.arange(h, device=images.device, dtype=torch.float32) - h // 2
-    r2 = c[:, None] ** 2 + c[None, :] ** 2
-    inside = r2 <= radius_px**2
+    inside = circular_mask(images.shape[-1], radius_px, device=images.device)
     var_in = images[:, inside].var(dim=1).mean()
     var_out = images[:, ~inside].var(dim=1).mean()
     return float(var_in - var_out)
