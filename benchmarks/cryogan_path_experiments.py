@@ -16,6 +16,11 @@ volume update changed, to reproduce the stop-22 paragraphs of the README.
   ``kc = 0.342 · box / σ`` (the frequency at which the critic's Gaussian blur of σ px,
   response ``exp(−2π² σ² f²)``, passes 0.1), never below 4 shells, and no limit once ``kc``
   exceeds the box's corner (``box/2 · √3``): :func:`cryogan_core.train.wgan.marching_cutoff_shells`.
+* ``--fourier-adam`` (stop 26): the volume's Adam moments live on its Fourier coefficients
+  (:class:`FourierAdam`), so a weak shell's step is not scaled down by the strong
+  low-resolution gradient in every voxel's second moment.
+* ``--generator-batch-factor K`` (stop 26): each volume update averages its gradient over
+  ``K`` × ``batch`` simulated particles (the critic's batches are unchanged).
 
 Every other argument goes to ``bench_cryogan.py``. Examples (2 CPU cores, one thread each)::
 
@@ -25,6 +30,10 @@ Every other argument goes to ``bench_cryogan.py``. Examples (2 CPU cores, one th
         --snr-db -20 --minutes 30 --threads 1 --out bench_out/m20d2_lp40start --set symmetry=D2
     python benchmarks/cryogan_path_experiments.py --march --n 5000 --snr-db -20 --minutes 60 \\
         --threads 1 --out bench_out/m20d2_march --set symmetry=D2
+    python benchmarks/cryogan_path_experiments.py --fourier-adam --n 10000 --snr-db -10 \\
+        --minutes 60 --threads 1 --out bench_out/m10d2_fadam --set symmetry=D2
+    python benchmarks/cryogan_path_experiments.py --generator-batch-factor 4 --n 10000 \\
+        --snr-db -10 --minutes 60 --threads 1 --out bench_out/m10d2_gb4 --set symmetry=D2
 """
 
 from __future__ import annotations
@@ -44,6 +53,89 @@ from cryogan_core.physics.resample import fourier_crop_or_pad_map
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from betagal_data import BETAGAL_MAP, BETAGAL_PIXEL_A  # noqa: E402
+
+
+class FourierAdam(torch.optim.Optimizer):
+    """Adam whose moments live on the Fourier coefficients of each 3-D parameter.
+
+    For a ``(D, D, D)`` real parameter ``p`` with gradient ``g``: ``G = rfftn(g)`` (unitary
+    normalisation), ``m ← β1 m + (1 − β1) G``, ``v ← β2 v + (1 − β2) |G|²`` per coefficient,
+    and ``p ← p − lr · irfftn(m̂ / (√v̂ + ε))`` with Adam's bias corrections (Kingma & Ba
+    2015, Algorithm 1, applied in the Fourier basis). So each Fourier coefficient of the
+    volume gets its own step size, where plain Adam's per-voxel normalisation mixes all
+    frequencies: a shell whose gradient is weak (past the CTF's first zero) is no longer
+    dwarfed by the low-resolution gradient in every voxel's second moment. Parameters
+    that are not 3-D (the volume's ``log_scale``) take plain Adam steps.
+
+    Args:
+        params: the parameters (float32).
+        lr: learning rate.
+        betas: ``(β1, β2)``.
+        eps: ε of the denominator.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.5, 0.9), eps: float = 1e-8) -> None:  # noqa: ANN001
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001, ANN201
+        """One update of every parameter with a gradient (``closure`` is not supported)."""
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                fourier = p.dim() == 3
+                g = torch.fft.rfftn(p.grad, norm="ortho") if fourier else p.grad
+                st = self.state[p]
+                if not st:
+                    st["t"] = 0
+                    st["m"] = torch.zeros_like(g)
+                    st["v"] = torch.zeros(g.shape, dtype=p.dtype, device=p.device)
+                st["t"] += 1
+                st["m"].mul_(b1).add_(g, alpha=1 - b1)
+                st["v"].mul_(b2).add_((g.abs() ** 2) if fourier else g * g, alpha=1 - b2)
+                m_hat = st["m"] / (1 - b1 ** st["t"])
+                v_hat = st["v"] / (1 - b2 ** st["t"])
+                u = m_hat / (v_hat.sqrt() + group["eps"])
+                if fourier:
+                    u = torch.fft.irfftn(u, s=p.shape, norm="ortho")
+                p.add_(u, alpha=-group["lr"])
+        return None
+
+
+def use_fourier_adam() -> None:
+    """Make every CryoGAN trainer update its volume with :class:`FourierAdam`."""
+    from cryogan_core.train import wgan
+
+    init = wgan.CryoGanTrainer.__init__
+
+    def patched(self, *a, **k) -> None:  # noqa: ANN001, ANN002, ANN003
+        init(self, *a, **k)
+        cfg = self.config
+        self.opt_v = FourierAdam([p for p in self.volume.parameters() if p.requires_grad], lr=cfg.lr,
+                                 betas=(cfg.beta1, cfg.beta2))
+
+    wgan.CryoGanTrainer.__init__ = patched
+    print("[path experiment] volume optimiser: Adam on the Fourier coefficients", flush=True)
+
+
+def use_generator_batch(factor: int) -> None:
+    """Average each volume update over ``factor`` × the batch of simulated particles.
+
+    The critic still trains on ``batch`` real and simulated particles per update; only the
+    volume's gradient (the one call of the simulator made with autograd on) uses more
+    poses, CTFs and noise draws, so it is less noisy.
+    """
+    from cryogan_core.train import wgan
+
+    simulate = wgan.simulate_batch
+
+    def patched(volume, priors, n, generator, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        return simulate(volume, priors, n * factor if torch.is_grad_enabled() else n, generator, *a, **k)
+
+    wgan.simulate_batch = patched
+    print(f"[path experiment] volume updates average {factor} x the batch of simulated particles", flush=True)
 
 
 def truth_start(lowpass_A: float):
@@ -77,9 +169,15 @@ def main() -> None:
     p.add_argument("--start-truth", action="store_true")
     p.add_argument("--start-lowpass-A", type=float, default=0.0)
     p.add_argument("--march", action="store_true")
+    p.add_argument("--fourier-adam", action="store_true")
+    p.add_argument("--generator-batch-factor", type=int, default=1)
     ours, rest = p.parse_known_args()
     if ours.start_truth:
         reconstruct.gaussian_ball = truth_start(ours.start_lowpass_A)
+    if ours.fourier_adam:
+        use_fourier_adam()
+    if ours.generator_batch_factor > 1:
+        use_generator_batch(ours.generator_batch_factor)
     if ours.march:
         rest = with_reconstruct_option(rest, "march=yes")
     sys.argv = [str(HERE / "bench_cryogan.py"), *rest]
