@@ -104,6 +104,8 @@ def test_bad_shapes() -> None:
         masked_pearson(torch.zeros(2, 8, 8), torch.zeros(2, 8, 8), torch.ones(7, 7, dtype=torch.bool))
     with pytest.raises(ValueError):
         least_squares_scale(torch.zeros(2, 8, 8), torch.zeros(2, 8, 8), torch.zeros(8, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match="square"):
+        normalize_background(torch.zeros(2, 8, 9), 2)
 
 
 def test_real_particles_are_relion_normalised() -> None:
