@@ -111,6 +111,8 @@ def use_fourier_adam() -> None:
     init = wgan.CryoGanTrainer.__init__
 
     def patched(self, *a, **k) -> None:  # noqa: ANN001, ANN002, ANN003
+        """``CryoGanTrainer.__init__`` (same arguments), then ``opt_v`` replaced by a
+        :class:`FourierAdam` over the same parameters, learning rate and betas."""
         init(self, *a, **k)
         cfg = self.config
         self.opt_v = FourierAdam([p for p in self.volume.parameters() if p.requires_grad], lr=cfg.lr,
@@ -132,6 +134,8 @@ def use_generator_batch(factor: int) -> None:
     simulate = wgan.simulate_batch
 
     def patched(volume, priors, n, generator, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        """``simulate_batch`` (same arguments and ``(n', D, D)`` float32 images), with
+        ``n' = factor · n`` when autograd is on (the volume update) and ``n`` otherwise."""
         return simulate(volume, priors, n * factor if torch.is_grad_enabled() else n, generator, *a, **k)
 
     wgan.simulate_batch = patched
