@@ -1,5 +1,5 @@
 """Diagnostics of CryoGAN's path (run by hand): ``bench_cryogan.py`` with the start or the
-volume update changed, to reproduce the stop-22 paragraphs of the README.
+volume update changed, to reproduce the stop-22 paragraphs of docs/cryogan_benchmarks.md.
 
 ``--start-truth`` is not a feature of the job: it replaces the job's start volume
 (:func:`cryogan_core.commands.reconstruct.gaussian_ball`) before the benchmark runs.
