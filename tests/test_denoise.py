@@ -310,11 +310,11 @@ class _Stop(Exception):
     pass
 
 
-def test_continue_while_training_on_both_halves_resumes_and_reports_unseen_weights(sim: Path, tmp_path: Path) -> None:
+def test_continue_while_training_on_both_halves_resumes_and_reports_unseen_weights(
+    sim: Path, tmp_path: Path, log_messages: list[str]
+) -> None:
     """An abort in the both-halves phase resumes there (not from step 0), and the held-out
     report is made again with the weights chosen before half set 2 was trained on."""
-    from loguru import logger
-
     opts = {**SMALL, "n_steps": 300, "validation_fraction": 0.2, "validate_every": 100, "train_both_halves": True, "no_bias_controls": True}
     inputs = DenoiseInputs(sim / "sim/particles.star", tmp_path / "both", sim / "sim/ground_truth_map.mrc", project_dir=sim)
     ckpt = tmp_path / "both/checkpoint.pt"
@@ -327,16 +327,12 @@ def test_continue_while_training_on_both_halves_resumes_and_reports_unseen_weigh
             if torch.load(ckpt, weights_only=True)["step_count"] >= 400:
                 raise _Stop
 
-    messages: list[str] = []
-    sink = logger.add(lambda m: messages.append(str(m)), format="{message}")
-    try:
-        with pytest.raises(_Stop):
-            run_denoise(inputs, opts, should_stop=stop_in_second_phase)
-        first_report = [m for m in messages if m.startswith("Held-out half set 2")]
-        messages.clear()
-        s = run_denoise(inputs, opts)
-    finally:
-        logger.remove(sink)
+    messages = log_messages
+    with pytest.raises(_Stop):
+        run_denoise(inputs, opts, should_stop=stop_in_second_phase)
+    first_report = [m for m in messages if m.startswith("Held-out half set 2")]
+    messages.clear()
+    s = run_denoise(inputs, opts)
     assert any("at step 400/450 (training on both halves)" in m for m in messages)
     assert s["train_steps"] == 450
     # the same report as before the abort: the weights that never saw half set 2
