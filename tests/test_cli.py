@@ -33,6 +33,7 @@ def test_simulate_then_check_poses_json(tmp_path: Path) -> None:
         (["check-poses", "--i", "missing.star", "--map", "m.mrc"], "missing.star"),
         (["backproject", "--i", "bad.star", "--o", "out"], "bad.star"),
         (["simulate", "--map", "notamap.mrc", "--o", "out", "--n", "4"], "notamap.mrc"),
+        (["reconstruct", "--o", "out"], "--in_parts"),
     ],
 )
 def test_bad_input_gives_one_error_line_and_exit_1(tmp_path: Path, args: list[str], expected: str) -> None:
@@ -48,3 +49,26 @@ def test_bad_input_gives_one_error_line_and_exit_1(tmp_path: Path, args: list[st
     errors = [line for line in lines if line.startswith("ERROR:")]
     assert len(errors) == 1 and expected in errors[0], result.output
     assert "Traceback" not in result.output
+
+
+def test_reconstruct_demo_simulates_the_builtin_volume_and_scores_against_its_truth(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``cryogan reconstruct --demo`` needs no files: it simulates the built-in volume, trains
+    at the demo's box, keeps a budget the user gives, and aligns and scores the maps against
+    the simulation's truth (which training never sees)."""
+    from cryogan_core.commands import reconstruct
+
+    monkeypatch.setattr(reconstruct, "DEMO_N_PARTICLES", 200)
+    runner = CliRunner()
+    with runner.isolated_filesystem(temp_dir=tmp_path) as cwd:
+        result = runner.invoke(main, ["reconstruct", "--demo", "--o", "demo", "--max_minutes", "0.05", "--eval_minutes", "0", "--j", "1"])
+        assert result.exit_code == 0, result.output
+        out = Path(cwd) / "demo"
+        summary = json.loads((out / "summary.json").read_text())
+        assert (out / "demo_data/particles.star").is_file() and (out / "run_class001.mrc").is_file()
+    assert summary["n_particles"] == 200
+    assert summary["box_train"] == reconstruct.DEMO_SETTINGS["box_train"]
+    assert summary["options"]["max_minutes"] == 0.05  # given on the command line, not the demo's 5
+    assert summary["reference"].endswith("demo_data/ground_truth_map.mrc")
+    assert summary["resolution_A_vs_reference_fsc_0.5"] > 0

@@ -800,21 +800,63 @@ def _write_outputs(
 # ----------------------------------------------------------------------------- click
 
 
+DEMO_N_PARTICLES = 4000
+DEMO_SNR_DB = -10.0
+DEMO_SETTINGS = {"box_train": 32, "max_minutes": 5.0}
+
+
+def demo_inputs(output_dir: Path, project_dir: Path | None, seed: int) -> tuple[Path, Path]:
+    """Simulate the built-in example for ``cryogan reconstruct --demo``.
+
+    ``DEMO_N_PARTICLES`` particles of the built-in procedural volume (asymmetric, 64 px,
+    3.54 Å/px) at uniform poses, ``DEMO_SNR_DB`` dB, ±2 px shifts and random CTFs, written by
+    :func:`~cryogan_core.commands.simulate.run_simulate` to ``output_dir/demo_data``.
+
+    Args:
+        output_dir: the reconstruction's output folder.
+        project_dir: directory the simulated ``rlnImageName`` paths are relative to
+            (default: the current directory).
+        seed: simulation seed.
+
+    Returns:
+        ``(particles.star, ground_truth_map.mrc)`` paths: the particles to reconstruct, and
+        the truth to align and score against (never used in training).
+    """
+    from cryogan_core.commands.simulate import run_simulate
+
+    sim_dir = Path(output_dir) / "demo_data"
+    run_simulate(sim_dir, DEMO_N_PARTICLES, DEMO_SNR_DB, shift_px=2.0, seed=seed, project_dir=project_dir)
+    return sim_dir / "particles.star", sim_dir / "ground_truth_map.mrc"
+
+
 @click.command("reconstruct")
-@click.option("--in_parts", "star_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Particle STAR with CTF, or a cryoSPARC particle .cs (poses are ignored).")
+@click.option("--in_parts", "star_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Particle STAR with CTF, or a cryoSPARC particle .cs (poses are ignored).")
 @click.option("--o", "output_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
 @click.option("--in_3dref", "ref_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Reference map for alignment and FSC after training (never used in training).")
 @click.option("--in_mask", "mask_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Mask multiplied into the volume (default: a sphere of the particle diameter).")
 @click.option("--in_mics", "mics_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Micrograph STAR: noise windows are cut from the micrographs.")
 @click.option("--project_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Directory rlnImageName paths are relative to (default: current directory).")
 @click.option("--restart", is_flag=True, help="Ignore an existing checkpoint.pt in --o and start again.")
+@click.option("--demo", is_flag=True, help=(
+    f"Simulate {DEMO_N_PARTICLES} particles of the built-in volume at {DEMO_SNR_DB:g} dB into <o>/demo_data and "
+    f"reconstruct them, scored against the built-in truth (box_train {DEMO_SETTINGS['box_train']} and "
+    f"max_minutes {DEMO_SETTINGS['max_minutes']:g} unless given)."))
 @click.option("--j", "threads", default=2, show_default=True, help="CPU threads.")
 @click_options(ReconstructOptions)
-def cli_command(star_path: Path, output_dir: Path, ref_path: Path | None, mask_path: Path | None, mics_path: Path | None,
-                project_dir: Path | None, restart: bool, threads: int, **kwargs: Any) -> None:
+def cli_command(star_path: Path | None, output_dir: Path, ref_path: Path | None, mask_path: Path | None, mics_path: Path | None,
+                project_dir: Path | None, restart: bool, demo: bool, threads: int, **kwargs: Any) -> None:
     """CryoGAN reconstruction without pose estimation: half maps, average, half-map FSC."""
     try:
         set_threads(threads)
+        if demo:
+            ctx = click.get_current_context()
+            for name, value in DEMO_SETTINGS.items():
+                if ctx.get_parameter_source(name).name == "DEFAULT":
+                    kwargs[name] = value
+            star_path, truth = demo_inputs(output_dir, project_dir, seed=int(kwargs["seed"]))
+            ref_path = ref_path or truth
+        elif star_path is None:
+            raise InputError("give the particles with --in_parts (or run the built-in example with --demo)")
         opts = options_from_mapping(ReconstructOptions, kwargs)
         run_reconstruct(star_path, output_dir, opts, ref_path=ref_path, mask_path=mask_path, mics_path=mics_path,
                         project_dir=project_dir, resume=not restart)
