@@ -1,7 +1,7 @@
 """``cryogan reconstruct`` estimates the particles' SNR without poses (whole-box variance
 over background variance), logs it, writes it to summary.json as ``estimated_snr_db`` and
-to the PDF's summary page, and warns below -15 dB, where the README measured CryoGAN maps
-moving with the seed."""
+to the PDF's summary page, and warns below -15 dB, where our benchmarks (docs/cryogan_benchmarks.md)
+measured CryoGAN maps moving with the seed."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from cryogan_core.commands.options import options_from_mapping
-from cryogan_core.commands.reconstruct import LOW_SNR_DB, _summary_lines, run_reconstruct
+from cryogan_core.commands.reconstruct import LOW_SNR_DB, run_reconstruct
 from cryogan_core.commands.reconstruct_options import ReconstructOptions
 from cryogan_core.commands.simulate import run_simulate
+from cryogan_core.report.reconstruct_report import summary_lines
 
 TINY = {"box_train": "16", "max_minutes": "0", "n_epochs": "1", "eval_minutes": "0", "log_seconds": "1000",
         "symmetry": "C1", "particle_diameter_A": "160"}
@@ -39,7 +40,7 @@ def test_the_job_reports_the_particles_snr_and_warns_when_low(tmp_path, log_mess
     assert f"Particle SNR {got:.1f} dB (120 particles; pose-free" in text
     assert ("another --seed" in text) is warned
     # the PDF's first page: the same numbers
-    page = "\n".join(_summary_lines(summary))
+    page = "\n".join(summary_lines(summary, LOW_SNR_DB))
     assert f"particle SNR, dB (pose-free; reads low)    {got:.1f}" in page
     assert f"{summary['resolution_A_fsc_0.143']:.1f} Å" in page and "120 (" in page
     assert ("run another seed" in page) is warned

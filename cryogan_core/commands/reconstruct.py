@@ -62,7 +62,14 @@ from cryogan_core.physics.noise import (  # noqa: E402
     noise_from_micrograph_windows,
 )
 from cryogan_core.physics.resample import fourier_crop_images, fourier_crop_or_pad_map  # noqa: E402
-from cryogan_core.report.plots import curves_figure, fsc_figure, montage_figure, save_figure, text_figure, write_pdf  # noqa: E402
+from cryogan_core.report.plots import fsc_figure, montage_figure, save_figure, text_figure, write_pdf  # noqa: E402
+from cryogan_core.report.reconstruct_report import (  # noqa: E402
+    format_duration,
+    loss_figures,
+    resolution_vs_time_figure,
+    slices_figure,
+    summary_lines,
+)
 from cryogan_core.train.wgan import (  # noqa: E402
     CryoGanTrainer,
     ScaledVolume,
@@ -99,16 +106,6 @@ class HalfData:
     images: torch.Tensor
     priors: SimulationPriors
     signal_variance: float
-
-
-def _format_duration(seconds: float) -> str:
-    """``1h02m03s`` / ``4m05s`` / ``12s``."""
-    if not math.isfinite(seconds):
-        return "?"
-    s = int(round(max(0.0, seconds)))
-    h, rem = divmod(s, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
 _NOISE_SOURCE_BYTES = 200 * 2**20  # particles read at their own box for the noise source
@@ -216,25 +213,6 @@ def _build_noise(opts: ReconstructOptions, imgs: torch.Tensor, radius_t: float, 
 
 
 # ----------------------------------------------------------------------------- figures
-
-
-def _slices_figure(volumes: dict[str, np.ndarray], title: str) -> plt.Figure:
-    """Central z, y and x slices of each volume (one row per volume)."""
-    fig, axes = plt.subplots(len(volumes), 3, figsize=(7.5, 2.5 * len(volumes)), squeeze=False)
-    for r, (label, vol) in enumerate(volumes.items()):
-        c = vol.shape[0] // 2
-        for k, (img, name) in enumerate([(vol[c], "z"), (vol[:, c], "y"), (vol[:, :, c], "x")]):
-            ax = axes[r, k]
-            ax.imshow(img, cmap="gray", origin="lower")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if k == 0:
-                ax.set_ylabel(label, fontsize=8)
-            if r == 0:
-                ax.set_title(f"central {name} slice", fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
 
 
 def _particles_figure(half: HalfData, trainer: CryoGanTrainer, step: int, title: str) -> plt.Figure:
@@ -523,7 +501,7 @@ def run_reconstruct(
         evals = list(saved_state.get("evals", []))
         logger.info(
             f"Continuing from {ckpt_path}: step {trainers[0].step_count} at {cur_s.box} px, "
-            f"{_format_duration(trainers[0].elapsed_s)} of training done"
+            f"{format_duration(trainers[0].elapsed_s)} of training done"
         )
     else:
         logger.info("Starting both half sets from the same volume (a Gaussian ball inside the mask)")
@@ -559,7 +537,7 @@ def run_reconstruct(
             f"epoch {r['epoch']:.2f}/{opts.n_epochs:g} | step {int(r['step'])} | box {state['s'].box} | "
             f"critic loss {join('loss_critic', '.3f')} | generator loss {join('loss_gen', '.3f')} | "
             f"Wasserstein {join('wasserstein', '.3f')} | blur {r['sigma_px']:.2f} px | lr {r['lr']:.2e} | "
-            f"{_format_duration(elapsed)} elapsed, {_format_duration(time_left(elapsed))} left"
+            f"{format_duration(elapsed)} elapsed, {format_duration(time_left(elapsed))} left"
         )
 
     def evaluate(elapsed: float) -> dict:
@@ -578,14 +556,14 @@ def run_reconstruct(
             entry["resolution_A_vs_reference_fsc_0.5"] = ral.resolution_A(0.5)
         evals.append(entry)
         tag = f"step{trs[0].step_count:06d}"
-        save_figure(_slices_figure({"half 1": v1.numpy(), "half 2 (aligned to half 1)": al.aligned.numpy()},
-                                   f"{_format_duration(elapsed)}, step {trs[0].step_count}"), snap_dir / f"slices_{tag}.png")
+        save_figure(slices_figure({"half 1": v1.numpy(), "half 2 (aligned to half 1)": al.aligned.numpy()},
+                                   f"{format_duration(elapsed)}, step {trs[0].step_count}"), snap_dir / f"slices_{tag}.png")
         save_figure(_particles_figure(state["halves"][0], trs[0], trs[0].step_count, f"half 1, step {trs[0].step_count}"),
                     snap_dir / f"particles_{tag}.png")
         vs_ref = (f"; average vs reference (aligned): 0.5 at {entry['resolution_A_vs_reference_fsc_0.5']:.1f} Å"
                   if ref_full is not None else "")
         logger.info(
-            f"half-map FSC after {_format_duration(elapsed)} (step {entry['step']}, epoch {entry['epoch']:.2f}): "
+            f"half-map FSC after {format_duration(elapsed)} (step {entry['step']}, epoch {entry['epoch']:.2f}): "
             f"0.143 at {res:.1f} Å, 0.5 at {entry['resolution_A_fsc_0.5']:.1f} Å (training Nyquist {2 * s.pixel_A:.1f} Å)"
             f"{vs_ref}"
         )
@@ -611,8 +589,8 @@ def run_reconstruct(
     trainers, halves, s_end = state["trainers"], state["halves"], state["s"]
     logger.info(
         f"Training ended ({'epochs done' if reason == 'epochs' else 'time budget reached'}) after step "
-        f"{trainers[0].step_count}, {_format_duration(trainers[0].elapsed_s)} of training "
-        f"({_format_duration(time.monotonic() - t_start)} in this run)"
+        f"{trainers[0].step_count}, {format_duration(trainers[0].elapsed_s)} of training "
+        f"({format_duration(time.monotonic() - t_start)} in this run)"
     )
     if not evals or evals[-1]["step"] != trainers[0].step_count:
         evaluate(trainers[0].elapsed_s)
@@ -651,33 +629,9 @@ def _move_to_box(state: dict, s: "_Sampling", halves: list[HalfData], mask: torc
     logger.info(
         f"Step {trainers[0].step_count}: training box {old_s.box} -> {s.box} px ({s.pixel_A:.3f} Å/px, Nyquist "
         f"{2 * s.pixel_A:.2f} Å); volumes Fourier-padded, new critics trained for {opts.critic_warmup} rounds "
-        f"(Wasserstein {'/'.join(f'{x:.3f}' for x in w)}, {_format_duration(spent)})"
+        f"(Wasserstein {'/'.join(f'{x:.3f}' for x in w)}, {format_duration(spent)})"
     )
     save_checkpoint()
-
-
-def _summary_lines(summary: dict) -> list[str]:
-    """The first page of ``logfile.pdf``: the run's headline numbers from ``summary``
-    (the dict :func:`_write_outputs` builds), one ``label  value`` line each."""
-    o = summary["options"]
-    rows = [
-        ("particles (half 1 / half 2)", f"{summary['n_particles']} ({summary['n_half1']} / {summary['n_half2']})"),
-        ("particle SNR, dB (pose-free; reads low)", f"{summary['estimated_snr_db']:.1f}"),
-        ("box, pixel size", f"{summary['box']} px, {summary['pixel_size_A']:.3f} Å"),
-        ("training box, its Nyquist", f"{summary['box_train']} px, {summary['nyquist_train_A']:.1f} Å"),
-        ("symmetry; training seed", f"{o['symmetry']}; {o['seed']}"),
-        ("steps, epochs, training time", f"{summary['steps']}, {summary['epochs']:.1f}, {_format_duration(summary['training_time_s'])}"),
-        ("stopped by", str(summary["stopped_by"])),
-        ("half-map FSC 0.143 (optimistic)", f"{summary['resolution_A_fsc_0.143']:.1f} Å"),
-    ]
-    if "resolution_A_vs_reference_fsc_0.5" in summary:
-        rows.append(("FSC 0.5 with the reference (aligned)", f"{summary['resolution_A_vs_reference_fsc_0.5']:.1f} Å"))
-    lines = ["cryogan reconstruct"] + [f"{k:42s} {v}" for k, v in rows]
-    lines += ["", "Both half maps start from the same volume and share the simulator,",
-              "so their FSC runs ahead of the map's agreement with an independent map."]
-    if summary["estimated_snr_db"] < LOW_SNR_DB:
-        lines += [f"Below {LOW_SNR_DB:.0f} dB our maps moved by 10 Å or more with the seed: run another seed."]
-    return lines
 
 
 def _write_outputs(
@@ -759,38 +713,16 @@ def _write_outputs(
     save_figure(fig, output_dir / "fsc.png", close=False)
     figures.insert(0, fig)
 
-    hist = [t.history for t in trainers]
-    n = min(len(x) for x in hist)
-    if n > 0:
-        steps = np.arange(1, n + 1)
-        def smooth(v: np.ndarray) -> np.ndarray:
-            """Running mean over ~1% of the steps (``(n_steps,)`` float -> same shape)."""
-            k = max(1, n // 100)
-            return np.convolve(v, np.ones(k) / k, mode="same")
-        curves = {}
-        for i, hh in enumerate(hist, start=1):
-            for key, label in (("wasserstein", "Wasserstein estimate"), ("loss_critic", "critic loss")):
-                curves[f"{label}, half {i}"] = smooth(np.array([r[key] for r in hh[:n]]))
-        figures.append(curves_figure(steps, curves, "volume update (step)", "loss", title="Critic losses (moving average)"))
-        gen_curves = {f"generator loss, half {i}": smooth(np.array([r["loss_gen"] for r in hh[:n]])) for i, hh in enumerate(hist, 1)}
-        figures.append(curves_figure(steps, gen_curves, "volume update (step)", "loss", title="Generator loss (moving average)"))
+    figures += loss_figures([t.history for t in trainers])
     if evals:
-        t_min = np.array([e["elapsed_s"] / 60.0 for e in evals])
-        fig = curves_figure(
-            t_min,
-            {"half-map FSC 0.143": np.array([e["resolution_A_fsc_0.143"] for e in evals], dtype=float),
-             "half-map FSC 0.5": np.array([e["resolution_A_fsc_0.5"] for e in evals], dtype=float),
-             **({"average vs reference, FSC 0.5": np.array([e.get("resolution_A_vs_reference_fsc_0.5", np.nan) for e in evals], dtype=float)}
-                if ref_path is not None else {})},
-            "training time (min)", "resolution (Å)", title="Resolution against time",
-        )
+        fig = resolution_vs_time_figure(evals, with_reference=ref_path is not None)
         save_figure(fig, output_dir / "resolution_vs_time.png", close=False)
         figures.append(fig)
-    figures.append(_slices_figure({"half 1": h1.numpy(), "half 2": h2.numpy(), "average": avg.numpy()}, "Final maps"))
+    figures.append(slices_figure({"half 1": h1.numpy(), "half 2": h2.numpy(), "average": avg.numpy()}, "Final maps"))
     fig = _particles_figure(halves[0], trainers[0], trainers[0].step_count, "Real versus simulated particles (half 1, final volume)")
     save_figure(fig, output_dir / "particles_real_vs_simulated.png", close=False)
     figures.append(fig)
-    figures.insert(0, text_figure(_summary_lines(summary)))
+    figures.insert(0, text_figure(summary_lines(summary, LOW_SNR_DB)))
     write_pdf(output_dir / "logfile.pdf", figures)
     write_summary(output_dir / "summary.json", summary)
     logger.info(f"Half-map FSC = 0.143 at {res:.1f} Å (training Nyquist {2 * pixel_t:.1f} Å); wrote {output_dir}")
