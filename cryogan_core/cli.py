@@ -74,7 +74,8 @@ _project = click.option(
 @_device
 @_threads
 @user_errors
-def simulate(map_path, output_dir, n, snr_db, poses_from, ctf_from, shift_px, seed, box, pixel_size_A, project_dir, device, threads) -> None:
+def simulate(map_path: Path | None, output_dir: Path, n: int, snr_db: float, poses_from: Path | None, ctf_from: Path | None,
+             shift_px: float, seed: int, box: int, pixel_size_A: float, project_dir: Path | None, device: str, threads: int) -> None:
     """Simulate a particle set with known truth (particles.star, particles.mrcs, clean.mrcs)."""
     from cryogan_core.commands._common import select_device, set_threads
     from cryogan_core.commands.simulate import run_simulate
@@ -97,7 +98,8 @@ def simulate(map_path, output_dir, n, snr_db, poses_from, ctf_from, shift_px, se
 @_device
 @_threads
 @user_errors
-def check_poses(star_path, map_path, n_max, mask_radius_px, seed, as_json, project_dir, device, threads) -> None:
+def check_poses(star_path: Path, map_path: Path, n_max: int, mask_radius_px: float | None, seed: int, as_json: bool,
+                project_dir: Path | None, device: str, threads: int) -> None:
     """Mean CC between particles and the map's projections at their poses, vs shuffled poses."""
     from cryogan_core.commands._common import select_device, set_threads
     from cryogan_core.commands.check_poses import run_check_poses
@@ -122,7 +124,8 @@ def check_poses(star_path, map_path, n_max, mask_radius_px, seed, as_json, proje
 @_device
 @_threads
 @user_errors
-def backproject(star_path, output_dir, wiener_constant, seed, project_dir, device, threads) -> None:
+def backproject(star_path: Path, output_dir: Path, wiener_constant: float, seed: int, project_dir: Path | None, device: str,
+                threads: int) -> None:
     """Reconstruct both half maps with known poses; FSC and resolution at 0.143."""
     from cryogan_core.commands._common import select_device, set_threads
     from cryogan_core.commands.backproject import run_backproject
@@ -145,7 +148,8 @@ DEMO_N_STEPS = 400
 @_threads
 @click_options(DenoiseOptions)
 @user_errors
-def denoise(star_path, map_path, mask_path, output_dir, demo, project_dir, threads, **options) -> None:
+def denoise(star_path: Path | None, map_path: Path | None, mask_path: Path | None, output_dir: Path, demo: bool,
+            project_dir: Path | None, threads: int, **options: Any) -> None:
     """Train the cGAN denoiser on refined particles (half set 1), report on half set 2, denoise all."""
     from cryogan_core.commands._common import set_threads
     from cryogan_core.commands.denoise import DenoiseInputs, run_denoise

@@ -10,6 +10,7 @@ follow RELION's Refine3D: ``run_half1_class001_unfil.mrc``, ``run_half2_class001
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,8 +27,11 @@ from cryogan_core.physics.ctf import CtfParams
 from cryogan_core.physics.reconstruct import reconstruct
 from cryogan_core.report.plots import fsc_figure, save_figure
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-def half_set_labels(df, seed: int = 0) -> np.ndarray:
+
+def half_set_labels(df: pd.DataFrame, seed: int = 0) -> np.ndarray:
     """Half-set label (1/2) of every particle: rlnRandomSubset, or a seeded random split.
 
     Args:

@@ -27,7 +27,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import click
 import matplotlib
@@ -84,6 +84,9 @@ from cryogan_core.train.wgan import (  # noqa: E402
     train_cryogan,
 )
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
 # ----------------------------------------------------------------------------- data
@@ -123,7 +126,7 @@ def _load_images(images: ParticleImages, rows: np.ndarray, box_out: int, radius_
     return out
 
 
-def _check_star(star_path: Path, df, opts: ReconstructOptions) -> float:
+def _check_star(star_path: Path, df: pd.DataFrame, opts: ReconstructOptions) -> float:
     """Return the single pixel size; InputError for several sizes or CTF-premultiplied data."""
     sizes = np.unique(df["rlnImagePixelSize"].to_numpy())
     if len(sizes) != 1:

@@ -327,6 +327,7 @@ def find_passthrough_files(cs_path: str | Path) -> list[Path]:
     found: list[Path] = []
 
     def add(p: Path) -> None:
+        """Keep ``p`` if it is an existing file other than the particles ``.cs`` and not already found."""
         if p.is_file() and p.absolute() != cs_path.absolute() and p.absolute() not in [f.absolute() for f in found]:
             found.append(p)
 

@@ -366,9 +366,12 @@ def align_maps(
     hands = (False, True) if try_mirror else (False,)
 
     def level(box: int, lowpass_vox: float) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """Reference and moving map at a search box (Fourier-cropped, low-passed at ``lowpass_vox`` voxels
+        of that box), the box, and how many rotations to score per batch (~2e6 voxels)."""
         b = min(d, int(box))
         px = pixel_size_A * d / b
         def prep(v: torch.Tensor) -> torch.Tensor:
+            """``(d, d, d)`` map -> ``(b, b, b)``, Fourier-cropped and Gaussian low-passed."""
             small = fourier_crop_or_pad_map(v, b) if b != d else v
             return gaussian_lowpass_map(small, px, lowpass_vox * px)
         return prep(ref), prep(mov), b, max(1, 2_000_000 // b**3)

@@ -92,6 +92,7 @@ class PatchGANDiscriminator(nn.Module):
         """Logit-map size ``(h', w')`` for an ``(height, width)`` input (see module docstring)."""
 
         def one(s: int) -> int:
+            """Logit-map size along one axis of ``s`` px: halved per layer, minus the two 4x4 stride-1 convolutions."""
             for _ in range(self.config["n_layers"]):
                 s = s // 2
             return s - 2

@@ -366,6 +366,7 @@ def conv_flops_per_image(model: nn.Module, height: int, width: int) -> float:
     total = 0.0
 
     def hook(mod: nn.Conv2d, _inp: Any, out: torch.Tensor) -> None:
+        """Add this convolution's multiply-adds (2 FLOP each) for its output to ``total``."""
         nonlocal total
         k = math.prod(mod.kernel_size) * mod.in_channels // mod.groups
         total += 2.0 * out.numel() * k

@@ -95,6 +95,7 @@ def random_ctf_params(
     angle = 180.0 * torch.rand(n, generator=generator)
 
     def full(v: float) -> torch.Tensor:
+        """``(n,)`` float32 tensor filled with ``v``."""
         return torch.full((n,), float(v), dtype=torch.float32)
 
     return CtfParams(
