@@ -560,7 +560,7 @@ def run_reconstruct(
         evals.append(entry)
         tag = f"step{trs[0].step_count:06d}"
         save_figure(slices_figure({"half 1": v1.numpy(), "half 2 (aligned to half 1)": al.aligned.numpy()},
-                                   f"{format_duration(elapsed)}, step {trs[0].step_count}"), snap_dir / f"slices_{tag}.png")
+                                  f"{format_duration(elapsed)}, step {trs[0].step_count}"), snap_dir / f"slices_{tag}.png")
         save_figure(_particles_figure(state["halves"][0], trs[0], trs[0].step_count, f"half 1, step {trs[0].step_count}"),
                     snap_dir / f"particles_{tag}.png")
         vs_ref = (f"; average vs reference (aligned): 0.5 at {entry['resolution_A_vs_reference_fsc_0.5']:.1f} Å"
