@@ -50,6 +50,7 @@ from cryogan_core.io.mrc import write_map  # noqa: E402
 from cryogan_core.io.particles import load_particles  # noqa: E402
 from cryogan_core.io.summary import write_summary  # noqa: E402
 from cryogan_core.metrics.align import align_maps, apply_alignment  # noqa: E402
+from cryogan_core.metrics.bias import lowpass_volume  # noqa: E402
 from cryogan_core.metrics.fsc import fsc, resolution_at, shells_up_to, write_fsc_star  # noqa: E402
 from cryogan_core.metrics.images import background_signal_and_noise_variance, normalize_background, snr_db  # noqa: E402
 from cryogan_core.models.volume import VoxelVolume  # noqa: E402
@@ -281,6 +282,40 @@ class _Sampling:
     radius_px: float
 
 
+def initial_volume(volume: torch.Tensor, box: int, pixel_size_A: float, lowpass_A: float, name: str = "initial model") -> torch.Tensor:
+    """The start of training from a given map: at the training box, low-passed, non-negative.
+
+    The map is Fourier-cropped (or padded) to ``box``, every Fourier component beyond
+    ``lowpass_A`` is zeroed (:func:`~cryogan_core.metrics.bias.lowpass_volume`, a hard
+    sphere, as RELION's initial low-pass filter), negative densities are set to 0 (the
+    volume's positivity; a map in RELION's convention has protein positive) and the result
+    is scaled to a maximum of 1 (each half's volume is rescaled to the particles' signal
+    afterwards).
+
+    Args:
+        volume: ``(D, D, D)`` float32 map ``(z, y, x)`` at the particles' pixel size and box.
+        box: the training box (px).
+        pixel_size_A: the training pixel size (Å).
+        lowpass_A: the resolution (Å) beyond which components are zeroed (> 0).
+        name: how the error message names the map.
+
+    Returns:
+        ``(box, box, box)`` float32 tensor, maximum 1.
+
+    Raises:
+        InputError: the low-passed map's total density is not positive (an empty map, or
+            protein negative: inverted contrast).
+    """
+    v = fourier_crop_or_pad_map(volume, box) if volume.shape[-1] != box else volume
+    v = lowpass_volume(v, pixel_size_A, lowpass_A)
+    total = float(v.sum())
+    if not math.isfinite(total) or total <= 0:
+        raise InputError(f"--initial_model {name}: its density sums to {total:.3g} after the {lowpass_A:g} Å low-pass; "
+                         "an empty map, or protein negative (inverted contrast)?")
+    v = v.clamp_min(0.0)
+    return v / v.max()
+
+
 def _training_boxes(opts: ReconstructOptions, box: int, star_path: Path) -> list[int]:
     """The training boxes, first to last: ``[box_train]`` or ``[box_train, box_final]``.
 
@@ -410,6 +445,7 @@ def run_reconstruct(
             "imposes the orientation of the mask"
         )
     ref_full = map_for_particles(ref_path, pixel_A, box).cpu() if ref_path is not None else None  # a bad file fails early
+    initial_full = map_for_particles(opts.initial_model, pixel_A, box).cpu() if opts.initial_model else None
 
     def volume_mask(s: _Sampling) -> torch.Tensor:
         """The volume mask at the training box of ``s``: the input mask resampled, or a soft sphere."""
@@ -477,9 +513,13 @@ def run_reconstruct(
                 for v, h in zip(volumes, halves)]
 
     def start_volumes(s: _Sampling, halves: list[HalfData]) -> list[ScaledVolume]:
-        """The same Gaussian ball inside the mask for both halves, scaled to each half's signal."""
+        """The same start inside the mask for both halves (the Gaussian ball, or the initial
+        model by :func:`initial_volume`), scaled to each half's signal."""
         m = volume_mask(s)
-        start = gaussian_ball(s.box, s.radius_px / 2.0) * m
+        if initial_full is None:
+            start = gaussian_ball(s.box, s.radius_px / 2.0) * m
+        else:
+            start = initial_volume(initial_full, s.box, s.pixel_A, opts.initial_lowpass_A, opts.initial_model) * m
         out = []
         for half in halves:
             voxels = VoxelVolume(s.box, init=start, positivity=opts.positivity, mask=m, symmetry=opts.symmetry)
@@ -507,7 +547,9 @@ def run_reconstruct(
             f"{format_duration(trainers[0].elapsed_s)} of training done"
         )
     else:
-        logger.info("Starting both half sets from the same volume (a Gaussian ball inside the mask)")
+        logger.info("Starting both half sets from the same volume ("
+                    + (f"{opts.initial_model} low-passed at {opts.initial_lowpass_A:g} Å" if initial_full is not None
+                       else "a Gaussian ball") + " inside the mask)")
     state = {"s": cur_s, "halves": halves, "trainers": trainers}
 
     def save_checkpoint() -> None:
