@@ -153,16 +153,14 @@ def denoise(star_path: Path | None, map_path: Path | None, mask_path: Path | Non
     """Train the cGAN denoiser on refined particles (half set 1), report on half set 2, denoise all."""
     from cryogan_core.commands._common import set_threads
     from cryogan_core.commands.denoise import DenoiseInputs, run_denoise
-    from cryogan_core.commands.simulate import run_simulate
+    from cryogan_core.commands.options import defaults_unless_given
+    from cryogan_core.commands.simulate import simulate_demo
 
     set_threads(threads)
     project_dir = project_dir or Path.cwd()
     if demo:
-        sim_dir = output_dir / "demo_data"
-        run_simulate(sim_dir, DEMO_N_PARTICLES, -10.0, shift_px=2.0, seed=int(options["seed"]), project_dir=project_dir)
-        star_path, map_path = sim_dir / "particles.star", sim_dir / "ground_truth_map.mrc"
-        if click.get_current_context().get_parameter_source("n_steps").name == "DEFAULT":
-            options["n_steps"] = DEMO_N_STEPS
+        star_path, map_path = simulate_demo(output_dir, DEMO_N_PARTICLES, int(options["seed"]), project_dir)
+        defaults_unless_given(options, {"n_steps": DEMO_N_STEPS})
     elif star_path is None:
         raise InputError("give the particles with --i (or run the built-in example with --demo)")
     run_denoise(DenoiseInputs(star_path, output_dir, map_path, mask_path, project_dir), options)

@@ -1,5 +1,5 @@
 """``initial_model``: CryoGAN starts both half maps from a given map, low-passed, instead of
-the Gaussian ball (``cryogan_core.commands.reconstruct.initial_volume``)."""
+the Gaussian ball (``cryogan_core.train.wgan.initial_volume``)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from cryogan_core.commands.reconstruct import initial_volume, run_reconstruct
+from cryogan_core.commands.reconstruct import run_reconstruct
 from cryogan_core.commands.simulate import run_simulate
 from cryogan_core.errors import InputError
-from cryogan_core.io.mrc import write_map
 from cryogan_core.physics.phantom import procedural_volume
 from cryogan_core.physics.resample import fourier_crop_or_pad_map
+from cryogan_core.train.wgan import initial_volume
 
 TINY = {"box_train": "16", "max_minutes": "0", "n_epochs": "0.2", "eval_minutes": "0", "log_seconds": "1000",
         "symmetry": "C1", "particle_diameter_A": "160"}
@@ -60,7 +60,6 @@ def test_the_job_starts_from_the_initial_model(tmp_path: Path, log_messages: lis
 
 def test_a_missing_initial_model_is_one_error_naming_it(tmp_path: Path) -> None:
     run_simulate(tmp_path / "sim", n=40, snr_db=0.0, seed=1, box=24, pixel_size_A=8.0, project_dir=tmp_path)
-    write_map(tmp_path / "unused.mrc", procedural_volume(24), 8.0)
     with pytest.raises(InputError, match="nothere.mrc"):
         run_reconstruct(tmp_path / "sim/particles.star", tmp_path / "out", {**TINY, "initial_model": str(tmp_path / "nothere.mrc")},
                         project_dir=tmp_path)

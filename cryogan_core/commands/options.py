@@ -219,3 +219,22 @@ def click_options(cls: type) -> Callable[[Callable[..., Any]], Callable[..., Any
         return func
 
     return decorate
+
+
+def defaults_unless_given(values: dict[str, Any], settings: Mapping[str, Any]) -> None:
+    """Replace option defaults in ``values`` with ``settings`` where the user gave no value.
+
+    For built-in examples (``--demo``) that need other defaults than real data: an option
+    the user typed on the command line keeps the user's value.
+
+    Args:
+        values: the running click command's keyword arguments (changed in place).
+        settings: option name -> the value to use unless the user gave one.
+
+    Raises:
+        RuntimeError: called outside a running click command.
+    """
+    ctx = click.get_current_context()
+    for name, value in settings.items():
+        if ctx.get_parameter_source(name) is click.core.ParameterSource.DEFAULT:
+            values[name] = value

@@ -41,8 +41,9 @@ from loguru import logger  # noqa: E402
 from cryogan_core.commands._common import map_for_particles, select_device, set_threads  # noqa: E402
 from cryogan_core.commands.backproject import half_set_labels  # noqa: E402
 from cryogan_core.commands.export_cryosparc import volume_import_settings  # noqa: E402
-from cryogan_core.commands.options import click_options, options_from_mapping  # noqa: E402
+from cryogan_core.commands.options import click_options, defaults_unless_given, options_from_mapping  # noqa: E402
 from cryogan_core.commands.reconstruct_options import MIN_BOX, ReconstructOptions  # noqa: E402
+from cryogan_core.commands.simulate import DEMO_SNR_DB, simulate_demo  # noqa: E402
 from cryogan_core.errors import InputError  # noqa: E402
 from cryogan_core.io.atomic import atomic_path  # noqa: E402
 from cryogan_core.io.images import ParticleImages  # noqa: E402
@@ -50,7 +51,6 @@ from cryogan_core.io.mrc import write_map  # noqa: E402
 from cryogan_core.io.particles import load_particles  # noqa: E402
 from cryogan_core.io.summary import write_summary  # noqa: E402
 from cryogan_core.metrics.align import align_maps, apply_alignment  # noqa: E402
-from cryogan_core.metrics.bias import lowpass_volume  # noqa: E402
 from cryogan_core.metrics.fsc import fsc, resolution_at, shells_up_to, write_fsc_star  # noqa: E402
 from cryogan_core.metrics.images import background_signal_and_noise_variance, normalize_background, snr_db  # noqa: E402
 from cryogan_core.models.volume import VoxelVolume  # noqa: E402
@@ -79,6 +79,7 @@ from cryogan_core.train.wgan import (  # noqa: E402
     clean_signal_variance,
     estimate_signal_variance,
     gaussian_ball,
+    initial_volume,
     resize_volume,
     simulate_batch,
     soft_sphere_mask,
@@ -280,40 +281,6 @@ class _Sampling:
     box: int
     pixel_A: float
     radius_px: float
-
-
-def initial_volume(volume: torch.Tensor, box: int, pixel_size_A: float, lowpass_A: float, name: str = "initial model") -> torch.Tensor:
-    """The start of training from a given map: at the training box, low-passed, non-negative.
-
-    The map is Fourier-cropped (or padded) to ``box``, every Fourier component beyond
-    ``lowpass_A`` is zeroed (:func:`~cryogan_core.metrics.bias.lowpass_volume`, a hard
-    sphere, as RELION's initial low-pass filter), negative densities are set to 0 (the
-    volume's positivity; a map in RELION's convention has protein positive) and the result
-    is scaled to a maximum of 1 (each half's volume is rescaled to the particles' signal
-    afterwards).
-
-    Args:
-        volume: ``(D, D, D)`` float32 map ``(z, y, x)`` at the particles' pixel size and box.
-        box: the training box (px).
-        pixel_size_A: the training pixel size (Å).
-        lowpass_A: the resolution (Å) beyond which components are zeroed (> 0).
-        name: how the error message names the map.
-
-    Returns:
-        ``(box, box, box)`` float32 tensor, maximum 1.
-
-    Raises:
-        InputError: the low-passed map's total density is not positive (an empty map, or
-            protein negative: inverted contrast).
-    """
-    v = fourier_crop_or_pad_map(volume, box) if volume.shape[-1] != box else volume
-    v = lowpass_volume(v, pixel_size_A, lowpass_A)
-    total = float(v.sum())
-    if not math.isfinite(total) or total <= 0:
-        raise InputError(f"--initial_model {name}: its density sums to {total:.3g} after the {lowpass_A:g} Å low-pass; "
-                         "an empty map, or protein negative (inverted contrast)?")
-    v = v.clamp_min(0.0)
-    return v / v.max()
 
 
 def _training_boxes(opts: ReconstructOptions, box: int, star_path: Path) -> list[int]:
@@ -778,32 +745,7 @@ def _write_outputs(
 
 
 DEMO_N_PARTICLES = 4000
-DEMO_SNR_DB = -10.0
 DEMO_SETTINGS = {"box_train": 32, "max_minutes": 5.0}
-
-
-def demo_inputs(output_dir: Path, project_dir: Path | None, seed: int) -> tuple[Path, Path]:
-    """Simulate the built-in example for ``cryogan reconstruct --demo``.
-
-    ``DEMO_N_PARTICLES`` particles of the built-in procedural volume (asymmetric, 64 px,
-    3.54 Å/px) at uniform poses, ``DEMO_SNR_DB`` dB, ±2 px shifts and random CTFs, written by
-    :func:`~cryogan_core.commands.simulate.run_simulate` to ``output_dir/demo_data``.
-
-    Args:
-        output_dir: the reconstruction's output folder.
-        project_dir: directory the simulated ``rlnImageName`` paths are relative to
-            (default: the current directory).
-        seed: simulation seed.
-
-    Returns:
-        ``(particles.star, ground_truth_map.mrc)`` paths: the particles to reconstruct, and
-        the truth to align and score against (never used in training).
-    """
-    from cryogan_core.commands.simulate import run_simulate
-
-    sim_dir = Path(output_dir) / "demo_data"
-    run_simulate(sim_dir, DEMO_N_PARTICLES, DEMO_SNR_DB, shift_px=2.0, seed=seed, project_dir=project_dir)
-    return sim_dir / "particles.star", sim_dir / "ground_truth_map.mrc"
 
 
 @click.command("reconstruct")
@@ -826,11 +768,8 @@ def cli_command(star_path: Path | None, output_dir: Path, ref_path: Path | None,
     try:
         set_threads(threads)
         if demo:
-            ctx = click.get_current_context()
-            for name, value in DEMO_SETTINGS.items():
-                if ctx.get_parameter_source(name).name == "DEFAULT":
-                    kwargs[name] = value
-            star_path, truth = demo_inputs(output_dir, project_dir, seed=int(kwargs["seed"]))
+            defaults_unless_given(kwargs, DEMO_SETTINGS)
+            star_path, truth = simulate_demo(output_dir, DEMO_N_PARTICLES, int(kwargs["seed"]), project_dir)
             ref_path = ref_path or truth
         elif star_path is None:
             raise InputError("give the particles with --in_parts (or run the built-in example with --demo)")

@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from cryogan_core.device import to_device
+from cryogan_core.errors import InputError
 from cryogan_core.models.critic import CryoGANCritic, gaussian_blur_images, gradient_penalty
 from cryogan_core.models.volume import VoxelVolume
 from cryogan_core.metrics.bias import lowpass_volume
@@ -55,6 +56,7 @@ from cryogan_core.physics.ctf import CtfParams, compute_ctf
 from cryogan_core.physics.euler import euler_to_matrix, random_euler_deg
 from cryogan_core.physics.noise import BackgroundNoise, CroppedNoise
 from cryogan_core.physics.projection import project, shift_phase
+from cryogan_core.physics.resample import fourier_crop_or_pad_map
 
 SHIFT_PRIORS = ("uniform", "gaussian", "star", "none")
 
@@ -117,6 +119,40 @@ def gaussian_ball(box: int, sigma_px: float, device: torch.device | str | None =
     c = torch.arange(box, dtype=torch.float32, device=device) - box // 2
     r2 = c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2
     return torch.exp(-r2 / (2.0 * sigma_px**2))
+
+
+def initial_volume(volume: torch.Tensor, box: int, pixel_size_A: float, lowpass_A: float, name: str = "initial model") -> torch.Tensor:
+    """The start of training from a given map: at the training box, low-passed, non-negative.
+
+    The map is Fourier-cropped (or padded) to ``box``, every Fourier component beyond
+    ``lowpass_A`` is zeroed (:func:`~cryogan_core.metrics.bias.lowpass_volume`, a hard
+    sphere, as RELION's initial low-pass filter), negative densities are set to 0 (the
+    volume's positivity; a map in RELION's convention has protein positive) and the result
+    is scaled to a maximum of 1 (each half's volume is rescaled to the particles' signal
+    afterwards).
+
+    Args:
+        volume: ``(D, D, D)`` float32 map ``(z, y, x)`` at the particles' pixel size and box.
+        box: the training box (px).
+        pixel_size_A: the training pixel size (Å).
+        lowpass_A: the resolution (Å) beyond which components are zeroed (> 0).
+        name: how the error message names the map.
+
+    Returns:
+        ``(box, box, box)`` float32 tensor, maximum 1.
+
+    Raises:
+        InputError: the low-passed map's total density is not positive (an empty map, or
+            protein negative: inverted contrast).
+    """
+    v = fourier_crop_or_pad_map(volume, box) if volume.shape[-1] != box else volume
+    v = lowpass_volume(v, pixel_size_A, lowpass_A)
+    total = float(v.sum())
+    if not math.isfinite(total) or total <= 0:
+        raise InputError(f"--initial_model {name}: its density sums to {total:.3g} after the {lowpass_A:g} Å low-pass; "
+                         "an empty map, or protein negative (inverted contrast)?")
+    v = v.clamp_min(0.0)
+    return v / v.max()
 
 
 class ScaledVolume(nn.Module):
@@ -352,8 +388,6 @@ def resize_volume(
     Raises:
         ValueError: ``mask`` is not ``(box, box, box)`` (from :class:`VoxelVolume`).
     """
-    from cryogan_core.physics.resample import fourier_crop_or_pad_map
-
     with torch.no_grad():
         old = volume().detach().float().cpu()
         peak = float(old.abs().max()) or 1.0
