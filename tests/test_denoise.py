@@ -338,3 +338,24 @@ def test_continue_while_training_on_both_halves_resumes_and_reports_unseen_weigh
     # the same report as before the abort: the weights that never saw half set 2
     assert [m for m in messages if m.startswith("Held-out half set 2")] == first_report
     assert s["heldout_cc_denoised"] > s["heldout_cc_raw"]
+
+
+def test_synthetic_pairs_join_training_and_a_checkpoint_without_them_is_not_continued(
+    trained: tuple[Path, dict], sim: Path, tmp_path: Path, log_messages: list[str]
+) -> None:
+    import shutil
+
+    out, s = trained
+    again = tmp_path / "with_synthetic"
+    shutil.copytree(out, again)
+    s2 = run_denoise(DenoiseInputs(sim / "sim/particles.star", again, sim / "sim/ground_truth_map.mrc", project_dir=sim),
+                     {**SMALL, "n_steps": 40, "validation_fraction": 0.2, "validate_every": 100, "no_bias_controls": True,
+                      "synthetic_pairs": 48})
+    text = "\n".join(log_messages)
+    # the earlier run's checkpoint trained on real pairs only: it is not continued
+    assert "made with other training options: starting training over" in text
+    assert "Made 48 synthetic training pairs" in text and "96 training particles" in text
+    assert s2["n_synthetic_pairs"] == 48 and s2["train_steps"] == 40
+    assert s["n_synthetic_pairs"] == 0
+    # the report is still on the 60 unseen particles of half set 2
+    assert s2["n_heldout_particles"] == 60

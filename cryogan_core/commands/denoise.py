@@ -57,6 +57,7 @@ from cryogan_core.train.evaluate import (
 from cryogan_core.train.pairs import PairSettings, build_pairs, default_bg_radius_px, input_transform, particle_arrays, train_box_ctf
 from cryogan_core.train.pix2pix import Pix2PixConfig, Pix2PixTrainer, denoise_images, eta_seconds, reconstruction_loss, train_pix2pix
 from cryogan_core.train.selection import BestWeights
+from cryogan_core.train.synthetic_pairs import synthetic_pairs
 
 MODEL_FORMAT = "cryogan-denoiser-v1"
 MIN_VALIDATION = 20  # fewer validation particles than this score too noisily to choose weights
@@ -322,6 +323,8 @@ def _train_and_report(
         best = BestWeights(val["inputs"], val["targets"], settings.train_mask(), ctf=val.get("ctf"))
     logger.info(f"Prepared {len(train_rows) + len(val_rows) + len(heldout_rows)} training/validation/report pairs in {time.time() - t0:.0f} s (projection, CTF, scale fit)")
     summary["estimated_snr_db"] = _estimated_snr(opts, [train, held] + ([val] if len(val_rows) else []))
+    synthetic = _synthetic(opts, images, df, train_rows, volume_for_pixel, settings, train, device, should_stop)
+    summary["n_synthetic_pairs"] = opts.synthetic_pairs
 
     n_steps = opts.n_steps
     config = Pix2PixConfig(
@@ -335,7 +338,7 @@ def _train_and_report(
         logger.warning(f"--recon_loss l2 with --gan_weight {opts.gan_weight:g}: the squared error is ~10x smaller than L1, so the "
                        "adversarial term dominates (at -20 dB this lowered the unseen CC from 0.52 to 0.40); --gan_weight 0 is advised")
     trainer = Pix2PixTrainer(config, device)
-    validation_key = {"rows": len(val_rows), "every": opts.validate_every}
+    validation_key = {"rows": len(val_rows), "every": opts.validate_every, "synthetic_pairs": opts.synthetic_pairs}
     extra = n_steps + n_steps // 2  # the last step of the optional training on both halves
     # weights of the generator that made the held-out report, kept while it trains on both halves
     report_weights: dict[str, torch.Tensor] | None = None
@@ -382,10 +385,11 @@ def _train_and_report(
             summary.update({"validation_best_step": best.best_step, "validation_cc_best": best.best_cc, "validation_cc_last": best.last_cc})
 
     if report_weights is None:
+        fit = _with_synthetic(train, synthetic)
         train_pix2pix(
-            trainer, train["inputs"], train["targets"], n_steps, on_step=_progress(n_steps, config.batch_size, loss_name=config.recon_loss.upper()),
+            trainer, fit["inputs"], fit["targets"], n_steps, on_step=_progress(n_steps, config.batch_size, loss_name=config.recon_loss.upper()),
             checkpoint=save_checkpoint, should_stop=should_stop, validate=validate, validate_every=opts.validate_every,
-            ctf=train.get("ctf"),
+            ctf=fit.get("ctf"),
         )
         use_best_weights()
         report_generator = trainer.generator
@@ -410,7 +414,7 @@ def _train_and_report(
         if report_weights is None:
             report_weights = {k: v.detach().clone() for k, v in trainer.generator.state_dict().items()}
         both_rows = np.concatenate([train_rows, heldout_rows])
-        both = build_pairs(images, df, both_rows, volume_for_pixel, settings, device=device, should_stop=should_stop)
+        both = _with_synthetic(build_pairs(images, df, both_rows, volume_for_pixel, settings, device=device, should_stop=should_stop), synthetic)
         trainer.config.n_steps = extra
         logger.info(f"Training further on both halves ({len(both_rows)} particles) up to step {extra}")
         train_pix2pix(trainer, both["inputs"], both["targets"], extra, on_step=_progress(extra, config.batch_size, loss_name=config.recon_loss.upper()), checkpoint=save_checkpoint,
@@ -423,6 +427,41 @@ def _train_and_report(
     save_model(out_dir / "model.pt", generator, settings, float(df["rlnImagePixelSize"].iloc[0]) * settings.box / settings.train_box,
                {"train_steps": trainer.step_count, "seed": opts.seed})
     return generator, trainer.history, report
+
+
+def _synthetic(
+    opts: DenoiseOptions,
+    images: ParticleImages,
+    df: pd.DataFrame,
+    train_rows: np.ndarray,
+    volume_for_pixel: Callable[[float], torch.Tensor],
+    settings: PairSettings,
+    train: dict[str, torch.Tensor],
+    device: torch.device,
+    should_stop: Callable[[], None] | None,
+) -> dict[str, torch.Tensor] | None:
+    """``opts.synthetic_pairs`` extra pairs (:mod:`cryogan_core.train.synthetic_pairs`), or None.
+
+    The signal's scale is the median of the real training pairs' slopes; the seed is
+    ``opts.seed``, so a resumed run trains on the same pairs.
+    """
+    if opts.synthetic_pairs == 0:
+        return None
+    t0 = time.time()
+    slope = float(train["slope"].median())
+    pairs, _ = synthetic_pairs(images, df, train_rows, volume_for_pixel, settings, opts.synthetic_pairs, slope, opts.seed,
+                               device=device, should_stop=should_stop)
+    logger.info(f"Made {opts.synthetic_pairs} synthetic training pairs in {time.time() - t0:.0f} s: the map at new poses with the CTFs "
+                f"and the noise (residuals) of the {len(train_rows)} training particles, signal scale {slope:.3f}")
+    return pairs
+
+
+def _with_synthetic(pairs: dict[str, torch.Tensor], synthetic: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """The real pairs' ``inputs``, ``targets`` (and ``ctf``) followed by the synthetic ones."""
+    if synthetic is None:
+        return pairs
+    keys = [k for k in ("inputs", "targets", "ctf") if k in pairs]
+    return {k: torch.cat([pairs[k], synthetic[k]]) for k in keys}
 
 
 # Below this particle SNR the adversarial default painted the reference over what the map

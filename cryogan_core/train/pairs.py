@@ -263,22 +263,8 @@ def build_pairs(
         if should_stop is not None:
             should_stop()
         idx = rows[start : start + batch_size]
-        sub = df.iloc[idx]
         raw = torch.from_numpy(images.read(idx)).to(device)
-        angles, origins, ctf, pix = particle_arrays(sub, device)
-        pred_ctf = torch.empty_like(raw)
-        pred_free = torch.empty_like(raw) if not settings.ctf_targets else None
-        for p in torch.unique(pix):
-            sel = torch.nonzero(pix == p).squeeze(1)
-            vol = volume_for_pixel(float(p))
-            with torch.no_grad():
-                pred_ctf[sel] = forward_model(vol, angles[sel], origins[sel], float(p), ctf=ctf[sel])
-                if pred_free is not None:
-                    pred_free[sel] = forward_model(vol, angles[sel], origins[sel], float(p), ctf=None)
-        transform = input_transform(raw, settings)
-        x_full = transform.normalise(raw)
-        ref_ctf, slope = make_targets(x_full, pred_ctf, pred_ctf, mask, settings.scale_mode)
-        target = ref_ctf if pred_free is None else make_targets(x_full, pred_ctf, pred_free, mask, settings.scale_mode)[0]
+        transform, x_full, ref_ctf, target, slope = full_box_pairs(raw, df.iloc[idx], volume_for_pixel, settings, mask)
         stop = start + len(idx)
         out["inputs"][start:stop] = transform.crop(x_full).cpu()
         out["targets"][start:stop] = transform.crop(target).cpu()
@@ -290,3 +276,69 @@ def build_pairs(
     if settings.ctf_aware:
         out["ctf"] = train_box_ctf(df.iloc[rows], settings)
     return out
+
+
+def predictions(
+    df: pd.DataFrame,
+    volume_for_pixel: Callable[[float], torch.Tensor],
+    with_ctf: bool = True,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """RELION's noise-free prediction of each particle: the map projected at its pose,
+    shifted by ``-origin``, multiplied by its CTF (:func:`~cryogan_core.physics.projection.forward_model`).
+
+    Args:
+        df: ``n`` particle rows (angles, origins in Å, CTF columns, ``rlnImagePixelSize``).
+        volume_for_pixel: pixel size (Å) -> map ``(box, box, box)`` at that pixel size
+            (particles of several optics groups are projected from their own resampling).
+        with_ctf: False: the projection without the CTF.
+        device: torch device of the projections.
+
+    Returns:
+        ``(n, box, box)`` float32 on ``device``.
+    """
+    angles, origins, ctf, pix = particle_arrays(df, device)
+    out: torch.Tensor | None = None
+    for p in torch.unique(pix):
+        sel = torch.nonzero(pix == p).squeeze(1)
+        vol = volume_for_pixel(float(p))
+        with torch.no_grad():
+            images = forward_model(vol, angles[sel], origins[sel], float(p), ctf=ctf[sel] if with_ctf else None)
+        if out is None:
+            out = torch.empty((len(df),) + tuple(images.shape[1:]), dtype=images.dtype, device=images.device)
+        out[sel.to(out.device)] = images
+    assert out is not None, "no particles"
+    return out
+
+
+def full_box_pairs(
+    raw: torch.Tensor,
+    df: pd.DataFrame,
+    volume_for_pixel: Callable[[float], torch.Tensor],
+    settings: PairSettings,
+    mask: torch.Tensor,
+) -> tuple[InputTransform, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch of training pairs at the particles' box (before any crop).
+
+    Args:
+        raw: ``(n, box, box)`` float32 raw particles.
+        df: their ``n`` rows (poses, origins, CTF, pixel size).
+        volume_for_pixel: pixel size (Å) -> map at that pixel size and the particles' box.
+        settings: the pair settings.
+        mask: ``(box, box)`` bool, the scale-fit mask.
+
+    Returns:
+        ``(transform, x_full, ref_ctf, target, slope)``: the input normalisation
+        (:func:`input_transform`), the normalised particles, the scaled CTF'd prediction,
+        the training target (the same, or the scaled CTF-free prediction), each
+        ``(n, box, box)``, and the slopes ``(n,)`` (:func:`make_targets`).
+    """
+    pred_ctf = predictions(df, volume_for_pixel, True, raw.device)
+    transform = input_transform(raw, settings)
+    x_full = transform.normalise(raw)
+    ref_ctf, slope = make_targets(x_full, pred_ctf, pred_ctf, mask, settings.scale_mode)
+    target = ref_ctf
+    if not settings.ctf_targets:
+        pred_free = predictions(df, volume_for_pixel, False, raw.device)
+        target = make_targets(x_full, pred_ctf, pred_free, mask, settings.scale_mode)[0]
+    return transform, x_full, ref_ctf, target, slope

@@ -1,0 +1,138 @@
+"""Extra training pairs for the denoiser: the map at new poses, with the real particles' noise.
+
+A refined particle set is often small (the β-gal tutorial's half set 1: 529 particles
+after validation), and the U-Net fits it within 2,000 steps. The map, however, can be
+projected at any pose. A synthetic particle here is
+
+``x' = s·CTF_k(P(R') ) + ρ_j``,  ``ρ_j = x_j − (a_j·CTF_j(P(R_j)) + b_j)``
+
+- ``P(R')``: the map projected at a new pose ``R'``: the viewing direction (rot, tilt) of
+  one training particle, a uniformly random in-plane angle psi;
+- ``CTF_k``, the origin and the pixel size of another training particle ``k``;
+- ``s``: the median of the training particles' least-squares slopes (the signal's scale in
+  normalised units, :func:`~cryogan_core.train.pairs.make_targets`);
+- ``ρ_j``: the residual of a third training particle ``j`` (normalised particle minus its
+  scaled prediction), turned by a random one of the 8 flips/90° rotations: real noise,
+  with the detector's and the ice's spectrum, not a model of it. Whatever of particle ``j``
+  the map lacks is in ``ρ_j`` too, so it is noise to the network (as it already is in the
+  real pairs, whose target is the map's projection).
+
+The synthetic particle then goes through the same normalisation and scale fit as a real
+one (:func:`~cryogan_core.train.pairs.full_box_pairs`), so its pair looks like a real pair.
+Only training particles (half set 1, less the validation particles) are used: the
+validation and held-out particles stay unseen. This is data augmentation by simulation
+(noise re-pairing); it shows the network more of the reference, so read the job's
+reference-bias controls with it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cryogan_core.io.images import ParticleImages
+from cryogan_core.metrics.images import circular_mask
+from cryogan_core.train.pairs import PairSettings, full_box_pairs, predictions, train_box_ctf
+
+
+def random_square_symmetries(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Turn each image by its own random one of the 8 symmetries of the square.
+
+    Args:
+        images: ``(n, D, D)`` float32.
+        rng: the random generator (one draw of a quarter-turn count 0–3 and a flip per image).
+
+    Returns:
+        ``(n, D, D)``: image ``i`` rotated by ``90°·k_i`` (``torch.rot90`` over the last two
+        axes) and, where drawn, flipped left–right.
+    """
+    turns = rng.integers(0, 4, size=images.shape[0])
+    flips = rng.integers(0, 2, size=images.shape[0]).astype(bool)
+    out = torch.empty_like(images)
+    for i in range(images.shape[0]):
+        y = torch.rot90(images[i], int(turns[i]), dims=(-2, -1))
+        out[i] = torch.flip(y, dims=(-1,)) if flips[i] else y
+    return out
+
+
+def synthetic_pairs(
+    images: ParticleImages,
+    df: pd.DataFrame,
+    rows: np.ndarray,
+    volume_for_pixel: Callable[[float], torch.Tensor],
+    settings: PairSettings,
+    n: int,
+    slope: float,
+    seed: int,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    should_stop: Callable[[], None] | None = None,
+) -> tuple[dict[str, torch.Tensor], pd.DataFrame]:
+    """Make ``n`` training pairs from the map at new poses and the training particles' noise.
+
+    Args:
+        images: lazy particle images.
+        df: the full particle table (positional ``rows`` index it).
+        rows: ``(m,)`` positions of the training particles (the only ones used).
+        volume_for_pixel: pixel size (Å) -> map ``(box, box, box)`` at that pixel size.
+        settings: the pair settings (normalisation, mask, crop, targets, CTF-aware).
+        n: synthetic pairs to make.
+        slope: the signal's scale ``s`` in normalised units (e.g. the median of the training
+            pairs' ``slope``).
+        seed: random seed (poses, donors, symmetries): the same seed gives the same pairs.
+        batch_size: synthetic particles made at a time.
+        device: torch device of the projections.
+        should_stop: called between batches (raises to abort).
+
+    Returns:
+        ``(pairs, table)``: ``pairs`` a dict of CPU float32 tensors, ``inputs`` and
+        ``targets`` ``(n, train_box, train_box)`` (as :func:`~cryogan_core.train.pairs.build_pairs`),
+        and with ``settings.ctf_aware`` also ``ctf`` ``(n, train_box, train_box//2+1)``;
+        ``table`` the ``n`` synthetic particles' rows: the CTF donor's columns with
+        ``rlnAngleRot/Tilt/Psi`` (degrees) replaced by the new pose.
+
+    Raises:
+        ValueError: ``n`` negative, ``rows`` empty, or ``slope`` not finite.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if len(rows) == 0:
+        raise ValueError("no training particles to take the noise and the CTFs from")
+    if not np.isfinite(slope):
+        raise ValueError(f"slope must be finite, got {slope}")
+    rng = np.random.default_rng([seed, 20261206])
+    tb = settings.train_box
+    out = {k: torch.empty((n, tb, tb), dtype=torch.float32) for k in ("inputs", "targets")}
+    mask = circular_mask(settings.box, settings.mask_radius_px, device=device)
+    rows = np.asarray(rows)
+    tables = []
+    for start in range(0, n, batch_size):
+        if should_stop is not None:
+            should_stop()
+        b = min(batch_size, n - start)
+        donor_ctf = rows[rng.integers(0, len(rows), size=b)]
+        donor_view = rows[rng.integers(0, len(rows), size=b)]
+        donor_noise = rows[rng.integers(0, len(rows), size=b)]
+        psi = rng.uniform(-180.0, 180.0, size=b)
+
+        noise_rows = df.iloc[donor_noise]
+        raw = torch.from_numpy(images.read(donor_noise)).to(device)
+        _, x_full, ref_ctf, _, _ = full_box_pairs(raw, noise_rows, volume_for_pixel, settings, mask)
+        residual = random_square_symmetries(x_full - ref_ctf, rng)
+
+        table = df.iloc[donor_ctf].copy().reset_index(drop=True)
+        table["rlnAngleRot"] = df["rlnAngleRot"].to_numpy()[donor_view]
+        table["rlnAngleTilt"] = df["rlnAngleTilt"].to_numpy()[donor_view]
+        table["rlnAnglePsi"] = psi
+        synthetic = slope * predictions(table, volume_for_pixel, True, device) + residual
+        transform, x_syn, _, target, _ = full_box_pairs(synthetic, table, volume_for_pixel, settings, mask)
+        out["inputs"][start : start + b] = transform.crop(x_syn).cpu()
+        out["targets"][start : start + b] = transform.crop(target).cpu()
+        tables.append(table)
+    table = pd.concat(tables, ignore_index=True) if tables else df.iloc[:0].copy()
+    if settings.ctf_aware:
+        out["ctf"] = train_box_ctf(table, settings) if n else torch.empty((0, tb, tb // 2 + 1), dtype=torch.float32)
+    return out, table
