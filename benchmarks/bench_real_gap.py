@@ -49,6 +49,35 @@ from cryogan_core.train.pix2pix import denoise_images  # noqa: E402
 from cryogan_core.train.synthetic_pairs import synthetic_pairs  # noqa: E402
 
 
+BANDS_A = ((float("inf"), 80.0), (80.0, 40.0), (40.0, 20.0), (20.0, 10.0), (10.0, 0.0))
+
+
+def noise_spectrum_by_band(noise: torch.Tensor, signal: torch.Tensor, pixel_size_A: float) -> list[dict[str, float]]:
+    """Where the noise's power is: per resolution band, its mean power over its mean over all
+    frequencies (1 everywhere for white noise), and the signal's power over the noise's.
+
+    Args:
+        noise: ``(n, D, D)`` residuals (particle minus its scaled prediction).
+        signal: ``(n, D, D)`` scaled predictions.
+        pixel_size_A: Å per pixel.
+
+    Returns:
+        One dict per band of :data:`BANDS_A` (Å, low to high resolution; 0 = Nyquist):
+        ``low_A``, ``high_A``, ``noise_power_rel``, ``snr``.
+    """
+    d = noise.shape[-1]
+    f = torch.fft.fftfreq(d) / pixel_size_A
+    radius = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
+    pn = (torch.fft.fft2(noise).abs() ** 2).mean(0)
+    ps = (torch.fft.fft2(signal).abs() ** 2).mean(0)
+    out = []
+    for low, high in BANDS_A:
+        sel = (radius >= 1.0 / low) & (radius < (1.0 / high if high > 0 else float("inf")))
+        out.append({"low_A": low, "high_A": high, "noise_power_rel": float(pn[sel].mean() / pn.mean()),
+                    "snr": float(ps[sel].mean() / pn[sel].mean())})
+    return out
+
+
 def main() -> None:
     """Score the model on the real unseen particles and on the two simulations made from them."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,6 +112,7 @@ def main() -> None:
 
     result: dict[str, dict[str, float]] = {}
     held = build_pairs(images, df, rows, volume_for_pixel, settings)
+    spectrum = noise_spectrum_by_band(held["inputs"] - held["reference_ctf"], held["reference_ctf"], pix_train)
     result["real"] = scores(held["inputs"], held["reference_ctf"], train_box_ctf(df.iloc[rows], settings))
 
     slope = float(held["slope"].median())
@@ -108,11 +138,14 @@ def main() -> None:
     out_path = a.o or a.model.parent.parent / "real_gap.json"
     out_path.write_text(json.dumps({"model": str(a.model), "n": int(len(rows)), "average_symmetries": a.average_symmetries,
                                     "mask_radius_px": settings.mask_radius_px,
-                                    "sets": result}, indent=2))
+                                    "sets": result, "noise_spectrum": spectrum}, indent=2))
     print(f"{len(rows)} unseen particles (half set 2), model {a.model}, {a.average_symmetries} symmetries")
     print("| set | raw CC | denoised CC | raw FSC 40–10 Å | denoised FSC 40–10 Å |\n|---|---|---|---|---|")
     for name, s in result.items():
         print(f"| {name} | {s['cc_raw']:.3f} | {s['cc_denoised']:.3f} | {s['fsc_40_10A_raw']:.3f} | {s['fsc_40_10A_denoised']:.3f} |")
+    print("\n| band (Å) | noise power / its mean | signal / noise power |\n|---|---|---|")
+    for b in spectrum:
+        print(f"| {b['low_A']:g}–{b['high_A'] or 'Nyquist'} | {b['noise_power_rel']:.2f} | {b['snr']:.3f} |")
     print(f"wrote {out_path}")
 
 
