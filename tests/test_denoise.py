@@ -359,3 +359,11 @@ def test_synthetic_pairs_join_training_and_a_checkpoint_without_them_is_not_cont
     assert s["n_synthetic_pairs"] == 0
     # the report is still on the 60 unseen particles of half set 2
     assert s2["n_heldout_particles"] == 60
+    # "Continue!" on the finished run: nothing left to train, so no pairs are made again
+    log_messages.clear()
+    s3 = run_denoise(DenoiseInputs(sim / "sim/particles.star", again, sim / "sim/ground_truth_map.mrc", project_dir=sim),
+                     {**SMALL, "n_steps": 40, "validation_fraction": 0.2, "validate_every": 100, "no_bias_controls": True,
+                      "synthetic_pairs": 48})
+    text = "\n".join(log_messages)
+    assert "Continuing from" in text and "synthetic training pairs" not in text
+    assert s3["heldout_cc_denoised"] == pytest.approx(s2["heldout_cc_denoised"], abs=1e-4)

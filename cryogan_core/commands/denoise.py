@@ -323,7 +323,14 @@ def _train_and_report(
         best = BestWeights(val["inputs"], val["targets"], settings.train_mask(), ctf=val.get("ctf"))
     logger.info(f"Prepared {len(train_rows) + len(val_rows) + len(heldout_rows)} training/validation/report pairs in {time.time() - t0:.0f} s (projection, CTF, scale fit)")
     summary["estimated_snr_db"] = _estimated_snr(opts, [train, held] + ([val] if len(val_rows) else []))
-    synthetic = _synthetic(opts, images, df, train_rows, volume_for_pixel, settings, train, device, should_stop)
+    made: list[dict[str, torch.Tensor] | None] = []
+
+    def synthetic() -> dict[str, torch.Tensor] | None:
+        """The synthetic pairs, made once and only when there are steps left to train."""
+        if not made:
+            made.append(_synthetic(opts, images, df, train_rows, volume_for_pixel, settings, train, device, should_stop))
+        return made[0]
+
     summary["n_synthetic_pairs"] = opts.synthetic_pairs
 
     n_steps = opts.n_steps
@@ -385,7 +392,7 @@ def _train_and_report(
             summary.update({"validation_best_step": best.best_step, "validation_cc_best": best.best_cc, "validation_cc_last": best.last_cc})
 
     if report_weights is None:
-        fit = _with_synthetic(train, synthetic)
+        fit = _with_synthetic(train, synthetic() if trainer.step_count < n_steps else None)
         train_pix2pix(
             trainer, fit["inputs"], fit["targets"], n_steps, on_step=_progress(n_steps, config.batch_size, loss_name=config.recon_loss.upper()),
             checkpoint=save_checkpoint, should_stop=should_stop, validate=validate, validate_every=opts.validate_every,
@@ -414,7 +421,8 @@ def _train_and_report(
         if report_weights is None:
             report_weights = {k: v.detach().clone() for k, v in trainer.generator.state_dict().items()}
         both_rows = np.concatenate([train_rows, heldout_rows])
-        both = _with_synthetic(build_pairs(images, df, both_rows, volume_for_pixel, settings, device=device, should_stop=should_stop), synthetic)
+        both = _with_synthetic(build_pairs(images, df, both_rows, volume_for_pixel, settings, device=device, should_stop=should_stop),
+                               synthetic() if trainer.step_count < extra else None)
         trainer.config.n_steps = extra
         logger.info(f"Training further on both halves ({len(both_rows)} particles) up to step {extra}")
         train_pix2pix(trainer, both["inputs"], both["targets"], extra, on_step=_progress(extra, config.batch_size, loss_name=config.recon_loss.upper()), checkpoint=save_checkpoint,
