@@ -100,11 +100,15 @@ def main() -> None:
     vols: dict[float, torch.Tensor] = {}
 
     def volume_for_pixel(p: float) -> torch.Tensor:
+        """The map ``(box, box, box)`` resampled to pixel size ``p`` (Å), cached."""
         return vols.setdefault(p, map_for_particles(BETAGAL_MAP, p, images.box))
 
     mask = settings.train_mask()
 
     def scores(x: torch.Tensor, truth: torch.Tensor, ctf: torch.Tensor | None) -> dict[str, float]:
+        """Denoise ``x`` ``(n, D, D)`` (normalised particles; ``ctf`` ``(n, D, D//2+1)`` for a
+        CTF-aware model) and give the mean masked CC and FSC 40–10 Å of the raw and the
+        denoised images with ``truth`` ``(n, D, D)`` (:func:`image_scores`)."""
         out = denoise_images(gen, x, ctf=ctf if settings.ctf_aware else None)
         raw, den = image_scores(x, truth, mask, pix_train), image_scores(out, truth, mask, pix_train)
         return {"cc_raw": float(raw["cc"].mean()), "cc_denoised": float(den["cc"].mean()),

@@ -13,7 +13,8 @@ from cryogan_core.commands.simulate import run_simulate
 from cryogan_core.io.particles import load_particles
 from cryogan_core.metrics.images import circular_mask, masked_pearson
 from cryogan_core.train.pairs import PairSettings, build_pairs, default_bg_radius_px, predictions, train_box_ctf
-from cryogan_core.train.synthetic_pairs import random_square_symmetries, synthetic_pairs
+from cryogan_core.physics.noise import random_dihedral
+from cryogan_core.train.synthetic_pairs import synthetic_pairs
 
 
 class ArrayImages:
@@ -129,9 +130,9 @@ def test_bad_arguments_are_refused(particles: dict) -> None:
         synthetic_pairs(p["images"], p["df"], p["train_rows"], p["volume_for_pixel"], p["settings"], 4, slope=float("nan"), seed=0)
 
 
-def test_random_square_symmetries_are_per_image_rotations_and_flips() -> None:
+def test_the_residuals_symmetries_are_per_image_rotations_and_flips() -> None:
     x = torch.arange(2 * 5 * 5, dtype=torch.float32).reshape(2, 5, 5).repeat(20, 1, 1)
-    y = random_square_symmetries(x, np.random.default_rng(0))
+    y = random_dihedral(x, torch.Generator().manual_seed(0))
     group = lambda im: [torch.rot90(f, k, dims=(-2, -1)) for f in (im, torch.flip(im, dims=(-1,))) for k in range(4)]  # noqa: E731
     seen = set()
     for i in range(x.shape[0]):

@@ -44,7 +44,6 @@ from cryogan_core.io.summary import write_summary
 from cryogan_core.metrics.images import circular_mask, masked_pearson, snr_db
 from cryogan_core.models.symmetry_average import symmetry_averaged
 from cryogan_core.models.unet import UNetGenerator
-from cryogan_core.physics.projection import forward_model
 from cryogan_core.report.denoise_report import write_denoise_report
 from cryogan_core.train.evaluate import (
     HeldoutSimulation,
@@ -54,7 +53,7 @@ from cryogan_core.train.evaluate import (
     image_scores,
     noise_control,
 )
-from cryogan_core.train.pairs import PairSettings, build_pairs, default_bg_radius_px, input_transform, particle_arrays, train_box_ctf
+from cryogan_core.train.pairs import PairSettings, build_pairs, default_bg_radius_px, input_transform, particle_arrays, predictions, train_box_ctf
 from cryogan_core.train.pix2pix import Pix2PixConfig, Pix2PixTrainer, denoise_images, eta_seconds, reconstruction_loss, train_pix2pix
 from cryogan_core.train.selection import BestWeights
 from cryogan_core.train.synthetic_pairs import synthetic_pairs
@@ -683,17 +682,9 @@ def _denoise_all(
                 y = denoise_images(generator, x, batch_size=len(idx), ctf=ctf_tb).to(device)
                 writer.write(b, y.cpu().numpy().astype(dtype))
                 if score:
-                    angles, origins, ctf, pix = particle_arrays(df.iloc[idx], device)
-                    pred = torch.empty_like(raw)
-                    for p in torch.unique(pix):
-                        sel = torch.nonzero(pix == p).squeeze(1)
-                        with torch.no_grad():
-                            pred[sel] = forward_model(volume_for_pixel(float(p)), angles[sel], origins[sel], float(p), ctf=ctf[sel] if settings.ctf_targets else None)
-                            if not settings.ctf_targets:
-                                pred_ctf = forward_model(volume_for_pixel(float(p)), angles[sel], origins[sel], float(p), ctf=ctf[sel])
-                                cc_raw[idx[sel.cpu().numpy()]] = masked_pearson(raw[sel], pred_ctf, mask_full).cpu().numpy()
-                    if settings.ctf_targets:
-                        cc_raw[idx] = masked_pearson(raw, pred, mask_full).cpu().numpy()
+                    pred_ctf = predictions(df.iloc[idx], volume_for_pixel, True, device)
+                    pred = pred_ctf if settings.ctf_targets else predictions(df.iloc[idx], volume_for_pixel, False, device)
+                    cc_raw[idx] = masked_pearson(raw, pred_ctf, mask_full).cpu().numpy()
                     cc_den[idx] = masked_pearson(y, transform.crop(pred), mask_train).cpu().numpy()
                 done += len(idx)
         if score:

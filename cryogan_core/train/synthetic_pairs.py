@@ -35,27 +35,8 @@ import torch
 
 from cryogan_core.io.images import ParticleImages
 from cryogan_core.metrics.images import circular_mask
+from cryogan_core.physics.noise import random_dihedral
 from cryogan_core.train.pairs import PairSettings, full_box_pairs, predictions, train_box_ctf
-
-
-def random_square_symmetries(images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Turn each image by its own random one of the 8 symmetries of the square.
-
-    Args:
-        images: ``(n, D, D)`` float32.
-        rng: the random generator (one draw of a quarter-turn count 0–3 and a flip per image).
-
-    Returns:
-        ``(n, D, D)``: image ``i`` rotated by ``90°·k_i`` (``torch.rot90`` over the last two
-        axes) and, where drawn, flipped left–right.
-    """
-    turns = rng.integers(0, 4, size=images.shape[0])
-    flips = rng.integers(0, 2, size=images.shape[0]).astype(bool)
-    out = torch.empty_like(images)
-    for i in range(images.shape[0]):
-        y = torch.rot90(images[i], int(turns[i]), dims=(-2, -1))
-        out[i] = torch.flip(y, dims=(-1,)) if flips[i] else y
-    return out
 
 
 def synthetic_pairs(
@@ -121,7 +102,8 @@ def synthetic_pairs(
         noise_rows = df.iloc[donor_noise]
         raw = torch.from_numpy(images.read(donor_noise)).to(device)
         _, x_full, ref_ctf, _, _ = full_box_pairs(raw, noise_rows, volume_for_pixel, settings, mask)
-        residual = random_square_symmetries(x_full - ref_ctf, rng)
+        turns = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+        residual = random_dihedral(x_full - ref_ctf, turns).to(device)
 
         table = df.iloc[donor_ctf].copy().reset_index(drop=True)
         table["rlnAngleRot"] = df["rlnAngleRot"].to_numpy()[donor_view]
