@@ -35,16 +35,14 @@ from cryogan_core.physics.euler import random_euler_deg  # noqa: E402
 from cryogan_core.physics.noise import BackgroundNoise  # noqa: E402
 from cryogan_core.physics.phantom import procedural_volume  # noqa: E402
 from cryogan_core.physics.simulator import random_ctf_params, simulate_particles, uniform_shifts_px  # noqa: E402
-from cryogan_core.train.wgan import (  # noqa: E402
-    CryoGanTrainer,
-    ScaledVolume,
+from cryogan_core.train.cryogan_simulator import (  # noqa: E402
     SimulationPriors,
-    WganConfig,
     clean_signal_variance,
     estimate_signal_variance,
-    gaussian_ball,
-    soft_sphere_mask,
 )
+from cryogan_core.train.cryogan_volume import ScaledVolume, gaussian_ball, soft_sphere_mask  # noqa: E402
+from cryogan_core.train.wgan import CryoGanTrainer, WganConfig  # noqa: E402
+
 
 PIXEL_A = 7.08  # the β-gal benchmark's training pixel size at box 32
 

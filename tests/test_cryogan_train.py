@@ -36,22 +36,22 @@ from cryogan_core.physics.noise import (
 from cryogan_core.physics.phantom import procedural_volume
 from cryogan_core.physics.projection import forward_model
 from cryogan_core.physics.simulator import random_ctf_params, simulate_particles, uniform_shifts_px
-from cryogan_core.train.wgan import (
-    CryoGanTrainer,
-    ScaledVolume,
+from cryogan_core.train.cryogan_simulator import (
     SimulationPriors,
-    WganConfig,
-    blur_sigma_px,
     clean_signal_variance,
     estimate_signal_variance,
-    gaussian_ball,
+    simulate_batch,
+)
+from cryogan_core.train.cryogan_volume import ScaledVolume, gaussian_ball, resize_volume, soft_sphere_mask
+from cryogan_core.train.wgan import (
+    CryoGanTrainer,
+    WganConfig,
+    blur_sigma_px,
     learning_rate,
     marching_cutoff_shells,
-    resize_volume,
-    simulate_batch,
-    soft_sphere_mask,
     train_cryogan,
 )
+
 
 
 @pytest.fixture(autouse=True)

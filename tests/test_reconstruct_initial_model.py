@@ -1,5 +1,5 @@
 """``initial_model``: CryoGAN starts both half maps from a given map, low-passed, instead of
-the Gaussian ball (``cryogan_core.train.wgan.initial_volume``)."""
+the Gaussian ball (``cryogan_core.train.cryogan_volume.initial_volume``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from cryogan_core.commands.simulate import run_simulate
 from cryogan_core.errors import InputError
 from cryogan_core.physics.phantom import procedural_volume
 from cryogan_core.physics.resample import fourier_crop_or_pad_map
-from cryogan_core.train.wgan import initial_volume
+from cryogan_core.train.cryogan_volume import initial_volume
 
 TINY = {"box_train": "16", "max_minutes": "0", "n_epochs": "0.2", "eval_minutes": "0", "log_seconds": "1000",
         "symmetry": "C1", "particle_diameter_A": "160"}

@@ -71,20 +71,21 @@ from cryogan_core.report.reconstruct_report import (  # noqa: E402
     slices_figure,
     summary_lines,
 )
-from cryogan_core.train.wgan import (  # noqa: E402
-    CryoGanTrainer,
-    ScaledVolume,
+from cryogan_core.train.cryogan_simulator import (  # noqa: E402
     SimulationPriors,
-    WganConfig,
     clean_signal_variance,
     estimate_signal_variance,
+    simulate_batch,
+)
+from cryogan_core.train.cryogan_volume import (  # noqa: E402
+    ScaledVolume,
     gaussian_ball,
     initial_volume,
     resize_volume,
-    simulate_batch,
     soft_sphere_mask,
-    train_cryogan,
 )
+from cryogan_core.train.wgan import CryoGanTrainer, WganConfig, train_cryogan  # noqa: E402
+
 
 if TYPE_CHECKING:
     import pandas as pd

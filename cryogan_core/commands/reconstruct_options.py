@@ -14,7 +14,7 @@ from cryogan_core.commands._common import select_device
 from cryogan_core.commands.options import check_values, option, option_error
 from cryogan_core.errors import InputError
 from cryogan_core.models.volume import symmetry_matrices
-from cryogan_core.train.wgan import SHIFT_PRIORS
+from cryogan_core.train.cryogan_simulator import SHIFT_PRIORS
 
 __all__ = ["MIN_BOX", "NOISE_SOURCES", "POSE_PRIORS", "ReconstructOptions"]
 
