@@ -43,7 +43,6 @@ from cryogan_core.train.cryogan_simulator import (  # noqa: E402
 from cryogan_core.train.cryogan_volume import ScaledVolume, gaussian_ball, soft_sphere_mask  # noqa: E402
 from cryogan_core.train.wgan import CryoGanTrainer, WganConfig  # noqa: E402
 
-
 PIXEL_A = 7.08  # the β-gal benchmark's training pixel size at box 32
 
 

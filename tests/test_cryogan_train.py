@@ -53,7 +53,6 @@ from cryogan_core.train.wgan import (
 )
 
 
-
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(2)

@@ -86,7 +86,6 @@ from cryogan_core.train.cryogan_volume import (  # noqa: E402
 )
 from cryogan_core.train.wgan import CryoGanTrainer, WganConfig, train_cryogan  # noqa: E402
 
-
 if TYPE_CHECKING:
     import pandas as pd
 
