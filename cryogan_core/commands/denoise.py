@@ -322,13 +322,11 @@ def _train_and_report(
         best = BestWeights(val["inputs"], val["targets"], settings.train_mask(), ctf=val.get("ctf"))
     logger.info(f"Prepared {len(train_rows) + len(val_rows) + len(heldout_rows)} training/validation/report pairs in {time.time() - t0:.0f} s (projection, CTF, scale fit)")
     summary["estimated_snr_db"] = _estimated_snr(opts, [train, held] + ([val] if len(val_rows) else []))
-    made: list[dict[str, torch.Tensor] | None] = []
 
+    @functools.cache
     def synthetic() -> dict[str, torch.Tensor] | None:
-        """The synthetic pairs, made once and only when there are steps left to train."""
-        if not made:
-            made.append(_synthetic(opts, images, df, train_rows, volume_for_pixel, settings, train, device, should_stop))
-        return made[0]
+        """The synthetic pairs, made on the first call (only when there are steps left to train)."""
+        return _synthetic(opts, images, df, train_rows, volume_for_pixel, settings, train, device, should_stop)
 
     summary["n_synthetic_pairs"] = opts.synthetic_pairs
 

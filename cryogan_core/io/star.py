@@ -47,6 +47,7 @@ from cryogan_core.errors import InputError
 from cryogan_core.io.atomic import atomic_path
 
 __all__ = [
+    "ANGLE_COLUMNS",
     "ParticleStar",
     "read_particles",
     "write_particles",
@@ -74,7 +75,8 @@ CANONICAL_FLOAT_COLUMNS: tuple[str, ...] = (
 #: Canonical int64 columns present in every ``ParticleStar.particles``.
 CANONICAL_INT_COLUMNS: tuple[str, ...] = ("rlnOpticsGroup", "rlnImageSize")
 
-_ANGLE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+#: RELION's Euler-angle columns (degrees, ZYZ), in the order of ``euler_to_matrix``'s input.
+ANGLE_COLUMNS: tuple[str, ...] = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 _DEFAULT_AMPLITUDE_CONTRAST = 0.1
 #: Per-particle canonical columns synthesised when absent, with their default value.
 _PARTICLE_DEFAULTS: dict[str, float] = {
@@ -91,7 +93,7 @@ _PARTICLE_DEFAULTS: dict[str, float] = {
 _NUMERIC_COLUMNS = frozenset(
     CANONICAL_FLOAT_COLUMNS
     + CANONICAL_INT_COLUMNS
-    + _ANGLE_COLUMNS
+    + ANGLE_COLUMNS
     + (
         "rlnOriginX",
         "rlnOriginY",
@@ -569,7 +571,7 @@ def _add_defaults(particles: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     if derived:
         extra = pd.DataFrame({c: np.full(len(particles), _PARTICLE_DEFAULTS[c]) for c in derived}, index=particles.index)
         particles = pd.concat([particles, extra], axis=1)
-    for col in CANONICAL_FLOAT_COLUMNS + tuple(c for c in _ANGLE_COLUMNS if c in particles.columns):
+    for col in CANONICAL_FLOAT_COLUMNS + tuple(c for c in ANGLE_COLUMNS if c in particles.columns):
         particles[col] = particles[col].to_numpy(np.float64)
     for col in CANONICAL_INT_COLUMNS:
         particles[col] = particles[col].to_numpy(np.int64)
@@ -623,7 +625,7 @@ def read_particles(
     if require_images:
         _require(particles_raw, ["rlnImageName"], fname, "the particle images")
     if require_poses:
-        _require(particles_raw, list(_ANGLE_COLUMNS), fname, "3D poses")
+        _require(particles_raw, list(ANGLE_COLUMNS), fname, "3D poses")
     if require_ctf:
         _require(particles_raw, ["rlnDefocusU", "rlnDefocusV"], fname, "CTF, Å")
     particles_num = _check_numeric_columns(particles_raw, fname, "row")

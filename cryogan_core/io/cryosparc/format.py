@@ -76,9 +76,6 @@ SLOT_FIELDS: dict[str, tuple[tuple[str, str, tuple[int, ...]], ...]] = {
     ),
 }
 
-#: RELION's Euler-angle columns, in the order of ``alignments3D/pose``'s conversion.
-RELION_ANGLES = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
-
 
 # ----------------------------------------------------------------------------- poses
 

@@ -14,8 +14,9 @@ import pandas as pd
 from loguru import logger
 
 from cryogan_core.errors import InputError
-from cryogan_core.io.cryosparc.format import RELION_ANGLES, read_cs, rotvec_to_euler_deg
+from cryogan_core.io.cryosparc.format import read_cs, rotvec_to_euler_deg
 from cryogan_core.io.star import (
+    ANGLE_COLUMNS,
     CANONICAL_FLOAT_COLUMNS,
     CANONICAL_INT_COLUMNS,
     ParticleStar,
@@ -331,7 +332,7 @@ def _pose_columns(cols: dict[str, np.ndarray], n: int, fname: str, pixel_A: np.n
         slot = "alignments3D"
         pose = _vector_column(cols, "alignments3D/pose", 3, fname)
         angles = rotvec_to_euler_deg(pose)
-        for i, col in enumerate(RELION_ANGLES):
+        for i, col in enumerate(ANGLE_COLUMNS):
             out[col] = angles[:, i]
     elif "alignments2D/pose" in cols:
         slot = "alignments2D"

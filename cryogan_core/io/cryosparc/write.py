@@ -18,7 +18,6 @@ from cryogan_core.errors import InputError
 from cryogan_core.io.atomic import atomic_path
 from cryogan_core.io.cryosparc.format import (
     CS_VERSION,
-    RELION_ANGLES,
     SLOT_FIELDS,
     euler_deg_to_rotvec,
     import_signature,
@@ -26,6 +25,7 @@ from cryogan_core.io.cryosparc.format import (
 from cryogan_core.io.images import ParticleImages, resolve_image_path
 from cryogan_core.io.mrc import StackWriter, open_stack
 from cryogan_core.io.star import (
+    ANGLE_COLUMNS,
     ParticleStar,
     parse_image_name,
 )
@@ -190,7 +190,7 @@ def _ctf_slot(df: pd.DataFrame) -> dict[str, np.ndarray]:
 def _alignments_slot(df: pd.DataFrame, star_name: str) -> dict[str, np.ndarray]:
     """alignments3D slot columns from RELION angles, origins (Å), half sets and classes."""
     n = len(df)
-    angles = df[list(RELION_ANGLES)].to_numpy(np.float64)
+    angles = df[list(ANGLE_COLUMNS)].to_numpy(np.float64)
     bad = np.flatnonzero(~np.isfinite(angles).all(axis=1))
     if bad.size:
         raise InputError(f"{star_name}: row {int(bad[0]) + 1}: rlnAngleRot/Tilt/Psi are not finite")
@@ -340,7 +340,7 @@ def write_cryosparc_particles(
         slots.append("ctf")
     else:
         logger.warning(f"{star_name}: no CTF; the cryoSPARC export has no ctf slot")
-    if all(c in df.columns for c in RELION_ANGLES):
+    if all(c in df.columns for c in ANGLE_COLUMNS):
         columns.update(_alignments_slot(df, star_name))
         slots.append("alignments3D")
     arr = _structured(columns, slots, len(df), np.random.default_rng(seed))
