@@ -22,6 +22,7 @@ from cryogan_core.io.star import (
     ParticleStar,
     format_image_name,
     parse_image_name,
+    pose_angles_deg,
     read_particles,
     write_particles,
 )
@@ -447,6 +448,18 @@ def test_parse_image_name(name, expected):
 def test_parse_image_name_rejects(name):
     with pytest.raises(InputError):
         parse_image_name(name)
+
+
+def test_pose_angles_deg_order_dtype_and_missing_column():
+    df = pd.DataFrame(
+        {"rlnAnglePsi": [3.0, -30.5], "rlnImageName": ["1@a.mrcs", "2@a.mrcs"], "rlnAngleRot": [1.0, 10.25], "rlnAngleTilt": [2.0, 90.0]}
+    )
+    got = pose_angles_deg(df)
+    assert got.dtype == np.float64 and got.shape == (2, 3)
+    np.testing.assert_array_equal(got, [[1.0, 2.0, 3.0], [10.25, 90.0, -30.5]])  # rot, tilt, psi whatever the column order
+    df.attrs["path"] = "Refine3D/job025/run_data.star"
+    with pytest.raises(InputError, match=r"^Refine3D/job025/run_data.star: no column rlnAngleTilt"):
+        pose_angles_deg(df.drop(columns=["rlnAngleTilt"]))
 
 
 def test_format_image_name_round_trip():

@@ -20,7 +20,7 @@ from cryogan_core.commands.export_cryosparc import volume_import_settings
 from cryogan_core.errors import InputError
 from cryogan_core.io.images import ParticleImages
 from cryogan_core.io.mrc import write_map
-from cryogan_core.io.star import read_particles
+from cryogan_core.io.star import pose_angles_deg, read_particles
 from cryogan_core.io.summary import write_summary
 from cryogan_core.metrics.fsc import fsc, resolution_at, write_fsc_star
 from cryogan_core.physics.ctf import CtfParams
@@ -102,7 +102,7 @@ def run_backproject(
         rows = np.flatnonzero(labels == h)
         sub = df.iloc[rows].reset_index(drop=True)
         imgs = torch.from_numpy(images.read(rows)).to(device)
-        angles = torch.tensor(sub[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(), dtype=torch.float32, device=device)
+        angles = torch.tensor(pose_angles_deg(sub), dtype=torch.float32, device=device)
         origins = torch.tensor(sub[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(), dtype=torch.float32, device=device)
         ctf = CtfParams.from_particles(sub, device=device)
         logger.info(f"Reconstructing half set {h} from {len(rows)} particles")

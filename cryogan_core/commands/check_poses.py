@@ -16,7 +16,7 @@ from loguru import logger
 
 from cryogan_core.commands._common import map_for_particles
 from cryogan_core.io.images import ParticleImages
-from cryogan_core.io.star import read_particles
+from cryogan_core.io.star import pose_angles_deg, read_particles
 from cryogan_core.metrics.images import circular_mask, masked_pearson
 from cryogan_core.physics.ctf import CtfParams
 from cryogan_core.physics.projection import forward_model
@@ -104,7 +104,7 @@ def run_check_poses(
         volume = map_for_particles(map_path, float(pixel_size), box, device)
         perm = rng.permutation(len(group))
         sub = df.iloc[group]
-        angles = torch.tensor(sub[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(), dtype=torch.float32)
+        angles = torch.tensor(pose_angles_deg(sub), dtype=torch.float32)
         origins = torch.tensor(sub[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(), dtype=torch.float32)
         ctf_all = CtfParams.from_particles(sub.reset_index(drop=True))
         for start in range(0, len(group), batch_size):

@@ -49,6 +49,7 @@ from cryogan_core.io.atomic import atomic_path  # noqa: E402
 from cryogan_core.io.images import ParticleImages  # noqa: E402
 from cryogan_core.io.mrc import write_map  # noqa: E402
 from cryogan_core.io.particles import load_particles  # noqa: E402
+from cryogan_core.io.star import pose_angles_deg  # noqa: E402
 from cryogan_core.io.summary import write_summary  # noqa: E402
 from cryogan_core.metrics.align import align_maps, apply_alignment  # noqa: E402
 from cryogan_core.metrics.fsc import fsc, resolution_at, shells_up_to, write_fsc_star  # noqa: E402
@@ -448,7 +449,7 @@ def run_reconstruct(
             del full
             angles = origins = None
             if opts.pose_prior == "star":
-                angles = torch.tensor(sub[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(), dtype=torch.float32)
+                angles = torch.tensor(pose_angles_deg(sub), dtype=torch.float32)
             if opts.shift_prior == "star":
                 origins = torch.tensor(sub[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(), dtype=torch.float32) / s.pixel_A
             priors = SimulationPriors(

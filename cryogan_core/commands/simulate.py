@@ -17,7 +17,7 @@ import torch
 from loguru import logger
 
 from cryogan_core.io.mrc import read_map, write_map, write_stack
-from cryogan_core.io.star import ParticleStar, format_image_name, read_particles, write_particles
+from cryogan_core.io.star import ParticleStar, format_image_name, pose_angles_deg, read_particles, write_particles
 from cryogan_core.io.summary import write_summary
 from cryogan_core.physics.ctf import CtfParams
 from cryogan_core.physics.euler import random_euler_deg
@@ -209,7 +209,7 @@ def run_simulate(
         pose_star = read_particles(poses_from, require_ctf=False, require_poses=True)
         pose_rows = _sample_rows(len(pose_star.particles), n, rng)
         p = pose_star.particles.iloc[pose_rows]
-        angles = torch.tensor(p[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(), dtype=torch.float32)
+        angles = torch.tensor(pose_angles_deg(p), dtype=torch.float32)
     else:
         angles = random_euler_deg(n, generator=gen)
     if ctf_from is not None:

@@ -48,6 +48,7 @@ from cryogan_core.io.atomic import atomic_path
 
 __all__ = [
     "ANGLE_COLUMNS",
+    "pose_angles_deg",
     "ParticleStar",
     "read_particles",
     "write_particles",
@@ -201,6 +202,28 @@ class ParticleStar:
             particle_columns=list(self.particle_columns),
             derived_columns=list(self.derived_columns),
         )
+
+
+def pose_angles_deg(particles: pd.DataFrame) -> np.ndarray:
+    """The particles' RELION Euler angles as one array.
+
+    Args:
+        particles: table with ``rlnAngleRot``, ``rlnAngleTilt``, ``rlnAnglePsi`` (degrees,
+            RELION ZYZ; e.g. ``ParticleStar.particles`` or a slice of it).
+
+    Returns:
+        ``(N, 3)`` float64 array ``[rot, tilt, psi]`` in degrees, the order
+        ``physics.euler.euler_to_matrix`` takes.
+
+    Raises:
+        InputError: a column is missing (the message names it and the table's file when
+            ``particles.attrs["path"]`` is set).
+    """
+    missing = [c for c in ANGLE_COLUMNS if c not in particles.columns]
+    if missing:
+        where = particles.attrs.get("path", "particle table")
+        raise InputError(f"{where}: no column {', '.join(missing)} (3D poses are needed)")
+    return particles[list(ANGLE_COLUMNS)].to_numpy(np.float64)
 
 
 # ----------------------------------------------------------------------------- image names

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from cryogan_core.io.images import ParticleImages
+from cryogan_core.io.star import pose_angles_deg
 from cryogan_core.metrics.images import circular_mask, least_squares_scale, signal_and_noise_variance
 from cryogan_core.physics.ctf import CtfParams, compute_ctf
 from cryogan_core.physics.projection import forward_model
@@ -216,7 +217,7 @@ def particle_arrays(df: pd.DataFrame, device: torch.device | str = "cpu") -> tup
         ``angles_deg (n, 3)``, ``origins_A (n, 2)``, :class:`CtfParams`, ``pixel_size_A (n,)``
         (float32, on ``device``).
     """
-    angles = torch.tensor(df[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(), dtype=torch.float32, device=device)
+    angles = torch.tensor(pose_angles_deg(df), dtype=torch.float32, device=device)
     origins = torch.tensor(df[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(), dtype=torch.float32, device=device)
     pix = torch.tensor(df["rlnImagePixelSize"].to_numpy(), dtype=torch.float32, device=device)
     return angles, origins, CtfParams.from_particles(df.reset_index(drop=True), device=device), pix
