@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from cryogan_core.commands.reconstruct import _build_noise
+from cryogan_core.commands.reconstruct_inputs import build_noise
 from cryogan_core.commands.reconstruct_options import ReconstructOptions
 from cryogan_core.metrics.images import normalize_background
 from cryogan_core.physics.noise import BackgroundNoise, CroppedNoise
@@ -88,8 +88,8 @@ def test_cropped_noise_rejects_bad_boxes() -> None:
 def test_job_makes_noise_at_the_particles_box_when_it_crops(mode: str) -> None:
     full, cropped, r_full, r = _particles(300, 64, 32, seed=5)
     opts = ReconstructOptions(noise=mode)
-    noise = _build_noise(opts, cropped, r, None, torch.Generator().manual_seed(0), (full, r_full))
+    noise = build_noise(opts, cropped, r, None, torch.Generator().manual_seed(0), (full, r_full))
     assert isinstance(noise, CroppedNoise) and noise.box == 32 and noise.source.box == 64
     assert noise.mode == mode
-    same_box = _build_noise(opts, cropped, r, None, torch.Generator().manual_seed(0))
+    same_box = build_noise(opts, cropped, r, None, torch.Generator().manual_seed(0))
     assert isinstance(same_box, BackgroundNoise) and same_box.box == 32

@@ -25,284 +25,59 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import click
-import matplotlib
+import numpy as np
+import torch
+from loguru import logger
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from loguru import logger  # noqa: E402
-
-from cryogan_core.commands._common import map_for_particles, select_device, set_threads  # noqa: E402
-from cryogan_core.commands.backproject import half_set_labels  # noqa: E402
-from cryogan_core.commands.export_cryosparc import volume_import_settings  # noqa: E402
-from cryogan_core.commands.options import click_options, defaults_unless_given, options_from_mapping  # noqa: E402
-from cryogan_core.commands.reconstruct_options import MIN_BOX, ReconstructOptions  # noqa: E402
-from cryogan_core.commands.simulate import DEMO_SNR_DB, simulate_demo  # noqa: E402
-from cryogan_core.errors import InputError  # noqa: E402
-from cryogan_core.io.atomic import atomic_path  # noqa: E402
-from cryogan_core.io.images import ParticleImages  # noqa: E402
-from cryogan_core.io.mrc import write_map  # noqa: E402
-from cryogan_core.io.particles import load_particles  # noqa: E402
-from cryogan_core.io.star import pose_angles_deg  # noqa: E402
-from cryogan_core.io.summary import write_summary  # noqa: E402
-from cryogan_core.metrics.align import align_maps, apply_alignment  # noqa: E402
-from cryogan_core.metrics.fsc import fsc, resolution_at, shells_up_to, write_fsc_star  # noqa: E402
-from cryogan_core.metrics.images import background_signal_and_noise_variance, normalize_background, snr_db  # noqa: E402
-from cryogan_core.models.volume import VoxelVolume  # noqa: E402
-from cryogan_core.physics.ctf import CtfParams  # noqa: E402
-from cryogan_core.physics.noise import (  # noqa: E402
-    BackgroundNoise,
-    CroppedNoise,
-    background_variance,
-    micrograph_noise_patches,
-    noise_from_micrograph_windows,
+from cryogan_core.commands._common import map_for_particles, select_device, set_threads
+from cryogan_core.commands.backproject import half_set_labels
+from cryogan_core.commands.options import click_options, defaults_unless_given, options_from_mapping
+from cryogan_core.commands.reconstruct_checkpoint import CHECKPOINT, checkpoint_meta, read_checkpoint
+from cryogan_core.commands.reconstruct_inputs import (
+    LOW_SNR_DB,
+    NOISE_SOURCE_BYTES,
+    HalfData,
+    Sampling,
+    build_noise,
+    check_star,
+    estimate_snr,
+    load_images,
+    training_boxes,
 )
-from cryogan_core.physics.resample import fourier_crop_images, fourier_crop_or_pad_map  # noqa: E402
-from cryogan_core.report.plots import fsc_figure, montage_figure, save_figure, text_figure, write_pdf  # noqa: E402
-from cryogan_core.report.reconstruct_report import (  # noqa: E402
-    format_duration,
-    loss_figures,
-    resolution_vs_time_figure,
-    slices_figure,
-    summary_lines,
-)
-from cryogan_core.train.cryogan_simulator import (  # noqa: E402
+from cryogan_core.commands.reconstruct_options import ReconstructOptions
+from cryogan_core.commands.reconstruct_outputs import particles_figure, write_outputs
+from cryogan_core.commands.simulate import DEMO_SNR_DB, simulate_demo
+from cryogan_core.errors import InputError
+from cryogan_core.io.atomic import atomic_path
+from cryogan_core.io.images import ParticleImages
+from cryogan_core.io.particles import load_particles
+from cryogan_core.io.star import pose_angles_deg
+from cryogan_core.metrics.align import align_maps
+from cryogan_core.metrics.fsc import resolution_at
+from cryogan_core.models.volume import VoxelVolume
+from cryogan_core.physics.ctf import CtfParams
+from cryogan_core.physics.noise import micrograph_noise_patches
+from cryogan_core.physics.resample import fourier_crop_or_pad_map
+from cryogan_core.report.plots import save_figure
+from cryogan_core.report.reconstruct_report import format_duration, slices_figure
+from cryogan_core.train.cryogan_simulator import (
     SimulationPriors,
     clean_signal_variance,
     estimate_signal_variance,
-    simulate_batch,
 )
-from cryogan_core.train.cryogan_volume import (  # noqa: E402
+from cryogan_core.train.cryogan_volume import (
     ScaledVolume,
     gaussian_ball,
     initial_volume,
     resize_volume,
     soft_sphere_mask,
 )
-from cryogan_core.train.wgan import CryoGanTrainer, WganConfig, train_cryogan  # noqa: E402
+from cryogan_core.train.wgan import CryoGanTrainer, WganConfig, train_cryogan
 
-if TYPE_CHECKING:
-    import pandas as pd
-
-CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
-# ----------------------------------------------------------------------------- data
-
-
-@dataclass
-class HalfData:
-    """The inputs of one half set at the training sampling.
-
-    Attributes:
-        label: 1 or 2.
-        rows: ``(n,)`` rows of the particle table in this half.
-        images: ``(n, d, d)`` float32 normalised particles (CPU).
-        priors: the simulation priors of this half.
-        signal_variance: estimated signal variance inside the particle radius.
-    """
-
-    label: int
-    rows: np.ndarray
-    images: torch.Tensor
-    priors: SimulationPriors
-    signal_variance: float
-
-
-_NOISE_SOURCE_BYTES = 200 * 2**20  # particles read at their own box for the noise source
-
-
-def _load_images(images: ParticleImages, rows: np.ndarray, box_out: int, radius_px: float) -> torch.Tensor:
-    """Read ``rows``, Fourier-crop to ``box_out`` and normalise the background; CPU float32."""
-    out = torch.empty((len(rows), box_out, box_out), dtype=torch.float32)
-    for start in range(0, len(rows), 512):
-        chunk = rows[start : start + 512]
-        imgs = torch.from_numpy(images.read(chunk))
-        if imgs.shape[-1] != box_out:
-            imgs = fourier_crop_images(imgs, box_out)
-        out[start : start + len(chunk)] = normalize_background(imgs, radius_px)
-    return out
-
-
-def _check_star(star_path: Path, df: pd.DataFrame, opts: ReconstructOptions) -> float:
-    """Return the single pixel size; InputError for several sizes or CTF-premultiplied data."""
-    sizes = np.unique(df["rlnImagePixelSize"].to_numpy())
-    if len(sizes) != 1:
-        raise InputError(
-            f"{star_path}: particles have several pixel sizes ({', '.join(f'{s:g}' for s in sizes)} Å); "
-            "reconstruct needs one"
-        )
-    if "rlnCtfDataAreCtfPremultiplied" in df and (df["rlnCtfDataAreCtfPremultiplied"].to_numpy() == 1).any():
-        raise InputError(f"{star_path}: column rlnCtfDataAreCtfPremultiplied is 1: CTF-premultiplied particles are not supported")
-    return float(sizes[0])
-
-
-LOW_SNR_DB = -15.0  # below this the README measured maps that move by 10 Å with the seed
-
-
-def _estimate_snr(images: ParticleImages, rows: np.ndarray, box: int, radius_px: float, seed: int) -> tuple[float, int]:
-    """Pose-free SNR of the particles (dB) at their own box, and how many were read.
-
-    Up to ``_NOISE_SOURCE_BYTES`` of particles drawn at random from ``rows`` are normalised
-    as RELION does and go through
-    :func:`~cryogan_core.metrics.images.background_signal_and_noise_variance` (whole-box
-    variance against the variance outside ``radius_px``) and
-    :func:`~cryogan_core.metrics.images.snr_db` (Gupta et al. 2021, Sec. V).
-
-    Args:
-        images: the particle stacks.
-        rows: ``(n,)`` int rows of the particle table to draw from.
-        box: the particles' box (px).
-        radius_px: particle radius at that box (px).
-        seed: seed of the draw.
-
-    Returns:
-        ``(snr_db, n_read)``; ``-inf`` dB when no signal is found.
-
-    Raises:
-        InputError: an unreadable stack or no background pixel.
-    """
-    n = min(len(rows), max(200, _NOISE_SOURCE_BYTES // (4 * box * box)))
-    pick = np.sort(np.random.default_rng(seed).permutation(len(rows))[:n])
-    signal_var, noise_var = background_signal_and_noise_variance(_load_images(images, rows[pick], box, radius_px), radius_px)
-    return snr_db(signal_var, noise_var), n
-
-
-def _build_noise(opts: ReconstructOptions, imgs: torch.Tensor, radius_t: float, mics_windows: torch.Tensor | None,
-                 gen: torch.Generator, full: tuple[torch.Tensor, float] | None = None) -> BackgroundNoise | CroppedNoise:
-    """The noise source of one half set (see ``--noise``).
-
-    Args:
-        opts: the job's options.
-        imgs: ``(n, b, b)`` normalised particles at the training box b.
-        radius_t: particle radius (training px).
-        mics_windows: micrograph windows at the training box, or None.
-        gen: CPU generator of the patch selection.
-        full: ``(images, radius_px)`` at the particles' own box when it is larger than the
-            training box: patch and white noise are then made there and Fourier-cropped
-            like the particles (:class:`~cryogan_core.physics.noise.CroppedNoise`), which
-            keeps the noise spectrum of the cropped particles, Nyquist included.
-
-    Returns:
-        The noise source at the training box.
-
-    Raises:
-        InputError: ``--noise micrographs`` without micrographs.
-    """
-    mode = opts.noise
-    if mode == "auto":
-        mode = "micrographs" if mics_windows is not None else "patches"
-    if mode == "micrographs":
-        if mics_windows is None:
-            raise InputError("--noise micrographs needs --in_mics (a micrograph STAR)")
-        noise = BackgroundNoise.from_particles(imgs, radius_t)  # for the variance
-        return noise_from_micrograph_windows(mics_windows, noise.variance)
-    variance = background_variance(imgs, radius_t)
-    src_imgs, src_radius = full if full is not None else (imgs, radius_t)
-    if mode == "white":
-        source = BackgroundNoise("white", src_imgs.shape[-1], background_variance(src_imgs, src_radius))
-    else:
-        source = BackgroundNoise.from_particles(src_imgs, src_radius, generator=gen)
-        if source.mode == "white":
-            logger.warning(
-                f"No background patch fits outside the particle radius ({src_radius:.1f} px in a {src_imgs.shape[-1]} px box): "
-                "using white Gaussian noise of the background variance"
-            )
-    if full is None:
-        return source
-    return CroppedNoise.from_source(source, int(imgs.shape[-1]), variance, seed=opts.seed)
-
-
-# ----------------------------------------------------------------------------- figures
-
-
-def _particles_figure(half: HalfData, trainer: CryoGanTrainer, step: int, title: str) -> plt.Figure:
-    """Real particles vs simulated (noisy and noise-free) particles of the current volume."""
-    gen = torch.Generator().manual_seed(12345 + step)
-    with torch.no_grad():
-        vol = trainer.volume()
-        sim = simulate_batch(vol, half.priors, 8, gen).cpu().numpy()
-        clean = simulate_batch(vol, half.priors, 8, torch.Generator().manual_seed(12345 + step), add_noise=False).cpu().numpy()
-    real = half.images[:8].numpy()
-    return montage_figure({"real": real, "simulated": sim, "simulated, no noise": clean}, n_columns=8, title=title)
-
-
-# ----------------------------------------------------------------------------- the run
-
-
-def _checkpoint_meta(opts: ReconstructOptions, boxes: list[int], use: np.ndarray, labels: np.ndarray, star_path: Path) -> dict:
-    """What a checkpoint must agree with to be resumed."""
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "box_train": boxes[0],
-        "box_final": boxes[-1],
-        "n_half": [int((labels[use] == h).sum()) for h in (1, 2)],
-        "symmetry": opts.symmetry,
-        "positivity": opts.positivity,
-        "batch_size": opts.batch_size,
-        "n_critic": opts.n_critic,
-        "critic_width": opts.critic_width,
-        "star": str(star_path),
-    }
-
-
-def _read_checkpoint(path: Path, meta: dict) -> dict:
-    """The checkpoint's contents (``meta``, ``stage_box``, ``trainers``, ``evals``), checked against ``meta``.
-
-    Raises:
-        InputError: unreadable file, or made with other settings (named).
-    """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types on a corrupt file
-        raise InputError(f"{path}: cannot read the checkpoint ({type(exc).__name__}); delete it to start again") from None
-    saved = dict(state.get("meta", {}))
-    saved.setdefault("box_final", saved.get("box_train"))  # checkpoints from before --box_final
-    saved.setdefault("critic_width", 16)  # checkpoints from before --critic_width
-    for key, value in meta.items():
-        if key == "star":
-            continue
-        if saved.get(key) != value:
-            raise InputError(
-                f"{path}: made with {key} = {saved.get(key)}, this run has {value}; "
-                "use the same settings to continue, or delete the checkpoint to start again"
-            )
-    return state
-
-
-@dataclass(frozen=True)
-class _Sampling:
-    """One training sampling: box (px), pixel size (Å) and particle radius (training px)."""
-
-    box: int
-    pixel_A: float
-    radius_px: float
-
-
-def _training_boxes(opts: ReconstructOptions, box: int, star_path: Path) -> list[int]:
-    """The training boxes, first to last: ``[box_train]`` or ``[box_train, box_final]``.
-
-    Raises:
-        InputError: a box larger than the particles' box, below ``MIN_BOX``, or a
-            ``box_final`` not larger than ``box_train``.
-    """
-    d = box if opts.box_train == 0 else opts.box_train
-    if d > box:
-        raise InputError(f"--box_train {d}: larger than the particles' box ({box} px); it can only crop")
-    if d < MIN_BOX:
-        raise InputError(f"{star_path}: the particles' box ({box} px) is below {MIN_BOX} px; the critic needs at least {MIN_BOX}")
-    if opts.box_final == 0:
-        return [d]
-    if opts.box_final > box:
-        raise InputError(f"--box_final {opts.box_final}: larger than the particles' box ({box} px); it can only crop")
-    if opts.box_final <= d:
-        raise InputError(f"--box_final {opts.box_final}: must be larger than the first training box ({d} px), or 0")
-    return [d, opts.box_final]
 
 
 def run_reconstruct(
@@ -358,12 +133,12 @@ def run_reconstruct(
         cs_project_dir=Path(opts.cs_project_dir) if opts.cs_project_dir else None, project_dir=project_dir,
     )
     df = star.particles
-    pixel_A = _check_star(star_path, df, opts)
+    pixel_A = check_star(star_path, df)
     images = ParticleImages(df, project_dir, star_path)
     box = images.box
-    boxes = _training_boxes(opts, box, star_path)
+    boxes = training_boxes(opts, box, star_path)
     diameter_A = opts.particle_diameter_A or 0.8 * box * pixel_A
-    samplings = [_Sampling(b, pixel_A * box / b, 0.5 * diameter_A / (pixel_A * box / b)) for b in boxes]
+    samplings = [Sampling(b, pixel_A * box / b, 0.5 * diameter_A / (pixel_A * box / b)) for b in boxes]
     for s in samplings:
         if s.radius_px >= s.box / 2 * math.sqrt(2):
             raise InputError(f"--particle_diameter_A {diameter_A:g}: larger than the box ({box * pixel_A:.0f} Å): no background left")
@@ -389,7 +164,7 @@ def run_reconstruct(
     )
     if "rlnAngleRot" in df and opts.pose_prior == "uniform":
         logger.info("The input has poses: they are ignored (pose prior uniform over SO(3))")
-    snr, n_snr = _estimate_snr(images, use, box, 0.5 * diameter_A / pixel_A, opts.seed)
+    snr, n_snr = estimate_snr(images, use, box, 0.5 * diameter_A / pixel_A, opts.seed)
     logger.info(
         f"Particle SNR {snr:.1f} dB ({n_snr} particles; pose-free: whole-box variance over the variance outside "
         f"the particle radius, Gupta et al.'s definition; neighbours and signal spread past the radius count as noise, so it reads low)"
@@ -415,14 +190,14 @@ def run_reconstruct(
     ref_full = map_for_particles(ref_path, pixel_A, box).cpu() if ref_path is not None else None  # a bad file fails early
     initial_full = map_for_particles(opts.initial_model, pixel_A, box).cpu() if opts.initial_model else None
 
-    def volume_mask(s: _Sampling) -> torch.Tensor:
+    def volume_mask(s: Sampling) -> torch.Tensor:
         """The volume mask at the training box of ``s``: the input mask resampled, or a soft sphere."""
         if mask_full is None:
             return soft_sphere_mask(s.box, s.radius_px, 2.0)
         m = mask_full if s.box == box else fourier_crop_or_pad_map(mask_full, s.box)
         return m.clamp(0.0, 1.0)
 
-    def build_halves(s: _Sampling) -> list[HalfData]:
+    def build_halves(s: Sampling) -> list[HalfData]:
         """Both half sets' particles, noise and priors at the training sampling ``s``."""
         mics_windows = None
         if use_mics:
@@ -436,16 +211,16 @@ def run_reconstruct(
             if len(rows) < opts.batch_size:
                 raise InputError(f"{star_path}: half set {h} has {len(rows)} particles, fewer than --batch_size {opts.batch_size}")
             sub = df.iloc[rows].reset_index(drop=True)
-            imgs = _load_images(images, rows, s.box, s.radius_px)
+            imgs = load_images(images, rows, s.box, s.radius_px)
             gen = torch.Generator().manual_seed(opts.seed * 31 + h)
             full = None
             if s.box < box and not use_mics:
                 # noise is made at the particles' box and cropped as they are (CroppedNoise)
                 radius_full = s.radius_px * box / s.box
-                n_full = min(len(rows), max(200, _NOISE_SOURCE_BYTES // (4 * box * box)))
+                n_full = min(len(rows), max(200, NOISE_SOURCE_BYTES // (4 * box * box)))
                 pick = np.sort(np.random.default_rng(opts.seed * 31 + h).permutation(len(rows))[:n_full])
-                full = (_load_images(images, rows[pick], box, radius_full), radius_full)
-            noise = _build_noise(opts, imgs, s.radius_px, mics_windows, gen, full)
+                full = (load_images(images, rows[pick], box, radius_full), radius_full)
+            noise = build_noise(opts, imgs, s.radius_px, mics_windows, gen, full)
             del full
             angles = origins = None
             if opts.pose_prior == "star":
@@ -470,17 +245,17 @@ def run_reconstruct(
         critic={"channels": tuple(opts.critic_width * 2**i for i in range(4))},
     )
 
-    def stage_config(s: _Sampling) -> WganConfig:
+    def stage_config(s: Sampling) -> WganConfig:
         """The hyper-parameters at the training box of ``s`` (the blur σ is given in pixels of
         the first training box, so that its physical width runs on smoothly across stages)."""
         return dataclasses.replace(base_config, blur_sigma_px=opts.blur_sigma_px * s.box / s0.box)
 
-    def new_trainers(s: _Sampling, halves: list[HalfData], volumes: list[ScaledVolume]) -> list[CryoGanTrainer]:
+    def new_trainers(s: Sampling, halves: list[HalfData], volumes: list[ScaledVolume]) -> list[CryoGanTrainer]:
         """One trainer per half set at ``s`` for the given volumes (a new critic each)."""
         return [CryoGanTrainer(v, h.priors, stage_config(s), device, name=f"half{h.label}", seed_offset=h.label)
                 for v, h in zip(volumes, halves)]
 
-    def start_volumes(s: _Sampling, halves: list[HalfData]) -> list[ScaledVolume]:
+    def start_volumes(s: Sampling, halves: list[HalfData]) -> list[ScaledVolume]:
         """The same start inside the mask for both halves (the Gaussian ball, or the initial
         model by :func:`initial_volume`), scaled to each half's signal."""
         m = volume_mask(s)
@@ -496,11 +271,11 @@ def run_reconstruct(
         return out
 
     ckpt_path = output_dir / CHECKPOINT
-    meta = _checkpoint_meta(opts, boxes, use, labels, star_path)
+    meta = checkpoint_meta(opts, boxes, use, labels, star_path)
     saved_state = None
     stage = 0
     if resume and ckpt_path.exists():
-        saved_state = _read_checkpoint(ckpt_path, meta)
+        saved_state = read_checkpoint(ckpt_path, meta)
         stage = boxes.index(int(saved_state.get("stage_box", boxes[0])))
     cur_s = samplings[stage]
     halves = build_halves(cur_s)
@@ -571,7 +346,7 @@ def run_reconstruct(
         tag = f"step{trs[0].step_count:06d}"
         save_figure(slices_figure({"half 1": v1.numpy(), "half 2 (aligned to half 1)": al.aligned.numpy()},
                                   f"{format_duration(elapsed)}, step {trs[0].step_count}"), snap_dir / f"slices_{tag}.png")
-        save_figure(_particles_figure(state["halves"][0], trs[0], trs[0].step_count, f"half 1, step {trs[0].step_count}"),
+        save_figure(particles_figure(state["halves"][0], trs[0], trs[0].step_count, f"half 1, step {trs[0].step_count}"),
                     snap_dir / f"particles_{tag}.png")
         vs_ref = (f"; average vs reference (aligned): 0.5 at {entry['resolution_A_vs_reference_fsc_0.5']:.1f} Å"
                   if ref_full is not None else "")
@@ -609,13 +384,13 @@ def run_reconstruct(
         evaluate(trainers[0].elapsed_s)
         save_checkpoint()
 
-    summary = _write_outputs(output_dir, opts, trainers, halves, evals, pixel_A, box, s_end.pixel_A, s_end.box, ref_path,
+    summary = write_outputs(output_dir, opts, trainers, halves, evals, pixel_A, box, s_end.pixel_A, s_end.box, ref_path,
                              star_path, reason, snr)
     return summary
 
 
-def _move_to_box(state: dict, s: "_Sampling", halves: list[HalfData], mask: torch.Tensor,
-                 new_trainers: Callable[["_Sampling", list[HalfData], list[ScaledVolume]], list[CryoGanTrainer]],
+def _move_to_box(state: dict, s: "Sampling", halves: list[HalfData], mask: torch.Tensor,
+                 new_trainers: Callable[["Sampling", list[HalfData], list[ScaledVolume]], list[CryoGanTrainer]],
                  opts: ReconstructOptions, device: torch.device, save_checkpoint: Callable[[], None]) -> None:
     """Coarse-to-fine: continue both reconstructions at the training box of ``s``.
 
@@ -645,101 +420,6 @@ def _move_to_box(state: dict, s: "_Sampling", halves: list[HalfData], mask: torc
         f"(Wasserstein {'/'.join(f'{x:.3f}' for x in w)}, {format_duration(spent)})"
     )
     save_checkpoint()
-
-
-def _write_outputs(
-    output_dir: Path, opts: ReconstructOptions, trainers: list[CryoGanTrainer], halves: list[HalfData],
-    evals: list[dict], pixel_A: float, box: int, pixel_t: float, d: int, ref_path: str | Path | None,
-    star_path: Path, reason: str, estimated_snr_db: float,
-) -> dict:
-    """Final maps at the particles' sampling, FSCs, figures, PDF and summary (``estimated_snr_db``:
-    the particles' pose-free SNR, :func:`_estimate_snr`)."""
-    vols = [t.current_volume() for t in trainers]
-    if d != box:
-        vols = [fourier_crop_or_pad_map(v, box) for v in vols]
-        logger.info(f"Maps Fourier-padded from the training box {d} px to the particles' box {box} px ({pixel_A:.3f} Å/px)")
-    al = align_maps(vols[1], vols[0], pixel_A)
-    h1, h2 = vols[0], al.aligned
-    logger.info(f"Half 2 aligned to half 1: CC {al.cc:.3f}{', mirrored (other hand)' if al.mirror else ''}")
-    nyquist_t = 1.0 / (2.0 * pixel_t)  # Å⁻¹: nothing was learned beyond the training Nyquist
-    freq, curve = shells_up_to(*fsc(h1, h2, pixel_A), nyquist_t)
-    res = resolution_at(freq, curve, 0.143)
-    figures = []
-    summary: dict[str, Any] = {
-        "command": "reconstruct",
-        "n_particles": int(sum(len(h.rows) for h in halves)),
-        "n_half1": int(len(halves[0].rows)),
-        "n_half2": int(len(halves[1].rows)),
-        "pixel_size_A": pixel_A,
-        "box": box,
-        "box_train": d,
-        "pixel_size_train_A": pixel_t,
-        "nyquist_train_A": 2 * pixel_t,
-        "steps": trainers[0].step_count,
-        "epochs": trainers[0].epoch(len(halves[0].rows)),
-        "training_time_s": trainers[0].elapsed_s,
-        "stopped_by": reason,
-        "estimated_snr_db": estimated_snr_db,
-        "resolution_A_fsc_0.143": res,
-        "resolution_A_fsc_0.5": resolution_at(freq, curve, 0.5),
-        "fsc_freq_inv_A": freq,
-        "fsc": curve,
-        "half2_to_half1": {"rotation": al.rotation, "shift_vox": al.shift_vox, "mirror": al.mirror, "cc": al.cc},
-        "history": evals,
-        "options": dataclasses.asdict(opts),
-        "star": str(star_path),
-    }
-    avg = 0.5 * (h1 + h2)
-    if ref_path is not None:
-        ref = map_for_particles(ref_path, pixel_A, box).cpu()
-        ral = align_maps(avg, ref, pixel_A)
-        h1 = apply_alignment(h1, ral.rotation, ral.shift_vox, ral.mirror)
-        h2 = apply_alignment(h2, ral.rotation, ral.shift_vox, ral.mirror)
-        avg = ral.aligned
-        freq_ref, fsc_ref = shells_up_to(ral.freq_inv_A, ral.fsc, nyquist_t)
-        res_ref = resolution_at(freq_ref, fsc_ref, 0.5)
-        write_fsc_star(output_dir / "fsc_vs_reference.star", freq_ref, fsc_ref)
-        fig = fsc_figure(freq_ref, {"map vs reference (aligned)": fsc_ref}, (0.5, 0.143),
-                         title=f"FSC with {Path(ref_path).name}: {res_ref:.1f} Å at 0.5")
-        save_figure(fig, output_dir / "fsc_vs_reference.png", close=False)
-        figures.append(fig)
-        summary.update({
-            "reference": str(ref_path),
-            "resolution_A_vs_reference_fsc_0.5": res_ref,
-            "resolution_A_vs_reference_fsc_0.143": resolution_at(freq_ref, fsc_ref, 0.143),
-            "fsc_vs_reference": fsc_ref,
-            "to_reference": {"rotation": ral.rotation, "shift_vox": ral.shift_vox, "mirror": ral.mirror, "cc": ral.cc},
-        })
-        logger.info(
-            f"Aligned to the reference {ref_path} (CC {ral.cc:.3f}{', other hand' if ral.mirror else ''}): "
-            f"FSC 0.5 at {res_ref:.1f} Å; maps written in the reference's frame"
-        )
-    write_map(output_dir / "run_half1_class001_unfil.mrc", h1.numpy(), pixel_A)
-    write_map(output_dir / "run_half2_class001_unfil.mrc", h2.numpy(), pixel_A)
-    write_map(output_dir / "run_class001.mrc", avg.numpy(), pixel_A)
-    summary["cryosparc_import"] = volume_import_settings(
-        {"map": output_dir / "run_class001.mrc", "map_half_A": output_dir / "run_half1_class001_unfil.mrc",
-         "map_half_B": output_dir / "run_half2_class001_unfil.mrc"}, pixel_A)
-    write_fsc_star(output_dir / "fsc.star", freq, curve)
-    title = f"Half-map FSC: {res:.1f} Å at 0.143 (training Nyquist {2 * pixel_t:.1f} Å)"
-    fig = fsc_figure(freq, {"half 1 vs half 2 (aligned, unmasked)": curve}, (0.143, 0.5), title=title)
-    save_figure(fig, output_dir / "fsc.png", close=False)
-    figures.insert(0, fig)
-
-    figures += loss_figures([t.history for t in trainers])
-    if evals:
-        fig = resolution_vs_time_figure(evals, with_reference=ref_path is not None)
-        save_figure(fig, output_dir / "resolution_vs_time.png", close=False)
-        figures.append(fig)
-    figures.append(slices_figure({"half 1": h1.numpy(), "half 2": h2.numpy(), "average": avg.numpy()}, "Final maps"))
-    fig = _particles_figure(halves[0], trainers[0], trainers[0].step_count, "Real versus simulated particles (half 1, final volume)")
-    save_figure(fig, output_dir / "particles_real_vs_simulated.png", close=False)
-    figures.append(fig)
-    figures.insert(0, text_figure(summary_lines(summary, LOW_SNR_DB)))
-    write_pdf(output_dir / "logfile.pdf", figures)
-    write_summary(output_dir / "summary.json", summary)
-    logger.info(f"Half-map FSC = 0.143 at {res:.1f} Å (training Nyquist {2 * pixel_t:.1f} Å); wrote {output_dir}")
-    return summary
 
 
 # ----------------------------------------------------------------------------- click

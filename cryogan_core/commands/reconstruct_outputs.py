@@ -1,0 +1,176 @@
+"""``cryogan reconstruct``'s outputs: final maps, FSC curves, figures, ``logfile.pdf`` and ``summary.json``.
+
+Names as RELION's Refine3D: ``run_half1_class001_unfil.mrc``, ``run_half2_class001_unfil.mrc``,
+``run_class001.mrc``, ``fsc.star``/``fsc.png`` and, with a reference,
+``fsc_vs_reference.star/.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+import torch
+from loguru import logger
+
+from cryogan_core.commands._common import map_for_particles
+from cryogan_core.commands.export_cryosparc import volume_import_settings
+from cryogan_core.commands.reconstruct_inputs import LOW_SNR_DB, HalfData
+from cryogan_core.commands.reconstruct_options import ReconstructOptions
+from cryogan_core.io.mrc import write_map
+from cryogan_core.io.summary import write_summary
+from cryogan_core.metrics.align import align_maps, apply_alignment
+from cryogan_core.metrics.fsc import fsc, resolution_at, shells_up_to, write_fsc_star
+from cryogan_core.physics.resample import fourier_crop_or_pad_map
+from cryogan_core.report.plots import fsc_figure, montage_figure, save_figure, text_figure, write_pdf
+from cryogan_core.report.reconstruct_report import loss_figures, resolution_vs_time_figure, slices_figure, summary_lines
+from cryogan_core.train.cryogan_simulator import simulate_batch
+from cryogan_core.train.wgan import CryoGanTrainer
+
+
+def particles_figure(half: HalfData, trainer: CryoGanTrainer, step: int, title: str) -> Figure:
+    """Montage: 8 real particles of ``half`` above 8 simulated from the current volume, noisy and noise-free.
+
+    Args:
+        half: the half set (its first 8 particles and its simulation priors).
+        trainer: the half set's trainer (its current volume).
+        step: the training step; seeds the simulation so a snapshot can be remade.
+        title: the figure's title.
+
+    Returns:
+        The figure (three rows of 8 images, training box).
+    """
+    gen = torch.Generator().manual_seed(12345 + step)
+    with torch.no_grad():
+        vol = trainer.volume()
+        sim = simulate_batch(vol, half.priors, 8, gen).cpu().numpy()
+        clean = simulate_batch(vol, half.priors, 8, torch.Generator().manual_seed(12345 + step), add_noise=False).cpu().numpy()
+    real = half.images[:8].numpy()
+    return montage_figure({"real": real, "simulated": sim, "simulated, no noise": clean}, n_columns=8, title=title)
+
+
+
+def write_outputs(
+    output_dir: Path, opts: ReconstructOptions, trainers: list[CryoGanTrainer], halves: list[HalfData],
+    evals: list[dict], pixel_A: float, box: int, pixel_t: float, d: int, ref_path: str | Path | None,
+    star_path: Path, reason: str, estimated_snr_db: float,
+) -> dict:
+    """Write the final maps, FSCs, figures, ``logfile.pdf`` and ``summary.json``.
+
+    Both half maps are Fourier-padded from the training box ``d`` to the particles' box,
+    half 2 is aligned to half 1 (rotation over both hands, then translation) and their FSC
+    is computed up to the training Nyquist; with ``ref_path`` all maps are then aligned to
+    the reference and written in its frame, with their FSC against it.
+
+    Args:
+        output_dir: the job's output folder.
+        opts: the job's options (recorded in the summary).
+        trainers: both half sets' trainers, half 1 first.
+        halves: both half sets' inputs, half 1 first.
+        evals: the evaluations made during training (``summary["history"]``).
+        pixel_A: the particles' pixel size (Å).
+        box: the particles' box (px).
+        pixel_t: the final training pixel size (Å).
+        d: the final training box (px).
+        ref_path: optional reference map (any pixel size and box: resampled).
+        star_path: the particle file (recorded).
+        reason: why training ended, ``epochs`` or ``time`` (``summary["stopped_by"]``).
+        estimated_snr_db: the particles' pose-free SNR (dB),
+            :func:`~cryogan_core.commands.reconstruct_inputs.estimate_snr`.
+
+    Returns:
+        The summary dict (as written to ``summary.json``), with ``resolution_A_fsc_0.143``
+        and, with a reference, ``resolution_A_vs_reference_fsc_0.5``.
+
+    Raises:
+        InputError: an unreadable reference map.
+    """
+    vols = [t.current_volume() for t in trainers]
+    if d != box:
+        vols = [fourier_crop_or_pad_map(v, box) for v in vols]
+        logger.info(f"Maps Fourier-padded from the training box {d} px to the particles' box {box} px ({pixel_A:.3f} Å/px)")
+    al = align_maps(vols[1], vols[0], pixel_A)
+    h1, h2 = vols[0], al.aligned
+    logger.info(f"Half 2 aligned to half 1: CC {al.cc:.3f}{', mirrored (other hand)' if al.mirror else ''}")
+    nyquist_t = 1.0 / (2.0 * pixel_t)  # Å⁻¹: nothing was learned beyond the training Nyquist
+    freq, curve = shells_up_to(*fsc(h1, h2, pixel_A), nyquist_t)
+    res = resolution_at(freq, curve, 0.143)
+    figures = []
+    summary: dict[str, Any] = {
+        "command": "reconstruct",
+        "n_particles": int(sum(len(h.rows) for h in halves)),
+        "n_half1": int(len(halves[0].rows)),
+        "n_half2": int(len(halves[1].rows)),
+        "pixel_size_A": pixel_A,
+        "box": box,
+        "box_train": d,
+        "pixel_size_train_A": pixel_t,
+        "nyquist_train_A": 2 * pixel_t,
+        "steps": trainers[0].step_count,
+        "epochs": trainers[0].epoch(len(halves[0].rows)),
+        "training_time_s": trainers[0].elapsed_s,
+        "stopped_by": reason,
+        "estimated_snr_db": estimated_snr_db,
+        "resolution_A_fsc_0.143": res,
+        "resolution_A_fsc_0.5": resolution_at(freq, curve, 0.5),
+        "fsc_freq_inv_A": freq,
+        "fsc": curve,
+        "half2_to_half1": {"rotation": al.rotation, "shift_vox": al.shift_vox, "mirror": al.mirror, "cc": al.cc},
+        "history": evals,
+        "options": dataclasses.asdict(opts),
+        "star": str(star_path),
+    }
+    avg = 0.5 * (h1 + h2)
+    if ref_path is not None:
+        ref = map_for_particles(ref_path, pixel_A, box).cpu()
+        ral = align_maps(avg, ref, pixel_A)
+        h1 = apply_alignment(h1, ral.rotation, ral.shift_vox, ral.mirror)
+        h2 = apply_alignment(h2, ral.rotation, ral.shift_vox, ral.mirror)
+        avg = ral.aligned
+        freq_ref, fsc_ref = shells_up_to(ral.freq_inv_A, ral.fsc, nyquist_t)
+        res_ref = resolution_at(freq_ref, fsc_ref, 0.5)
+        write_fsc_star(output_dir / "fsc_vs_reference.star", freq_ref, fsc_ref)
+        fig = fsc_figure(freq_ref, {"map vs reference (aligned)": fsc_ref}, (0.5, 0.143),
+                         title=f"FSC with {Path(ref_path).name}: {res_ref:.1f} Å at 0.5")
+        save_figure(fig, output_dir / "fsc_vs_reference.png", close=False)
+        figures.append(fig)
+        summary.update({
+            "reference": str(ref_path),
+            "resolution_A_vs_reference_fsc_0.5": res_ref,
+            "resolution_A_vs_reference_fsc_0.143": resolution_at(freq_ref, fsc_ref, 0.143),
+            "fsc_vs_reference": fsc_ref,
+            "to_reference": {"rotation": ral.rotation, "shift_vox": ral.shift_vox, "mirror": ral.mirror, "cc": ral.cc},
+        })
+        logger.info(
+            f"Aligned to the reference {ref_path} (CC {ral.cc:.3f}{', other hand' if ral.mirror else ''}): "
+            f"FSC 0.5 at {res_ref:.1f} Å; maps written in the reference's frame"
+        )
+    write_map(output_dir / "run_half1_class001_unfil.mrc", h1.numpy(), pixel_A)
+    write_map(output_dir / "run_half2_class001_unfil.mrc", h2.numpy(), pixel_A)
+    write_map(output_dir / "run_class001.mrc", avg.numpy(), pixel_A)
+    summary["cryosparc_import"] = volume_import_settings(
+        {"map": output_dir / "run_class001.mrc", "map_half_A": output_dir / "run_half1_class001_unfil.mrc",
+         "map_half_B": output_dir / "run_half2_class001_unfil.mrc"}, pixel_A)
+    write_fsc_star(output_dir / "fsc.star", freq, curve)
+    title = f"Half-map FSC: {res:.1f} Å at 0.143 (training Nyquist {2 * pixel_t:.1f} Å)"
+    fig = fsc_figure(freq, {"half 1 vs half 2 (aligned, unmasked)": curve}, (0.143, 0.5), title=title)
+    save_figure(fig, output_dir / "fsc.png", close=False)
+    figures.insert(0, fig)
+
+    figures += loss_figures([t.history for t in trainers])
+    if evals:
+        fig = resolution_vs_time_figure(evals, with_reference=ref_path is not None)
+        save_figure(fig, output_dir / "resolution_vs_time.png", close=False)
+        figures.append(fig)
+    figures.append(slices_figure({"half 1": h1.numpy(), "half 2": h2.numpy(), "average": avg.numpy()}, "Final maps"))
+    fig = particles_figure(halves[0], trainers[0], trainers[0].step_count, "Real versus simulated particles (half 1, final volume)")
+    save_figure(fig, output_dir / "particles_real_vs_simulated.png", close=False)
+    figures.append(fig)
+    figures.insert(0, text_figure(summary_lines(summary, LOW_SNR_DB)))
+    write_pdf(output_dir / "logfile.pdf", figures)
+    write_summary(output_dir / "summary.json", summary)
+    logger.info(f"Half-map FSC = 0.143 at {res:.1f} Å (training Nyquist {2 * pixel_t:.1f} Å); wrote {output_dir}")
+    return summary
+
