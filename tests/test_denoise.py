@@ -99,7 +99,8 @@ def test_gold_standard_training_improves_unseen_particles(trained: tuple[Path, d
 def test_low_snr_advice_is_logged_only_where_it_applies(gan_weight: float, snr: float, warned: bool) -> None:
     from loguru import logger
 
-    from cryogan_core.commands.denoise import DenoiseOptions, _estimated_snr
+    from cryogan_core.commands.denoise import DenoiseOptions
+    from cryogan_core.commands.denoise_scores import estimated_snr
 
     n = 50
     pairs = [{"signal_var": torch.full((n,), 10 ** (snr / 10)), "noise_var": torch.ones(n)},
@@ -107,7 +108,7 @@ def test_low_snr_advice_is_logged_only_where_it_applies(gan_weight: float, snr: 
     messages: list[str] = []
     sink = logger.add(lambda m: messages.append(str(m)), format="{level} {message}")
     try:
-        value = _estimated_snr(DenoiseOptions(gan_weight=gan_weight), pairs)
+        value = estimated_snr(DenoiseOptions(gan_weight=gan_weight), pairs)
     finally:
         logger.remove(sink)
     assert value == pytest.approx(snr, abs=1e-6)
@@ -279,7 +280,7 @@ def test_max_cc_with_library_matches_pairwise_pearson() -> None:
 
 
 def test_training_fit_is_the_cc_of_the_outputs_with_the_training_targets() -> None:
-    from cryogan_core.commands.denoise import _training_fit
+    from cryogan_core.commands.denoise_scores import training_fit
 
     identity = torch.nn.Conv2d(1, 1, 1)
     with torch.no_grad():
@@ -287,8 +288,8 @@ def test_training_fit_is_the_cc_of_the_outputs_with_the_training_targets() -> No
         identity.bias.zero_()
     x = torch.randn(10, 24, 24, generator=torch.Generator().manual_seed(0))
     settings = PairSettings(24, 24, 10.0, 10.0, True, "particle")
-    assert _training_fit(identity, {"inputs": x, "targets": 3 * x + 1}, settings, 4, 0.5) == pytest.approx(1.0, abs=1e-5)
-    assert _training_fit(identity, {"inputs": x, "targets": -x}, settings, 100, 0.5) == pytest.approx(-1.0, abs=1e-5)
+    assert training_fit(identity, {"inputs": x, "targets": 3 * x + 1}, settings, 4, 0.5) == pytest.approx(1.0, abs=1e-5)
+    assert training_fit(identity, {"inputs": x, "targets": -x}, settings, 100, 0.5) == pytest.approx(-1.0, abs=1e-5)
 
 
 def test_continue_after_training_keeps_the_chosen_weights(trained: tuple[Path, dict], sim: Path, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cryogan_core.commands.denoise import MAX_VALIDATION, _split_validation
+from cryogan_core.commands.denoise_pairs import MAX_VALIDATION, split_validation
 from cryogan_core.metrics.images import circular_mask
 from cryogan_core.train.pix2pix import Pix2PixConfig, Pix2PixTrainer, train_pix2pix
 from cryogan_core.train.selection import BestWeights
@@ -80,12 +80,12 @@ def test_training_validates_every_n_steps_and_at_the_end() -> None:
 
 def test_validation_split_is_disjoint_and_bounded() -> None:
     rows = np.arange(0, 1000, 2)
-    train, val = _split_validation(rows, 0.1, seed=0)
+    train, val = split_validation(rows, 0.1, seed=0)
     assert len(val) == 50 and len(train) == 450
     assert not set(train) & set(val) and set(train) | set(val) == set(rows)
     assert np.all(np.diff(val) > 0)
-    again = _split_validation(rows, 0.1, seed=0)[1]
+    again = split_validation(rows, 0.1, seed=0)[1]
     np.testing.assert_array_equal(val, again)  # seeded
-    assert len(_split_validation(rows, 0.0, seed=0)[1]) == 0  # switched off
-    assert len(_split_validation(rows[:100], 0.1, seed=0)[1]) == 0  # 10 particles: too few to choose by
-    assert len(_split_validation(np.arange(50_000), 0.5, seed=0)[1]) == MAX_VALIDATION
+    assert len(split_validation(rows, 0.0, seed=0)[1]) == 0  # switched off
+    assert len(split_validation(rows[:100], 0.1, seed=0)[1]) == 0  # 10 particles: too few to choose by
+    assert len(split_validation(np.arange(50_000), 0.5, seed=0)[1]) == MAX_VALIDATION
