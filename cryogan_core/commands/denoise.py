@@ -23,7 +23,6 @@ import copy
 import dataclasses
 import functools
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -35,7 +34,7 @@ from loguru import logger
 from cryogan_core.commands._common import map_for_particles, select_device
 from cryogan_core.commands.backproject import half_set_labels
 from cryogan_core.commands.denoise_model import MODEL_FORMAT, config_dict, load_model, save_model, stored_config
-from cryogan_core.commands.denoise_options import DenoiseOptions
+from cryogan_core.commands.denoise_options import DenoiseInputs, DenoiseOptions
 from cryogan_core.commands.denoise_outputs import denoise_all
 from cryogan_core.commands.denoise_pairs import MAX_VALIDATION, MIN_VALIDATION, select_rows, split_validation, synthetic_training_pairs, with_synthetic
 from cryogan_core.commands.denoise_scores import LOW_SNR_DB, estimated_snr, heldout_report, training_fit
@@ -58,17 +57,6 @@ __all__ = [
     "LOW_SNR_DB", "MAX_VALIDATION", "MIN_VALIDATION", "MODEL_FORMAT", "DenoiseInputs", "DenoiseOptions", "load_model",
     "mask_radius_from_map", "run_denoise", "save_model",
 ]
-
-
-@dataclass
-class DenoiseInputs:
-    """Where the data are: particles, reference map, optional mask, output folder."""
-
-    star_path: Path
-    output_dir: Path
-    map_path: Path | None = None
-    mask_path: Path | None = None
-    project_dir: Path = field(default_factory=Path.cwd)
 
 
 def mask_radius_from_map(mask_path: Path, pixel_size_A: float, box: int) -> float:

@@ -1,4 +1,5 @@
-"""The denoiser's options, declared once for ``cryogan denoise``, the RELION job and the README.
+"""The denoiser's options, declared once for ``cryogan denoise``, the RELION job and the README,
+and its inputs (:class:`DenoiseInputs`).
 
 Each field is a click option (``--train_box 48`` or ``--train-box 48``) and a RELION
 External-job param of the same name (``train_box`` = ``48`` in the Params tab); see
@@ -7,7 +8,8 @@ External-job param of the same name (``train_box`` = ``48`` in the Params tab); 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from cryogan_core.commands.options import check_values, option, option_error
 
@@ -17,6 +19,27 @@ RECON_LOSSES = ("l1", "l2")
 # symmetry counts SymmetryAveraged accepts (models.symmetry_average.ALLOWED_COUNTS; not imported
 # here so that this module, and ``cryogan --help``, load without torch)
 SYMMETRY_COUNTS = (1, 2, 4, 8)
+
+
+@dataclass
+class DenoiseInputs:
+    """Where the data are: particles, reference map, optional mask, output folder.
+
+    Attributes:
+        star_path: particle STAR (or cryoSPARC ``.cs``) with poses and CTF.
+        output_dir: the job's output folder.
+        map_path: the refined map (None only with ``--model`` and ``--no_scores``: then
+            nothing is projected).
+        mask_path: optional 3D mask.
+        project_dir: the folder ``rlnImageName`` paths are relative to (default: the
+            current directory, as RELION runs jobs).
+    """
+
+    star_path: Path
+    output_dir: Path
+    map_path: Path | None = None
+    mask_path: Path | None = None
+    project_dir: Path = field(default_factory=Path.cwd)
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,14 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from loguru import logger
 
 from cryogan_core.commands.denoise_model import model_fingerprint
-from cryogan_core.commands.denoise_options import DenoiseOptions
+from cryogan_core.commands.denoise_options import DenoiseInputs, DenoiseOptions
 from cryogan_core.commands.export_cryosparc import import_instructions
 from cryogan_core.io.atomic import atomic_path
 from cryogan_core.io.cryosparc import write_cryosparc_particles
@@ -30,8 +30,6 @@ from cryogan_core.metrics.images import circular_mask, masked_pearson
 from cryogan_core.train.pairs import PairSettings, input_transform, predictions, train_box_ctf
 from cryogan_core.train.pix2pix import denoise_images
 
-if TYPE_CHECKING:  # type only: denoise imports this module
-    from cryogan_core.commands.denoise import DenoiseInputs
 
 
 def denoise_all(
