@@ -21,7 +21,6 @@ import json
 import sys
 from pathlib import Path
 
-import mrcfile
 import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
@@ -31,16 +30,11 @@ sys.path.insert(0, str(HERE))
 from betagal_data import BETAGAL_MAP, BETAGAL_PIXEL_A  # noqa: E402
 
 from cryogan_core.commands._common import map_for_particles  # noqa: E402
-from cryogan_core.io.mrc import write_map  # noqa: E402
+from cryogan_core.io.mrc import read_map, write_map  # noqa: E402
 from cryogan_core.metrics.align import align_maps, rotate_shift_volumes  # noqa: E402
 
 #: The fixed rotation (RELION ZYZ Euler angles, degrees) applied to every map after the first.
 SCRAMBLE_DEG = (37.0, 71.0, -115.0)
-
-
-def read_volume(path: Path) -> torch.Tensor:
-    """An MRC map as a ``(D, D, D)`` float64 tensor (file axis order z, y, x)."""
-    return torch.from_numpy(np.asarray(mrcfile.read(path), dtype=np.float64))
 
 
 def main() -> None:
@@ -52,7 +46,7 @@ def main() -> None:
     if len(args.runs) < 2:
         sys.exit("give at least two run folders")
     torch.set_num_threads(1)
-    maps = [read_volume(run / "rec" / "run_class001.mrc") for run in args.runs]
+    maps = [torch.from_numpy(read_map(run / "rec" / "run_class001.mrc")[0]).double() for run in args.runs]
     box = maps[0].shape[-1]
     truth = map_for_particles(BETAGAL_MAP, BETAGAL_PIXEL_A, box).cpu().double()
     scores = {str(run): align_maps(m, truth, BETAGAL_PIXEL_A).resolution_A(0.5) for run, m in zip(args.runs, maps)}

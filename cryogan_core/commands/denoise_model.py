@@ -9,6 +9,8 @@ one; :func:`config_dict` and :func:`stored_config` give the training config as
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +85,6 @@ def model_fingerprint(generator: torch.nn.Module, settings: PairSettings, dtype:
     Returns:
         The 40-character hex digest.
     """
-    import hashlib
-
     h = hashlib.sha1()
     for key, value in sorted(generator.state_dict().items()):
         h.update(key.encode())
@@ -100,8 +100,6 @@ def config_dict(config: Pix2PixConfig) -> dict:
     Returns:
         ``dataclasses.asdict(config)``: plain values and dicts only.
     """
-    from dataclasses import asdict
-
     return asdict(config)
 
 

@@ -216,13 +216,12 @@ def pose_angles_deg(particles: pd.DataFrame) -> np.ndarray:
         ``physics.euler.euler_to_matrix`` takes.
 
     Raises:
-        InputError: a column is missing (the message names it and the table's file when
-            ``particles.attrs["path"]`` is set).
+        InputError: a column is missing (named). Readers check this with the file's name
+            first (``read_particles(..., require_poses=True)``); this is the safety net.
     """
     missing = [c for c in ANGLE_COLUMNS if c not in particles.columns]
     if missing:
-        where = particles.attrs.get("path", "particle table")
-        raise InputError(f"{where}: no column {', '.join(missing)} (3D poses are needed)")
+        raise InputError(f"particle table: no column {', '.join(missing)} (3D poses are needed)")
     return particles[list(ANGLE_COLUMNS)].to_numpy(np.float64)
 
 
