@@ -11,7 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryogan_core.commands.options import check_values, option, option_error
+from cryogan_core.commands.options import (
+    check_values,
+    cs_project_dir_option,
+    device_option,
+    in_parts_passthrough_option,
+    option,
+    option_error,
+)
 
 SCALE_MODES = ("particle", "pooled")
 # the generator's reconstruction term (train.pix2pix.RECON_LOSSES; not imported: no torch here)
@@ -79,10 +86,10 @@ class DenoiseOptions:
     stack_size: int = option(10000, "Particles per denoised output stack.")
     no_scores: bool = option(False, "Skip the per-particle agreement columns (saves one projection per particle).")
     no_bias_controls: bool = option(False, "Skip the reference-bias controls.")
-    in_parts_passthrough: str = option("", "cryoSPARC input only: passthrough .cs file(s) for the particles .cs, comma-separated (default: found beside it).")
-    cs_project_dir: str = option("", "cryoSPARC input only: the cryoSPARC project directory that blob paths are relative to (default: the .cs folder and its parents).")
+    in_parts_passthrough: str = in_parts_passthrough_option()
+    cs_project_dir: str = cs_project_dir_option()
     seed: int = option(0, "Random seed (initialisation, batches, subsets).")
-    device: str = option("auto", "torch device: auto (CUDA if present), cpu, cuda, cuda:1 ...")
+    device: str = device_option()
 
     def __post_init__(self) -> None:
         """Check the values that do not depend on the data.

@@ -26,7 +26,19 @@ import click
 
 from cryogan_core.errors import InputError
 
-__all__ = ["Param", "check_values", "click_options", "convert_value", "option", "option_error", "options_from_mapping", "params_of"]
+__all__ = [
+    "Param",
+    "check_values",
+    "click_options",
+    "convert_value",
+    "cs_project_dir_option",
+    "device_option",
+    "in_parts_passthrough_option",
+    "option",
+    "option_error",
+    "options_from_mapping",
+    "params_of",
+]
 
 T = TypeVar("T")
 
@@ -52,6 +64,26 @@ def option(default: Any, help: str) -> Any:  # noqa: A002 - click's name for it
     if type(default) not in _KINDS:
         raise TypeError(f"option default {default!r}: must be a bool, int, float or str")
     return dataclasses.field(default=default, metadata={"help": help})
+
+
+# The options every job has, declared once (each job's class lists them where it wants them
+# in its --help and RELION Params tab).
+
+
+def in_parts_passthrough_option() -> Any:
+    """``in_parts_passthrough: str``: cryoSPARC passthrough ``.cs`` files (an :func:`option`)."""
+    return option("", "cryoSPARC input only: passthrough .cs file(s) for the particles .cs, comma-separated (default: found beside it).")
+
+
+def cs_project_dir_option() -> Any:
+    """``cs_project_dir: str``: the cryoSPARC project directory of blob paths (an :func:`option`)."""
+    return option("", "cryoSPARC input only: the cryoSPARC project directory that blob paths are relative to (default: the .cs folder and its parents).")
+
+
+def device_option() -> Any:
+    """``device: str``: the torch device, ``auto`` by default (an :func:`option`;
+    :func:`cryogan_core.commands._common.select_device` reads it)."""
+    return option("auto", "torch device: auto (CUDA if present), cpu, cuda, cuda:1 ...")
 
 
 @dataclass(frozen=True)

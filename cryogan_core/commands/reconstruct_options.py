@@ -11,7 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cryogan_core.commands._common import select_device
-from cryogan_core.commands.options import check_values, option, option_error
+from cryogan_core.commands.options import (
+    check_values,
+    cs_project_dir_option,
+    device_option,
+    in_parts_passthrough_option,
+    option,
+    option_error,
+)
 from cryogan_core.errors import InputError
 from cryogan_core.models.volume import symmetry_matrices
 from cryogan_core.train.cryogan_simulator import SHIFT_PRIORS
@@ -64,10 +71,10 @@ class ReconstructOptions:
     eval_minutes: float = option(5.0, "Minutes between half-map FSC evaluations and snapshots during training (0 = only at the end).")
     log_seconds: float = option(30.0, "Seconds between progress lines.")
     max_particles: int = option(0, "Use at most this many particles (random subset; 0 = all).")
-    in_parts_passthrough: str = option("", "cryoSPARC input only: passthrough .cs file(s) for the particles .cs, comma-separated (default: found beside it).")
-    cs_project_dir: str = option("", "cryoSPARC input only: the cryoSPARC project directory that blob paths are relative to (default: the .cs folder and its parents).")
+    in_parts_passthrough: str = in_parts_passthrough_option()
+    cs_project_dir: str = cs_project_dir_option()
     seed: int = option(0, "Random seed (half sets when absent, initialisation, every random draw).")
-    device: str = option("auto", "torch device: auto (CUDA if present), cpu, cuda, cuda:1 ...")
+    device: str = device_option()
 
     def __post_init__(self) -> None:
         """Check the values that do not depend on the data.
