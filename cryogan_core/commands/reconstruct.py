@@ -60,7 +60,7 @@ from cryogan_core.metrics.align import align_maps
 from cryogan_core.metrics.fsc import resolution_at
 from cryogan_core.models.volume import VoxelVolume
 from cryogan_core.physics.ctf import CtfParams
-from cryogan_core.physics.noise import micrograph_noise_patches
+from cryogan_core.physics.micrograph_noise import micrograph_noise_patches
 from cryogan_core.physics.resample import fourier_crop_or_pad_map
 from cryogan_core.report.plots import save_figure
 from cryogan_core.report.reconstruct_report import format_duration, slices_figure

@@ -21,7 +21,8 @@ from cryogan_core.commands.reconstruct_options import MIN_BOX, ReconstructOption
 from cryogan_core.errors import InputError
 from cryogan_core.io.images import ParticleImages
 from cryogan_core.metrics.images import background_signal_and_noise_variance, normalize_background, snr_db
-from cryogan_core.physics.noise import BackgroundNoise, CroppedNoise, background_variance, noise_from_micrograph_windows
+from cryogan_core.physics.micrograph_noise import noise_from_micrograph_windows
+from cryogan_core.physics.noise import BackgroundNoise, CroppedNoise, background_variance
 from cryogan_core.physics.resample import fourier_crop_images
 from cryogan_core.train.cryogan_simulator import SimulationPriors
 
