@@ -41,7 +41,8 @@ from cryogan_core.commands.denoise import DenoiseInputs, load_model, run_denoise
 from cryogan_core.commands.simulate import run_simulate  # noqa: E402
 from cryogan_core.io.images import ParticleImages  # noqa: E402
 from cryogan_core.io.mrc import open_stack  # noqa: E402
-from cryogan_core.io.star import read_particles, write_particles  # noqa: E402
+from cryogan_core.io.star import read_particles  # noqa: E402
+from cryogan_core.io.star_write import write_particles  # noqa: E402
 from cryogan_core.metrics.fsc import fsc, resolution_at  # noqa: E402
 from cryogan_core.models.symmetry_average import symmetry_averaged  # noqa: E402
 from cryogan_core.physics.reconstruct import reconstruct  # noqa: E402

@@ -578,7 +578,7 @@ def test_every_real_cs_file_loads(name):
 
 @pytest.mark.realdata
 def test_star_written_from_a_real_cs_reads_back(tmp_path):
-    from cryogan_core.io.star import write_particles
+    from cryogan_core.io.star_write import write_particles
 
     path = shared_path("cryosparc-cs", "cryosparc_P12_J24_001_particles.cs")
     star = load_particles(path, require_poses=True)

@@ -24,8 +24,8 @@ from cryogan_core.io.star import (
     parse_image_name,
     pose_angles_deg,
     read_particles,
-    write_particles,
 )
+from cryogan_core.io.star_write import write_particles
 
 # --------------------------------------------------------------------------- helpers
 

@@ -25,7 +25,8 @@ from cryogan_core.io.atomic import atomic_path
 from cryogan_core.io.cryosparc import write_cryosparc_particles
 from cryogan_core.io.images import ParticleImages
 from cryogan_core.io.mrc import StackWriter
-from cryogan_core.io.star import ParticleStar, format_image_name, read_particles, write_particles
+from cryogan_core.io.star import ParticleStar, format_image_name, read_particles
+from cryogan_core.io.star_write import write_particles
 from cryogan_core.metrics.images import circular_mask, masked_pearson
 from cryogan_core.train.pairs import PairSettings, input_transform, predictions, train_box_ctf
 from cryogan_core.train.pix2pix import denoise_images

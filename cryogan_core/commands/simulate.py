@@ -17,7 +17,8 @@ import torch
 from loguru import logger
 
 from cryogan_core.io.mrc import read_map, write_map, write_stack
-from cryogan_core.io.star import ParticleStar, format_image_name, pose_angles_deg, read_particles, write_particles
+from cryogan_core.io.star import ParticleStar, format_image_name, pose_angles_deg, read_particles
+from cryogan_core.io.star_write import write_particles
 from cryogan_core.io.summary import write_summary
 from cryogan_core.physics.ctf import CtfParams
 from cryogan_core.physics.euler import random_euler_deg

@@ -1,4 +1,5 @@
-"""RELION particle STAR files (3.0 legacy, 3.1, 4.0, 5.0): read, normalise, write.
+"""RELION particle STAR files (3.0 legacy, 3.1, 4.0, 5.0): read and normalise
+(:mod:`cryogan_core.io.star_write` writes them).
 
 Reading gives one pandas frame with a row per particle in which the optics values have been
 merged in per particle, with canonical columns in fixed units (Å, degrees, kV, mm, Å²), so
@@ -44,14 +45,14 @@ import starfile
 from loguru import logger
 
 from cryogan_core.errors import InputError
-from cryogan_core.io.atomic import atomic_path
 
 __all__ = [
     "ANGLE_COLUMNS",
     "pose_angles_deg",
     "ParticleStar",
     "read_particles",
-    "write_particles",
+    "PARTICLE_DEFAULTS",
+    "constant_per_group",
     "parse_image_name",
     "format_image_name",
     "CANONICAL_FLOAT_COLUMNS",
@@ -79,8 +80,9 @@ CANONICAL_INT_COLUMNS: tuple[str, ...] = ("rlnOpticsGroup", "rlnImageSize")
 #: RELION's Euler-angle columns (degrees, ZYZ), in the order of ``euler_to_matrix``'s input.
 ANGLE_COLUMNS: tuple[str, ...] = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 _DEFAULT_AMPLITUDE_CONTRAST = 0.1
-#: Per-particle canonical columns synthesised when absent, with their default value.
-_PARTICLE_DEFAULTS: dict[str, float] = {
+#: Per-particle canonical columns synthesised when absent, with their default value (the
+#: writer leaves such a column out again when every value is still the default).
+PARTICLE_DEFAULTS: dict[str, float] = {
     "rlnOriginXAngst": 0.0,
     "rlnOriginYAngst": 0.0,
     "rlnDefocusAngle": 0.0,
@@ -108,21 +110,6 @@ _NUMERIC_COLUMNS = frozenset(
         "rlnClassNumber",
     )
 )
-#: RELION labels of integer type: float columns with integral values are written as ints.
-_INT_LABELS = frozenset(
-    {
-        "rlnOpticsGroup",
-        "rlnImageSize",
-        "rlnImageDimensionality",
-        "rlnRandomSubset",
-        "rlnClassNumber",
-        "rlnGroupNumber",
-        "rlnNrOfSignificantSamples",
-        "rlnCtfDataAreCtfPremultiplied",
-        "rlnNrOfFrames",
-        "rlnHelicalTubeID",
-    }
-)
 #: 3.0 per-particle columns that move to the optics table on conversion.
 _LEGACY_OPTICS_COLUMNS = (
     "rlnVoltage",
@@ -138,7 +125,6 @@ _LEGACY_OPTICS_COLUMNS = (
 _PARTICLE_SIGNATURE = frozenset(
     {"rlnImageName", "rlnDefocusU", "rlnAngleRot", "rlnAnglePsi", "rlnOriginX", "rlnOriginXAngst"}
 )
-_VERSION_TAGS = {"3.1": 30001, "4.0": 30001, "5.0": 50001}
 
 
 @dataclass
@@ -500,8 +486,16 @@ def _read_v31(
     return _merge_optics(particles, optics), optics, particle_columns
 
 
-def _constant_per_group(values: pd.Series, groups: np.ndarray) -> bool:
-    """True when ``values`` takes a single value within each group."""
+def constant_per_group(values: pd.Series, groups: np.ndarray) -> bool:
+    """True when ``values`` takes a single value within each group (NaN counts as a value).
+
+    Args:
+        values: ``(n,)`` one column of the particle table (any dtype).
+        groups: ``(n,)`` int group of each row (e.g. ``rlnOpticsGroup``).
+
+    Returns:
+        Whether the column could live in a per-group (optics) table.
+    """
     return bool((values.groupby(groups).nunique(dropna=False) <= 1).all())
 
 
@@ -559,7 +553,7 @@ def _read_legacy(
     for col in ("rlnMagnification", "rlnDetectorPixelSize"):
         if col not in cols:
             continue
-        if _constant_per_group(particles[col], groups):
+        if constant_per_group(particles[col], groups):
             optics[col] = particles[col].to_numpy()[first]
         else:
             logger.warning(f"{fname}: {col} varies within an optics group; dropped (the pixel size is kept)")
@@ -589,9 +583,9 @@ def _read_legacy(
 
 def _add_defaults(particles: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Add missing per-particle canonical columns with their defaults; cast canonical dtypes."""
-    derived = [c for c in _PARTICLE_DEFAULTS if c not in particles.columns]
+    derived = [c for c in PARTICLE_DEFAULTS if c not in particles.columns]
     if derived:
-        extra = pd.DataFrame({c: np.full(len(particles), _PARTICLE_DEFAULTS[c]) for c in derived}, index=particles.index)
+        extra = pd.DataFrame({c: np.full(len(particles), PARTICLE_DEFAULTS[c]) for c in derived}, index=particles.index)
         particles = pd.concat([particles, extra], axis=1)
     for col in CANONICAL_FLOAT_COLUMNS + tuple(c for c in ANGLE_COLUMNS if c in particles.columns):
         particles[col] = particles[col].to_numpy(np.float64)
@@ -669,148 +663,3 @@ def read_particles(
         particle_columns=particle_columns,
         derived_columns=derived,
     )
-
-
-# ----------------------------------------------------------------------------- writing
-
-
-def _float_text(values: np.ndarray, col: str, table: str) -> list[str]:
-    """Shortest exact text for each float (Python ``repr``: always has '.', 'e' or 'inf')."""
-    bad = np.flatnonzero(np.isnan(values))
-    if bad.size:
-        raise ValueError(f"write_particles: {table} row {int(bad[0]) + 1}: {col} is NaN (RELION cannot read NaN)")
-    return [float.__repr__(v) for v in values.tolist()]
-
-
-def _object_text(series: pd.Series, col: str, table: str) -> list[object]:
-    """Text for an object/string column: floats exact, bools as 0/1, the rest as ``str``."""
-    out: list[object] = []
-    for i, v in enumerate(series.tolist()):
-        if v is None or (isinstance(v, float) and np.isnan(v)):
-            raise ValueError(f"write_particles: {table} row {i + 1}: {col} is missing")
-        if isinstance(v, (bool, np.bool_)):
-            out.append(int(v))
-        elif isinstance(v, (float, np.floating)):
-            out.append(float.__repr__(float(v)))
-        elif isinstance(v, (int, np.integer)):
-            out.append(int(v))
-        else:
-            out.append(str(v))
-    return out
-
-
-def _format_table(df: pd.DataFrame, table: str) -> pd.DataFrame:
-    """Convert every column to ints or exact text so that starfile writes no rounding."""
-    out: dict[str, object] = {}
-    for col in df.columns:
-        s = df[col]
-        if pd.api.types.is_bool_dtype(s):
-            out[col] = s.to_numpy().astype(np.int64)
-        elif pd.api.types.is_integer_dtype(s):
-            out[col] = s.to_numpy(np.int64)
-        elif pd.api.types.is_float_dtype(s):
-            v = s.to_numpy(np.float64)
-            if col in _INT_LABELS and np.isfinite(v).all() and (v == np.round(v)).all():
-                out[col] = v.astype(np.int64)
-            else:
-                out[col] = np.array(_float_text(v, col, table), dtype=object)
-        else:
-            out[col] = np.array(_object_text(s, col, table), dtype=object)
-    return pd.DataFrame(out, index=pd.RangeIndex(len(df)))
-
-
-def _block_text(name: str, df: pd.DataFrame) -> str:
-    """One STAR loop block (``data_<name>``) via starfile, without its 'Created by' line."""
-    text = starfile.to_string({name: df}, sep="\t")
-    lines = text.splitlines()
-    while lines and (lines[0].startswith("#") or not lines[0].strip()):
-        lines.pop(0)
-    return "\n".join(lines) + "\n"
-
-
-def _differs_from_default(values: pd.Series, default: float) -> bool:
-    """True when any value differs from ``default`` (NaN-aware)."""
-    v = values.to_numpy(np.float64)
-    if np.isnan(default):
-        return bool((~np.isnan(v)).any())
-    return bool((v != default).any())
-
-
-def _split_for_writing(star: ParticleStar) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(optics table, particle table) to write, following the rules of :func:`write_particles`."""
-    parts = star.particles
-    if "rlnOpticsGroup" not in parts.columns:
-        raise ValueError("write_particles: particles have no rlnOpticsGroup column")
-    groups = parts["rlnOpticsGroup"].to_numpy(np.int64)
-    optics = star.optics.copy().reset_index(drop=True)
-    ogroups = optics["rlnOpticsGroup"].to_numpy(np.int64)
-    missing = np.setdiff1d(np.unique(groups), ogroups)
-    if missing.size:
-        raise ValueError(f"write_particles: optics groups {list(missing)} are not in the optics table")
-    optics_cols = [c for c in optics.columns if c != "rlnOpticsGroup"]
-    as_particle: set[str] = set()
-    for col in optics_cols:
-        if col in star.particle_columns or col not in parts.columns:
-            continue
-        if not _constant_per_group(parts[col], groups):
-            as_particle.add(col)
-            continue
-        firsts = parts[["rlnOpticsGroup", col]].drop_duplicates("rlnOpticsGroup")
-        value_of = dict(zip(firsts["rlnOpticsGroup"].to_numpy(np.int64).tolist(), firsts[col].tolist()))
-        old = optics[col].tolist()
-        new = [value_of.get(g, o) for g, o in zip(ogroups.tolist(), old)]
-        if any(not (a == b or (a != a and b != b)) for a, b in zip(new, old)):
-            optics[col] = pd.Series(new, index=optics.index)
-    drop = [c for c in optics_cols if pd.api.types.is_float_dtype(optics[c]) and optics[c].isna().all()]
-    if "rlnImageSize" in optics.columns and (optics["rlnImageSize"].to_numpy(np.float64) <= 0).all():
-        drop.append("rlnImageSize")
-    optics = optics.drop(columns=drop)
-
-    out_cols = [c for c in star.particle_columns if c in parts.columns]
-    derived = set(star.derived_columns)
-    for col in parts.columns:
-        if col in out_cols:
-            continue
-        if col in optics_cols and col not in as_particle:
-            continue
-        if col in derived and not _differs_from_default(parts[col], _PARTICLE_DEFAULTS[col]):
-            continue
-        out_cols.append(col)
-    return optics, parts[out_cols]
-
-
-def write_particles(path: str | Path, star: ParticleStar, version: str = "3.1") -> None:
-    """Write a RELION 3.1+ particle STAR file (``data_optics`` then ``data_particles``), atomically.
-
-    Layout: ``# version 30001`` ("3.1", "4.0") or ``# version 50001`` ("5.0") before each
-    block, as RELION writes. The optics table is ``star.optics`` (for a 3.0 input the
-    synthesised one), with optics-merged values the caller changed copied back when they
-    are constant within each group; columns that are NaN for every group and an unknown
-    ``rlnImageSize`` (-1) are left out. The particle table is ``star.particle_columns``, then
-    every other column of ``star.particles`` that is not optics-merged (caller-added
-    columns, optics values that now vary within a group, and synthesised defaults the
-    caller changed). Floats are written with Python's shortest exact representation, so
-    reading the file back gives the same values and dtypes.
-
-    Args:
-        path: destination file (parent directories are created).
-        star: the particle set.
-        version: "3.1", "4.0" or "5.0".
-
-    Raises:
-        InputError: unsupported ``version``.
-        ValueError: NaN or missing values in a column to be written, or particle optics
-            groups missing from the optics table (a programming error).
-    """
-    if version not in _VERSION_TAGS:
-        raise InputError(f"unsupported STAR version '{version}' (use 3.1, 4.0 or 5.0)")
-    tag = _VERSION_TAGS[version]
-    optics, particles = _split_for_writing(star)
-    text = (
-        f"\n# version {tag}\n\n"
-        + _block_text("optics", _format_table(optics, "data_optics"))
-        + f"\n# version {tag}\n\n"
-        + _block_text("particles", _format_table(particles, "data_particles"))
-    )
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
