@@ -21,6 +21,13 @@ volume update changed, to reproduce the stop-22 paragraphs of docs/cryogan_bench
   low-resolution gradient in every voxel's second moment.
 * ``--generator-batch-factor K`` (stop 26): each volume update averages its gradient over
   ``K`` × ``batch`` simulated particles (the critic's batches are unchanged).
+* ``--ema-decays B1,B2,... --dump-dir DIR`` (stop 31): exponential moving averages of the
+  volume over the training steps (``ema ← β · ema + (1 − β) · V`` after every update,
+  started at the first updated volume; iterate averaging of a GAN's generator, Yazıcı et
+  al. 2019, ICLR). Training and the job's outputs are unchanged (they use the current
+  volume); every time the job reads the volumes (each evaluation and the end) the raw
+  volume and each average are saved to ``DIR/<half>_step<N>.pt``, and
+  ``benchmarks/score_volume_dumps.py DIR`` scores them all the same way.
 
 Every other argument goes to ``bench_cryogan.py``. Examples (2 CPU cores, one thread each)::
 
@@ -34,6 +41,9 @@ Every other argument goes to ``bench_cryogan.py``. Examples (2 CPU cores, one th
         --minutes 60 --threads 1 --out bench_out/m10d2_fadam --set symmetry=D2
     python benchmarks/cryogan_path_experiments.py --generator-batch-factor 4 --n 10000 \\
         --snr-db -10 --minutes 60 --threads 1 --out bench_out/m10d2_gb4 --set symmetry=D2
+    python benchmarks/cryogan_path_experiments.py --ema-decays 0.99,0.997,0.999,0.9997 \\
+        --dump-dir bench_out/m10d2_ema/dumps --n 10000 --snr-db -10 --minutes 60 --threads 1 \\
+        --out bench_out/m10d2_ema --set symmetry=D2
 """
 
 from __future__ import annotations
@@ -142,6 +152,48 @@ def use_generator_batch(factor: int) -> None:
     print(f"[path experiment] volume updates average {factor} x the batch of simulated particles", flush=True)
 
 
+def use_volume_averages(decays: list[float], dump_dir: Path) -> None:
+    """Keep exponential moving averages of every trainer's volume; dump them when it is read.
+
+    After each :meth:`CryoGanTrainer.train_step`, ``ema_β ← β · ema_β + (1 − β) · V`` for
+    every ``β`` in ``decays`` (``V`` the ``(D, D, D)`` float32 volume in image units, after
+    the update's constraints; the first update sets ``ema_β = V``). Each call of
+    :meth:`CryoGanTrainer.current_volume` (which still returns the current volume, so
+    training and outputs are unchanged) saves ``{"step", "box", "raw", "ema": {β: volume}}``
+    (CPU float32) to ``dump_dir / f"{name}_step{step:06d}.pt"``.
+    """
+    from cryogan_core.train import wgan
+
+    dump_dir.mkdir(parents=True, exist_ok=True)
+    step = wgan.CryoGanTrainer.train_step
+    current = wgan.CryoGanTrainer.current_volume
+
+    def patched_step(self, *a, **k) -> dict:  # noqa: ANN001, ANN002, ANN003
+        """``train_step`` (same arguments and record), then the averages updated."""
+        record = step(self, *a, **k)
+        with torch.no_grad():
+            v = self.volume().detach().float()
+            emas = getattr(self, "_emas", None)
+            if emas is None or next(iter(emas.values())).shape != v.shape:
+                self._emas = {b: v.clone() for b in decays}
+            else:
+                for b, e in emas.items():
+                    e.mul_(b).add_(v, alpha=1.0 - b)
+        return record
+
+    def patched_current(self) -> torch.Tensor:
+        """``current_volume`` (the same ``(D, D, D)`` float32), after saving it and the averages."""
+        raw = current(self)
+        emas = {b: e.cpu().clone() for b, e in getattr(self, "_emas", {}).items()}
+        torch.save({"step": self.step_count, "box": raw.shape[-1], "raw": raw, "ema": emas},
+                   dump_dir / f"{self.name}_step{self.step_count:06d}.pt")
+        return raw
+
+    wgan.CryoGanTrainer.train_step = patched_step
+    wgan.CryoGanTrainer.current_volume = patched_current
+    print(f"[path experiment] moving averages of the volume, decays {decays}, saved to {dump_dir}", flush=True)
+
+
 def truth_start(lowpass_A: float):
     """A replacement for ``gaussian_ball(box, sigma_px, device)``: the true map at ``box``."""
 
@@ -175,7 +227,13 @@ def main() -> None:
     p.add_argument("--march", action="store_true")
     p.add_argument("--fourier-adam", action="store_true")
     p.add_argument("--generator-batch-factor", type=int, default=1)
+    p.add_argument("--ema-decays", default="")
+    p.add_argument("--dump-dir", type=Path, default=None)
     ours, rest = p.parse_known_args()
+    if ours.ema_decays:
+        if ours.dump_dir is None:
+            sys.exit("--ema-decays needs --dump-dir")
+        use_volume_averages([float(x) for x in ours.ema_decays.split(",")], ours.dump_dir)
     if ours.start_truth:
         reconstruct.gaussian_ball = truth_start(ours.start_lowpass_A)
     if ours.fourier_adam:
