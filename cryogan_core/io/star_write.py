@@ -21,7 +21,7 @@ from cryogan_core.errors import InputError
 from cryogan_core.io.atomic import atomic_path
 from cryogan_core.io.star import PARTICLE_DEFAULTS, ParticleStar, constant_per_group
 
-__all__ = ["VERSION_TAGS", "write_particles"]
+__all__ = ["INT_LABELS", "VERSION_TAGS", "write_particles"]
 
 #: RELION labels of integer type: float columns with integral values are written as ints.
 INT_LABELS = frozenset(
