@@ -29,7 +29,7 @@ from cryogan_core.commands._common import map_for_particles  # noqa: E402
 from cryogan_core.metrics.align import align_maps  # noqa: E402
 from cryogan_core.physics.resample import fourier_crop_or_pad_map  # noqa: E402
 
-#: The particles' box of the benchmark (px) and the truth's pixel size there (Å).
+#: The particles' box of the benchmark (px), at which the job writes and scores its final map.
 BOX = 64
 
 
