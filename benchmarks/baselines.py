@@ -35,14 +35,14 @@ def gaussian_lowpass(images: np.ndarray, pixel_size_A: float, resolution_A: floa
     return ndimage.gaussian_filter(images, sigma=(0, sigma_px, sigma_px), mode="wrap").astype(np.float32)
 
 
-def _radial_index(box: int) -> torch.Tensor:
+def radial_index(box: int) -> torch.Tensor:
     """Integer radius (Fourier shell) of each rfft2 sample, ``(box, box//2+1)``."""
     ky = torch.fft.fftfreq(box) * box
     kx = torch.fft.rfftfreq(box) * box
     return torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2).round().long()
 
 
-def _radial_mean(power: torch.Tensor, shells: torch.Tensor) -> torch.Tensor:
+def radial_mean(power: torch.Tensor, shells: torch.Tensor) -> torch.Tensor:
     """Mean of ``(…, H, W//2+1)`` power over each shell (averaged over leading dims)."""
     p = power.reshape(-1, *power.shape[-2:]).mean(0)
     n = int(shells.max()) + 1
@@ -64,11 +64,11 @@ class CtfWiener:
     def __init__(self, inputs: torch.Tensor, references: torch.Tensor, ctf: CtfParams, pixel_size_A: float) -> None:
         box = inputs.shape[-1]
         self.box, self.pixel_size_A = box, pixel_size_A
-        self.shells = _radial_index(box)
+        self.shells = radial_index(box)
         c2 = compute_ctf(ctf, box, pixel_size_A) ** 2
-        sig = _radial_mean(torch.fft.rfft2(references).abs() ** 2, self.shells)
-        noise = _radial_mean(torch.fft.rfft2(inputs - references).abs() ** 2, self.shells)
-        c2r = _radial_mean(c2, self.shells).clamp_min(1e-3)
+        sig = radial_mean(torch.fft.rfft2(references).abs() ** 2, self.shells)
+        noise = radial_mean(torch.fft.rfft2(inputs - references).abs() ** 2, self.shells)
+        c2r = radial_mean(c2, self.shells).clamp_min(1e-3)
         self.signal = (sig / c2r)[self.shells]
         self.noise = noise.clamp_min(1e-12)[self.shells]
 

@@ -26,6 +26,9 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from baselines import radial_index, radial_mean  # noqa: E402
 
 from cryogan_core.commands import denoise  # noqa: E402
 from cryogan_core.models import unet  # noqa: E402
@@ -38,19 +41,13 @@ def radial_whitening_filter(images: torch.Tensor) -> torch.Tensor:
     """``W = sqrt(mean P / P(k))`` from ``(n, H, H)`` images, in ``rfft2`` layout ``(H, H//2+1)``.
 
     ``P(k)`` is ``|rfft2(image)|²`` averaged over the images and over the integer shell
-    ``round(|k|)`` (``k`` in cycles per box); shells past the last one with data take its value.
+    ``round(|k|)`` (``k`` in cycles per box): :func:`baselines.radial_index` and
+    :func:`baselines.radial_mean`, the shells of the benchmark's Wiener filter.
     """
-    h = images.shape[-1]
-    power = (torch.fft.rfft2(images.double()).abs() ** 2).mean(dim=0)
-    ky = torch.fft.fftfreq(h, d=1.0 / h)
-    kx = torch.fft.rfftfreq(h, d=1.0 / h)
-    shell = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2).round().long()
-    n_shells = int(shell.max()) + 1
-    sums = torch.zeros(n_shells, dtype=torch.float64).scatter_add_(0, shell.flatten(), power.flatten())
-    counts = torch.zeros(n_shells, dtype=torch.float64).scatter_add_(0, shell.flatten(), torch.ones_like(power).flatten())
-    profile = sums / counts.clamp_min(1)
+    shells = radial_index(images.shape[-1])
+    profile = radial_mean(torch.fft.rfft2(images.float()).abs() ** 2, shells)
     w = torch.sqrt(profile.mean() / profile.clamp_min(profile.max() * 1e-6))
-    return w[shell].float()
+    return w[shells].float()
 
 
 def use_whitened_input() -> None:

@@ -45,7 +45,7 @@ from relion_external._nodes import (
     OUTPUT_NODES_FILE,
     RELION_VERSIONS,
     Node,
-    _check_nodes_in_job,
+    check_nodes_in_job,
     detect_relion_version,
     job_dir_name,
     node_type_code,
@@ -492,7 +492,7 @@ class RelionJob:
             ValueError: a node is not inside this job directory, or a name is repeated.
         """
         nodes = list(nodes)
-        _check_nodes_in_job(nodes, self.job_dir_name)
+        check_nodes_in_job(nodes, self.job_dir_name)
         self._nodes = nodes
 
     # ----------------------------------------------------------------- protocol

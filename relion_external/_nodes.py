@@ -21,6 +21,7 @@ __all__ = [
     "Node",
     "OUTPUT_NODES_FILE",
     "RELION_VERSIONS",
+    "check_nodes_in_job",
     "detect_relion_version",
     "job_dir_name",
     "node_type_code",
@@ -285,7 +286,7 @@ def write_output_nodes(
     _check_version(version)
     project = Path(project_dir) if project_dir is not None else Path.cwd()
     prefix = job_dir_name(job_dir, project)
-    _check_nodes_in_job(nodes, prefix)
+    check_nodes_in_job(nodes, prefix)
     lines = [
         "data_output_nodes",
         "",
@@ -308,8 +309,17 @@ def write_output_nodes(
     return target
 
 
-def _check_nodes_in_job(nodes: Sequence[Node], prefix: str) -> None:
-    """ValueError unless every node is a Node named ``<prefix>...`` and names are unique."""
+def check_nodes_in_job(nodes: Sequence[Node], prefix: str) -> None:
+    """Check output nodes before they are listed in ``RELION_OUTPUT_NODES.star`` (protocol §2.2).
+
+    Args:
+        nodes: the job's output nodes.
+        prefix: the job directory relative to the project, with its trailing slash
+            (``External/job012/``); every node name must start with it and name a file in it.
+
+    Raises:
+        ValueError: a node is not a :class:`Node`, is not inside ``prefix``, or is listed twice.
+    """
     seen: set[str] = set()
     for node in nodes:
         if not isinstance(node, Node):

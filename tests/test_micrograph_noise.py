@@ -5,47 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mrcfile
-import numpy as np
 import pandas as pd
 import pytest
-import starfile
 import torch
 
+from conftest import write_micrographs
 from cryogan_core.errors import InputError
 from cryogan_core.physics.micrograph_noise import micrograph_noise_patches, noise_from_micrograph_windows
-
-#: Micrograph side (px), and where the bright blobs (stand-ins for particles) sit.
-MIC_PX = 256
-PICKS_XY = [(64.0, 64.0), (192.0, 192.0), (64.0, 192.0)]
-
-
-def write_micrographs(tmp: Path, mic_pixel_A: float | None = 2.0, n_mics: int = 2, side: int = MIC_PX) -> tuple[Path, pd.DataFrame]:
-    """Micrographs of white noise (std 1) with a bright disc (value 50, radius 5 px) at each pick.
-
-    Returns the micrograph STAR path (names relative to ``tmp``) and the particle table
-    with ``rlnMicrographName`` and ``rlnCoordinateX/Y`` of the picks.
-    """
-    rng = np.random.default_rng(0)
-    (tmp / "Mics").mkdir(exist_ok=True)
-    yy, xx = np.mgrid[:side, :side]
-    names, parts = [], []
-    for i in range(n_mics):
-        img = rng.normal(size=(side, side)).astype(np.float32)
-        for x, y in PICKS_XY:
-            img[np.hypot(xx - x, yy - y) <= 5] = 50.0
-            parts.append({"rlnMicrographName": f"Mics/mic{i}.mrc", "rlnCoordinateX": x, "rlnCoordinateY": y})
-        with mrcfile.new(tmp / "Mics" / f"mic{i}.mrc") as m:
-            m.set_data(img)
-        names.append(f"Mics/mic{i}.mrc")
-    mics = pd.DataFrame({"rlnMicrographName": names, "rlnOpticsGroup": 1})
-    optics = pd.DataFrame({"rlnOpticsGroupName": ["opticsGroup1"], "rlnOpticsGroup": [1]})
-    if mic_pixel_A is not None:
-        optics["rlnMicrographPixelSize"] = mic_pixel_A
-    star = tmp / "micrographs.star"
-    starfile.write({"optics": optics, "micrographs": mics}, star)
-    return star, pd.DataFrame(parts)
-
 
 def windows(star: Path, tmp: Path, particles: pd.DataFrame | None, **kw) -> torch.Tensor:
     """``micrograph_noise_patches`` with the test's sampling (particles 2 Å/px, box 32, out 16)."""

@@ -16,12 +16,10 @@ import sys
 from pathlib import Path
 
 import mrcfile
-import numpy as np
-import pandas as pd
 import pytest
-import starfile
 import torch
 
+from conftest import write_micrographs
 from cryogan_core.commands.options import options_from_mapping
 from cryogan_core.commands.reconstruct import run_reconstruct
 from cryogan_core.commands.reconstruct_options import ReconstructOptions
@@ -177,23 +175,9 @@ def test_standalone_run_rejects_box_train_above_the_box(tmp_path, sim_dir):
                         project_dir=sim_dir)
 
 
-def _white_micrographs(root: Path, pixel_A: float, n: int = 2, side: int = 96) -> Path:
-    """``n`` micrographs of white noise and their STAR (names relative to ``root``)."""
-    rng = np.random.default_rng(5)
-    (root / "Mics").mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        with mrcfile.new(root / "Mics" / f"m{i}.mrc") as m:
-            m.set_data(rng.normal(size=(side, side)).astype(np.float32))
-    star = root / "Mics" / "micrographs.star"
-    starfile.write({"optics": pd.DataFrame({"rlnOpticsGroup": [1], "rlnMicrographPixelSize": [pixel_A]}),
-                    "micrographs": pd.DataFrame({"rlnMicrographName": [f"Mics/m{i}.mrc" for i in range(n)],
-                                                 "rlnOpticsGroup": 1})}, star)
-    return star
-
-
 def test_standalone_run_takes_its_noise_from_micrographs(tmp_path, sim_dir, log_messages):
     shutil.copytree(sim_dir / "Simulate", tmp_path / "Simulate")
-    mics = _white_micrographs(tmp_path, pixel_A=8.0)
+    mics, _ = write_micrographs(tmp_path, mic_pixel_A=8.0, side=96, picks_xy=())
     opts = options_from_mapping(ReconstructOptions, dict(FAST, noise="micrographs"))
     summary = run_reconstruct(tmp_path / "Simulate/particles.star", tmp_path / "out", opts, project_dir=tmp_path,
                               mics_path=mics)
