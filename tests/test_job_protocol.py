@@ -39,6 +39,7 @@ from relion_external._job import (
     read_is_continue,
     write_output_nodes,
 )
+from relion_external._reporting import print_error_line
 from relion_harness import (
     VERSIONS,
     RelionProject,
@@ -449,6 +450,12 @@ def test_relion_job_input_error_one_line_failure(tmp_path, capsys):
     assert (job / EXIT_FAILURE).exists() and not (job / EXIT_SUCCESS).exists()
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ERROR")]
     assert err == ["ERROR: particles.star: column rlnDefocusU is missing"]
+
+
+def test_error_line_folds_a_multiline_message_into_one_line(capsys):
+    # RELION's red pane shows stderr; an error that spans lines would be read as several
+    print_error_line("particles.star:\n  column rlnDefocusU\tis missing  ")
+    assert capsys.readouterr().err == "ERROR: particles.star: column rlnDefocusU is missing\n"
 
 
 def test_relion_job_abort_in_process(tmp_path):
