@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE))
 from betagal_data import BETAGAL_MAP, BETAGAL_PIXEL_A  # noqa: E402
 
 from cryogan_core.commands._common import map_for_particles  # noqa: E402
-from cryogan_core.metrics.align import align_maps  # noqa: E402
+from cryogan_core.metrics.align import align_half_maps  # noqa: E402
 from cryogan_core.physics.resample import fourier_crop_or_pad_map  # noqa: E402
 
 #: The particles' box of the benchmark (px), at which the job writes and scores its final map.
@@ -45,8 +45,7 @@ def score_pair(v1: torch.Tensor, v2: torch.Tensor, truth: torch.Tensor, pixel_A:
         The resolution (Å) where the FSC of the aligned average with the truth first falls
         below 0.5 (:meth:`cryogan_core.metrics.align.MapAlignment.resolution_A`).
     """
-    al = align_maps(v2.double(), v1.double(), pixel_A)
-    return align_maps(0.5 * (v1.double() + al.aligned), truth, pixel_A).resolution_A(0.5)
+    return align_half_maps(v1, v2, pixel_A, truth).to_reference.resolution_A(0.5)
 
 
 def main() -> None:

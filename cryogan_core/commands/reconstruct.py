@@ -8,7 +8,7 @@ same half, shifts from the prior, noise from the real background) a WGAN-GP crit
 to tell from the real ones. Poses in the input are ignored unless ``pose_prior = star``.
 
 Maps reconstructed without poses have an arbitrary orientation and hand, so half 2 is
-aligned to half 1 (rotation over both hands, then translation, :func:`align_maps`) before
+aligned to half 1 (rotation over both hands, then translation, :func:`align_half_maps`) before
 the half-map FSC and the average; with a reference, all maps are then aligned to it and
 written in its frame (the reference is never used in training).
 
@@ -56,7 +56,7 @@ from cryogan_core.io.atomic import atomic_path
 from cryogan_core.io.images import ParticleImages
 from cryogan_core.io.particles import load_particles
 from cryogan_core.io.star import pose_angles_deg
-from cryogan_core.metrics.align import align_maps
+from cryogan_core.metrics.align import align_half_maps
 from cryogan_core.metrics.fsc import resolution_at
 from cryogan_core.models.volume import VoxelVolume
 from cryogan_core.physics.ctf import CtfParams
@@ -333,15 +333,15 @@ def run_reconstruct(
         the FSC with it; save the snapshots. Returns the record added to ``evals``."""
         s, trs = state["s"], state["trainers"]
         v1, v2 = (t.current_volume() for t in trs)
-        al = align_maps(v2, v1, s.pixel_A)
+        ref_small = None if ref_full is None else (ref_full if s.box == box else fourier_crop_or_pad_map(ref_full, s.box))
+        hm = align_half_maps(v1, v2, s.pixel_A, ref_small)
+        al = hm.halves
         res = resolution_at(al.freq_inv_A, al.fsc, 0.143)
         entry = {"elapsed_s": elapsed, "step": trs[0].step_count, "box_train": s.box,
                  "epoch": trs[0].epoch(len(state["halves"][0].rows)), "resolution_A_fsc_0.143": res,
                  "resolution_A_fsc_0.5": resolution_at(al.freq_inv_A, al.fsc, 0.5)}
-        if ref_full is not None:
-            ref_small = ref_full if s.box == box else fourier_crop_or_pad_map(ref_full, s.box)
-            ral = align_maps(0.5 * (v1 + al.aligned), ref_small, s.pixel_A)
-            entry["resolution_A_vs_reference_fsc_0.5"] = ral.resolution_A(0.5)
+        if hm.to_reference is not None:
+            entry["resolution_A_vs_reference_fsc_0.5"] = hm.to_reference.resolution_A(0.5)
         evals.append(entry)
         tag = f"step{trs[0].step_count:06d}"
         save_figure(slices_figure({"half 1": v1.numpy(), "half 2 (aligned to half 1)": al.aligned.numpy()},

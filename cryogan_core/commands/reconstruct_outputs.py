@@ -21,7 +21,7 @@ from cryogan_core.commands.reconstruct_inputs import LOW_SNR_DB, HalfData
 from cryogan_core.commands.reconstruct_options import ReconstructOptions
 from cryogan_core.io.mrc import write_map
 from cryogan_core.io.summary import write_summary
-from cryogan_core.metrics.align import align_maps, apply_alignment
+from cryogan_core.metrics.align import align_half_maps, apply_alignment
 from cryogan_core.metrics.fsc import fsc, resolution_at, shells_up_to, write_fsc_star
 from cryogan_core.physics.resample import fourier_crop_or_pad_map
 from cryogan_core.report.plots import fsc_figure, montage_figure, save_figure, text_figure, write_pdf
@@ -91,7 +91,9 @@ def write_outputs(
     if d != box:
         vols = [fourier_crop_or_pad_map(v, box) for v in vols]
         logger.info(f"Maps Fourier-padded from the training box {d} px to the particles' box {box} px ({pixel_A:.3f} Å/px)")
-    al = align_maps(vols[1], vols[0], pixel_A)
+    ref = None if ref_path is None else map_for_particles(ref_path, pixel_A, box).cpu()
+    hm = align_half_maps(vols[0], vols[1], pixel_A, ref)
+    al = hm.halves
     h1, h2 = vols[0], al.aligned
     logger.info(f"Half 2 aligned to half 1: CC {al.cc:.3f}{', mirrored (other hand)' if al.mirror else ''}")
     nyquist_t = 1.0 / (2.0 * pixel_t)  # Å⁻¹: nothing was learned beyond the training Nyquist
@@ -122,10 +124,9 @@ def write_outputs(
         "options": dataclasses.asdict(opts),
         "star": str(star_path),
     }
-    avg = 0.5 * (h1 + h2)
-    if ref_path is not None:
-        ref = map_for_particles(ref_path, pixel_A, box).cpu()
-        ral = align_maps(avg, ref, pixel_A)
+    avg = hm.average
+    if ref_path is not None and hm.to_reference is not None:
+        ral = hm.to_reference
         h1 = apply_alignment(h1, ral.rotation, ral.shift_vox, ral.mirror)
         h2 = apply_alignment(h2, ral.rotation, ral.shift_vox, ral.mirror)
         avg = ral.aligned

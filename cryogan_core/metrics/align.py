@@ -36,6 +36,8 @@ from cryogan_core.physics.resample import fourier_crop_or_pad_map
 
 __all__ = [
     "Alignment",
+    "HalfMapAlignment",
+    "align_half_maps",
     "align_maps",
     "apply_alignment",
     "gaussian_lowpass_map",
@@ -421,3 +423,50 @@ def align_maps(
         freq_inv_A=freq,
         fsc=curve,
     )
+
+
+@dataclass
+class HalfMapAlignment:
+    """Result of :func:`align_half_maps`.
+
+    Attributes:
+        halves: half 2 aligned onto half 1 (:class:`Alignment`; ``halves.aligned`` is half 2
+            in half 1's frame, ``halves.fsc`` the half-map FSC).
+        average: ``(D, D, D)`` float32 ``(half 1 + aligned half 2) / 2``, in half 1's frame.
+        to_reference: the average aligned onto the reference, or None without one.
+    """
+
+    halves: Alignment
+    average: torch.Tensor
+    to_reference: Alignment | None
+
+
+def align_half_maps(
+    half1: torch.Tensor,
+    half2: torch.Tensor,
+    pixel_size_A: float,
+    reference: torch.Tensor | None = None,
+) -> HalfMapAlignment:
+    """Bring two independently reconstructed half maps into one frame, average them, and
+    optionally align the average onto a reference (:func:`align_maps` for each step).
+
+    Without poses each half map can come out in its own orientation and hand, so half 2 is
+    aligned onto half 1 (rotation over both hands, then translation) before the half-map
+    FSC and the average; the average, not either half, is what is compared with a reference.
+
+    Args:
+        half1: ``(D, D, D)`` float map; fixes the frame.
+        half2: ``(D, D, D)`` float map on the same grid.
+        pixel_size_A: voxel size (Å) of both (and of ``reference``).
+        reference: optional ``(D, D, D)`` map on the same grid.
+
+    Returns:
+        The :class:`HalfMapAlignment`.
+
+    Raises:
+        ValueError: maps not cubic or of different shapes, non-positive pixel size.
+    """
+    halves = align_maps(half2, half1, pixel_size_A)
+    average = 0.5 * (half1.detach().float().cpu() + halves.aligned)
+    to_reference = None if reference is None else align_maps(average, reference, pixel_size_A)
+    return HalfMapAlignment(halves=halves, average=average, to_reference=to_reference)
