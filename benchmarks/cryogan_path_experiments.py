@@ -28,6 +28,9 @@ volume update changed, to reproduce the stop-22 paragraphs of docs/cryogan_bench
   volume); every time the job reads the volumes (each evaluation and the end) the raw
   volume and each average are saved to ``DIR/<half>_step<N>.pt``, and
   ``benchmarks/score_volume_dumps.py DIR`` scores them all the same way.
+* ``--critic-reset-minutes M [--critic-reset-rounds R]`` (stop 32): every M minutes of
+  training each half's critic is replaced by a new one, trained for R rounds (default 100,
+  the job's ``critic_warmup``) against the fixed volume before training goes on.
 
 Every other argument goes to ``bench_cryogan.py``. Examples (2 CPU cores, one thread each)::
 
@@ -44,6 +47,8 @@ Every other argument goes to ``bench_cryogan.py``. Examples (2 CPU cores, one th
     python benchmarks/cryogan_path_experiments.py --ema-decays 0.99,0.997,0.999,0.9997 \\
         --dump-dir bench_out/m10d2_ema/dumps --n 10000 --snr-db -10 --minutes 60 --threads 1 \\
         --out bench_out/m10d2_ema --set symmetry=D2
+    python benchmarks/cryogan_path_experiments.py --critic-reset-minutes 5 --n 10000 --snr-db -10 \\
+        --minutes 60 --threads 1 --out bench_out/m10d2_creset5 --set symmetry=D2 seed=0
 """
 
 from __future__ import annotations
@@ -194,6 +199,50 @@ def use_volume_averages(decays: list[float], dump_dir: Path) -> None:
     print(f"[path experiment] moving averages of the volume, decays {decays}, saved to {dump_dir}", flush=True)
 
 
+def use_critic_resets(every_minutes: float, rounds: int) -> None:
+    """Replace every trainer's critic by a new one every ``every_minutes`` of its training.
+
+    A critic that has co-evolved with the volume for a long time may keep discriminating by
+    features the volume can no longer fix; a new critic (fresh weights and Adam state, the
+    same architecture and learning rate) finds the largest remaining differences between
+    real and simulated particles again (a fresh critic's estimate ranks maps against the
+    truth, ``wasserstein_selection.py``). After each reset the new critic is trained for
+    ``rounds`` rounds of ``n_critic`` updates against the fixed volume on the half set's
+    real particles (:meth:`CryoGanTrainer.warm_up_critic`, as the job does after a change
+    of box), then training goes on. The warm-up's time counts in the training budget.
+    """
+    from cryogan_core.models.critic import CryoGANCritic
+    from cryogan_core.train import wgan
+
+    reals: dict[int, torch.Tensor] = {}
+    train = reconstruct.train_cryogan
+    step = wgan.CryoGanTrainer.train_step
+
+    def patched_train(trainers, real_sets, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        """``train_cryogan`` (same arguments and result), remembering each half's particles."""
+        for t, r in zip(trainers, real_sets):
+            reals[id(t)] = r
+        return train(trainers, real_sets, *a, **k)
+
+    def patched_step(self, real, sigma_px, epoch):  # noqa: ANN001, ANN202
+        """``train_step`` (same arguments and record), after a critic reset when one is due."""
+        last = getattr(self, "_last_reset_s", 0.0)
+        if self.elapsed_s - last >= 60.0 * every_minutes and id(self) in reals:
+            self._last_reset_s = self.elapsed_s
+            cfg = self.config
+            torch.manual_seed(cfg.seed * 7919 + self.seed_offset + 1000 * (self.step_count + 1))
+            self.critic = CryoGANCritic(box=self.priors.box, **cfg.critic).to(self.device)
+            self.opt_c = torch.optim.Adam(self.critic.parameters(), lr=self.lr_critic0, betas=(cfg.beta1, cfg.beta2))
+            w = self.warm_up_critic(reals[id(self)], rounds, sigma_px, epoch)
+            print(f"[path experiment] {self.name}: new critic at step {self.step_count} "
+                  f"({self.elapsed_s / 60:.1f} min), {rounds} warm-up rounds, Wasserstein {w:.3f}", flush=True)
+        return step(self, real, sigma_px, epoch)
+
+    reconstruct.train_cryogan = patched_train
+    wgan.CryoGanTrainer.train_step = patched_step
+    print(f"[path experiment] a new critic every {every_minutes:g} min of training, {rounds} warm-up rounds", flush=True)
+
+
 def truth_start(lowpass_A: float):
     """A replacement for ``gaussian_ball(box, sigma_px, device)``: the true map at ``box``."""
 
@@ -229,6 +278,8 @@ def main() -> None:
     p.add_argument("--generator-batch-factor", type=int, default=1)
     p.add_argument("--ema-decays", default="")
     p.add_argument("--dump-dir", type=Path, default=None)
+    p.add_argument("--critic-reset-minutes", type=float, default=0.0)
+    p.add_argument("--critic-reset-rounds", type=int, default=100)
     ours, rest = p.parse_known_args()
     if ours.ema_decays:
         if ours.dump_dir is None:
@@ -240,6 +291,8 @@ def main() -> None:
         use_fourier_adam()
     if ours.generator_batch_factor > 1:
         use_generator_batch(ours.generator_batch_factor)
+    if ours.critic_reset_minutes > 0:
+        use_critic_resets(ours.critic_reset_minutes, ours.critic_reset_rounds)
     if ours.march:
         rest = with_reconstruct_option(rest, "march=yes")
     sys.argv = [str(HERE / "bench_cryogan.py"), *rest]
