@@ -46,7 +46,7 @@ from cryogan_core.commands.denoise_scores import heldout_report  # noqa: E402
 from cryogan_core.io.images import ParticleImages  # noqa: E402
 from cryogan_core.io.star import read_particles  # noqa: E402
 from cryogan_core.models.symmetry_average import symmetry_averaged  # noqa: E402
-from cryogan_core.train.pairs import build_pairs  # noqa: E402
+from cryogan_core.train.pairs import PairSettings, build_pairs  # noqa: E402
 
 
 class MeanOfNetworks(nn.Module):
@@ -69,7 +69,7 @@ class MeanOfNetworks(nn.Module):
         return torch.stack([net(x) for net in self.nets]).mean(0)
 
 
-def load_member(run: Path) -> tuple[nn.Module, object, int]:
+def load_member(run: Path) -> tuple[nn.Module, PairSettings, int]:
     """The denoiser a ``bench_denoise.py`` run wrote (``run/job/model.pt``), wrapped with the
     square-symmetry averaging its job used, with its pair settings and training seed."""
     summary = json.loads((run / "job" / "summary.json").read_text())
@@ -84,7 +84,8 @@ def main() -> None:
     ap.add_argument("--real", action="store_true", help="the runs used --real")
     ap.add_argument("--o", type=Path, required=True, help="JSON of the results")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--n-symmetries", type=int, default=0, help="override the square-symmetry averaging (0: each run's own)")
+    ap.add_argument("--n-symmetries", type=int, default=0,
+                    help="square symmetries each member averages over, 1/2/4/8 (0: each run's own setting)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.real:
