@@ -5,7 +5,7 @@ and the half-map FSC does not say which seed did well (both halves start alike).
 short runs and a choice among them, as cryoSPARC's ab-initio keeps the best of several
 classes, would need a pose-free score that ranks maps as their FSC with the truth does.
 CryoGAN's own objective is one: the Wasserstein distance between the particles and the
-map's simulated particles, which its critic estimates (Gupta et al. 2021, Eq. 6; the truth
+map's simulated particles, which its critic estimates (Gupta et al. 2021; Arjovsky et al. 2017; the truth
 is a stable point of it, stop 22). Here each candidate map is frozen and a new critic is
 trained against it with the job itself: ``cryogan reconstruct`` with the candidate as
 ``initial_model`` (no low-pass: ``initial_lowpass_A`` below the training Nyquist), a volume
@@ -39,14 +39,8 @@ sys.path.insert(0, str(REPO))
 
 from cryogan_core.commands.reconstruct import run_reconstruct  # noqa: E402
 
-#: One progress line's Wasserstein estimates of the two half sets and its elapsed time.
-_W_LINE = re.compile(r"Wasserstein (-?[\d.]+)/(-?[\d.]+) .*?((?:\d+h)?(?:\d+m)?\d+s) elapsed")
-
-
-def seconds(text: str) -> float:
-    """``"1h02m03s"`` / ``"2m30s"`` / ``"45s"`` (the job's durations) in seconds."""
-    parts = dict((unit, float(value)) for value, unit in re.findall(r"(\d+)([hms])", text))
-    return 3600 * parts.get("h", 0.0) + 60 * parts.get("m", 0.0) + parts.get("s", 0.0)
+#: One progress line's Wasserstein estimates of the two half sets.
+_W_LINE = re.compile(r"Wasserstein (-?[\d.]+)/(-?[\d.]+) ")
 
 
 def frozen_map_score(star: Path, map_path: Path, ref: Path, out: Path, epochs: float, extra: dict[str, str]) -> dict:
@@ -66,11 +60,11 @@ def frozen_map_score(star: Path, map_path: Path, ref: Path, out: Path, epochs: f
         summary = run_reconstruct(star, out, options, ref_path=ref, project_dir=star.parent.parent, resume=False)
     finally:
         logger.remove(sink)
-    records = [(seconds(m.group(3)), float(m.group(1)), float(m.group(2))) for m in map(_W_LINE.search, lines) if m]
-    late = np.array(records[len(records) // 2:]).reshape(-1, 3)
+    records = [(float(m.group(1)), float(m.group(2))) for m in map(_W_LINE.search, lines) if m]
+    late = np.array(records[len(records) // 2:]).reshape(-1, 2)
     if len(late) == 0:
         sys.exit(f"{map_path}: no progress lines in the log")
-    return {"w_half1": float(late[:, 1].mean()), "w_half2": float(late[:, 2].mean()), "w_mean": float(late[:, 1:].mean()),
+    return {"w_half1": float(late[:, 0].mean()), "w_half2": float(late[:, 1].mean()), "w_mean": float(late.mean()),
             "n_lines": int(len(late)), "fsc_0.5_vs_ref_A": float(summary["resolution_A_vs_reference_fsc_0.5"])}
 
 
