@@ -2,9 +2,10 @@
 
 Run by hand after such a run. For every step at which both half volumes were dumped, and
 for the raw volumes and each moving average alike, it does what the job's in-training
-evaluation does (``commands/reconstruct.py``, ``evaluate``): align half 2 to half 1
-(rotation over both hands, then translation), average, align the average to the true map
-Fourier-cropped to the training box, and read the FSC with the truth at 0.5. The last step
+evaluation does (``commands/reconstruct.py``, ``evaluate``), with the same function
+(:func:`cryogan_core.metrics.align.align_half_maps`): align half 2 to half 1 (rotation over
+both hands, then translation), average, align the average to the true map Fourier-cropped
+to the training box, and read the FSC with the truth at 0.5. The last step
 is also scored as the job scores its final map: both halves Fourier-padded to the
 particles' box (64 px) first.
 
