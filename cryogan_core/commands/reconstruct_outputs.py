@@ -124,9 +124,8 @@ def write_outputs(
         "options": dataclasses.asdict(opts),
         "star": str(star_path),
     }
-    avg = hm.average
-    if ref_path is not None and hm.to_reference is not None:
-        ral = hm.to_reference
+    avg, ral = hm.average, hm.to_reference
+    if ral is not None:  # a reference was given
         h1 = apply_alignment(h1, ral.rotation, ral.shift_vox, ral.mirror)
         h2 = apply_alignment(h2, ral.rotation, ral.shift_vox, ral.mirror)
         avg = ral.aligned
