@@ -32,6 +32,11 @@ volume update changed, to reproduce the stop-22 paragraphs of docs/cryogan_bench
   training each half's critic is replaced by a new one, trained for R rounds (default 100,
   the job's ``critic_warmup``) against the fixed volume before training goes on.
 
+* ``--moment-weight W [--moment-batch M]`` (stop 33): the volume update also matches the
+  particles' second moment (Kam 1980; the method of moments of Sharon, Kileel, Khoo, Landa &
+  Singer 2020, Inverse Problems 36:044003), a statistic the data give directly rather than
+  through a critic. See :func:`use_moment_matching`.
+
 Every other argument goes to ``bench_cryogan.py``. Examples (2 CPU cores, one thread each)::
 
     python benchmarks/cryogan_path_experiments.py --start-truth --n 10000 --snr-db -10 \\
@@ -49,6 +54,8 @@ Every other argument goes to ``bench_cryogan.py``. Examples (2 CPU cores, one th
         --out bench_out/m10d2_ema --set symmetry=D2
     python benchmarks/cryogan_path_experiments.py --critic-reset-minutes 5 --n 10000 --snr-db -10 \\
         --minutes 60 --threads 1 --out bench_out/m10d2_creset5 --set symmetry=D2 seed=0
+    python benchmarks/cryogan_path_experiments.py --moment-weight 1 --n 10000 --snr-db -10 \\
+        --minutes 60 --threads 1 --out bench_out/m10d2_mom1 --set symmetry=D2 seed=0
 """
 
 from __future__ import annotations
@@ -243,6 +250,147 @@ def use_critic_resets(every_minutes: float, rounds: int) -> None:
     print(f"[path experiment] a new critic every {every_minutes:g} min of training, {rounds} warm-up rounds", flush=True)
 
 
+def d4_images(x: torch.Tensor) -> torch.Tensor:
+    """The 8 images of each ``(n, D, D)`` image under the square's symmetries about the
+    centre ``(D//2, D//2)`` (RELION's): ``(8n, D, D)``.
+
+    The distribution of particle images at uniform poses is unchanged by in-plane rotations
+    by 90° (a pose change) and by mirrors (the projection of a volume equals that of its
+    mirror about the projection axis, so both hands give the same images); on the pixel grid
+    these are exact. The mirror of axis ``i ↦ D − i (mod D)`` is a flip then a roll by 1.
+    """
+    flip_x = torch.roll(torch.flip(x, dims=[-1]), 1, dims=-1)
+    four = [x, flip_x, torch.roll(torch.flip(x, dims=[-2]), 1, dims=-2),
+            torch.roll(torch.flip(flip_x, dims=[-2]), 1, dims=-2)]
+    return torch.cat(four + [f.transpose(-1, -2) for f in four])
+
+
+def use_moment_matching(weight: float, batch: int, white_noise: bool = False) -> None:
+    """Add a second-moment term to every volume update (``--moment-weight``).
+
+    Kam (1980, J. Theor. Biol. 82:15) showed that the second moment of particle images at
+    uniform poses determines much of the volume (its spherical-harmonic coefficients up to
+    one orthogonal matrix per degree); the method of moments (Sharon et al. 2020, Inverse
+    Problems 36:044003) reconstructs from such statistics. The critic has to learn these
+    statistics from batches of 8; here they are given. Per half set, once:
+
+    * ``W(k) = P(|k|)^−½`` with ``P`` the real particles' radially averaged power spectrum, so
+      each frequency counts by its signal-to-noise ratio, not by its power;
+    * ``T = S(mean xxᵀ over the real particles) − S(mean nnᵀ over 8,192 noise images)``, with
+      ``x`` the whitened ``(D²,)`` particle, ``n`` the simulator's whitened noise (background
+      mean removed as RELION's normalisation does), ``S`` the average over the 8 symmetries
+      of :func:`d4_images`: the signal's second moment. With ``white_noise`` (a diagnostic for
+      simulated particles only) ``n`` is white Gaussian noise made at the particles' box and
+      Fourier-cropped as they are, scaled to the simulator's noise variance: the noise the
+      benchmark's ``cryogan simulate`` adds, instead of the job's noise model.
+
+    Each volume update then adds ``weight · ⟨C_A − T, C_B − T⟩ / ‖T‖²`` (Frobenius) to the
+    critic's term, with ``C_A``, ``C_B`` the symmetrised second moments of two independent
+    batches of ``batch`` clean simulated particles (CTF, shift, background mean removed,
+    whitened; no noise): the product of two independent estimates is an unbiased estimate
+    of ``‖C − T‖²`` (one batch squared would also reward low-variance projections).
+    """
+    from cryogan_core.metrics.images import circular_mask
+    from cryogan_core.physics.resample import fourier_crop_images
+    from cryogan_core.train import wgan
+    from cryogan_core.train.cryogan_simulator import simulate_batch
+
+    reals: dict[int, torch.Tensor] = {}
+    train = reconstruct.train_cryogan
+    step = wgan.CryoGanTrainer.train_step
+
+    def patched_train(trainers, real_sets, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        """``train_cryogan`` (same arguments and result), remembering each half's particles."""
+        for t, r in zip(trainers, real_sets):
+            reals[id(t)] = r
+        return train(trainers, real_sets, *a, **k)
+
+    def prepare(self) -> dict:  # noqa: ANN001
+        """Whitening filter, background mask and target ``T`` of one trainer (CPU float32)."""
+        real = reals[id(self)].detach().float().cpu()
+        d = real.shape[-1]
+        bg = ~circular_mask(d, self.priors.bg_radius_px)
+        power = (torch.fft.rfft2(real).abs() ** 2).mean(0)
+        ky = torch.fft.fftfreq(d) * d
+        kx = torch.fft.rfftfreq(d) * d
+        shell = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2).round().long()
+        radial = torch.zeros(int(shell.max()) + 1).index_add_(0, shell.flatten(), power.flatten())
+        radial = radial / torch.bincount(shell.flatten(), minlength=len(radial)).clamp(min=1)
+        filt = radial[shell].clamp(min=1e-12).rsqrt()
+
+        def second_moment(x: torch.Tensor) -> torch.Tensor:
+            y = torch.fft.irfft2(torch.fft.rfft2(x) * filt, s=(d, d))
+            y = d4_images(y).reshape(-1, d * d)
+            return y.T @ y / y.shape[0]
+
+        c_real = sum(second_moment(real[i:i + 512]) * len(real[i:i + 512]) for i in range(0, len(real), 512)) / len(real)
+        gen = torch.Generator().manual_seed(12345 + self.seed_offset)
+        c_noise = torch.zeros(d * d, d * d)
+        for _ in range(16):
+            n = self.priors.noise.sample(512, gen).float().cpu()
+            if white_noise:  # a diagnostic: the simulation's own noise, white at the particles' box
+                src = getattr(self.priors.noise, "source", None)
+                w = torch.randn(512, src.box, src.box, generator=gen) if src is not None else torch.randn(n.shape, generator=gen)
+                w = fourier_crop_images(w, d) if src is not None else w
+                n = w * (n[:, bg].std() / w[:, bg].std())
+            n = n - n[:, bg].mean(1)[:, None, None]
+            c_noise += second_moment(n) / 16
+        target = c_real - c_noise
+        print(f"[path experiment] {self.name}: second moments from {len(real)} particles; the signal's is "
+              f"{float(target.trace() / c_real.trace()):.3f} of the particles' (whitened)", flush=True)
+        return {"filt": filt.to(self.device), "bg": bg.to(self.device), "target": target.to(self.device),
+                "norm": float((target ** 2).sum()), "second_moment": second_moment}
+
+    def moment_loss(self, state: dict, gen: torch.Generator) -> torch.Tensor:  # noqa: ANN001
+        """``⟨C_A − T, C_B − T⟩ / ‖T‖²`` for two batches of clean simulated particles."""
+        vol = self.volume()
+        d = vol.shape[-1]
+        cs = []
+        for _ in range(2):
+            x = simulate_batch(vol, self.priors, batch, gen, add_noise=False, normalise=False)
+            x = x - x[:, state["bg"]].mean(1)[:, None, None]
+            y = torch.fft.irfft2(torch.fft.rfft2(x) * state["filt"], s=(d, d))
+            y = d4_images(y).reshape(-1, d * d)
+            cs.append(y.T @ y / y.shape[0] - state["target"])
+        return (cs[0] * cs[1]).sum() / state["norm"]
+
+    def patched_step(self, real, sigma_px, epoch):  # noqa: ANN001, ANN202
+        """``train_step`` (same arguments and record), its volume update with the moment term."""
+        if id(self) not in reals:
+            return step(self, real, sigma_px, epoch)
+        state = getattr(self, "_moments", None)
+        if state is None or state["target"].shape[0] != self.priors.box ** 2:
+            state = self._moments = prepare(self)
+        opt = self.opt_v
+        plain = opt.step
+        gen = torch.Generator().manual_seed((self._step_seed() * 7 + 3) % (2**63 - 1))
+        box: dict[str, float] = {}
+
+        def step_with_moments(*a, **k):  # noqa: ANN002, ANN003, ANN202
+            critic_grad = sum(float((p.grad ** 2).sum()) for p in opt.param_groups[0]["params"] if p.grad is not None)
+            loss = moment_loss(self, state, gen)
+            (weight * loss).backward()
+            total = sum(float((p.grad ** 2).sum()) for p in opt.param_groups[0]["params"] if p.grad is not None)
+            box.update(moment_loss=float(loss.detach()), critic_grad=critic_grad ** 0.5, total_grad=total ** 0.5)
+            return plain(*a, **k)
+
+        opt.step = step_with_moments
+        try:
+            record = step(self, real, sigma_px, epoch)
+        finally:
+            del opt.step
+        record.update(box)
+        if self.step_count % 200 == 1 or self.step_count <= 5:
+            print(f"[path experiment] {self.name} step {self.step_count}: moment loss {box['moment_loss']:.4f}, "
+                  f"gradient norm critic {box['critic_grad']:.3g}, with moments {box['total_grad']:.3g}", flush=True)
+        return record
+
+    reconstruct.train_cryogan = patched_train
+    wgan.CryoGanTrainer.train_step = patched_step
+    print(f"[path experiment] second-moment matching, weight {weight:g}, 2 x {batch} clean particles per update",
+          flush=True)
+
+
 def truth_start(lowpass_A: float):
     """A replacement for ``gaussian_ball(box, sigma_px, device)``: the true map at ``box``."""
 
@@ -280,6 +428,9 @@ def main() -> None:
     p.add_argument("--dump-dir", type=Path, default=None)
     p.add_argument("--critic-reset-minutes", type=float, default=0.0)
     p.add_argument("--critic-reset-rounds", type=int, default=100)
+    p.add_argument("--moment-weight", type=float, default=0.0)
+    p.add_argument("--moment-batch", type=int, default=16)
+    p.add_argument("--moment-white-noise", action="store_true")
     ours, rest = p.parse_known_args()
     if ours.ema_decays:
         if ours.dump_dir is None:
@@ -293,6 +444,8 @@ def main() -> None:
         use_generator_batch(ours.generator_batch_factor)
     if ours.critic_reset_minutes > 0:
         use_critic_resets(ours.critic_reset_minutes, ours.critic_reset_rounds)
+    if ours.moment_weight > 0:
+        use_moment_matching(ours.moment_weight, ours.moment_batch, ours.moment_white_noise)
     if ours.march:
         rest = with_reconstruct_option(rest, "march=yes")
     sys.argv = [str(HERE / "bench_cryogan.py"), *rest]
