@@ -265,6 +265,34 @@ def d4_images(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(four + [f.transpose(-1, -2) for f in four])
 
 
+def radial_whitening_filter(images: torch.Tensor) -> torch.Tensor:
+    """``P(|k|)^−½`` on the rfft grid: ``P`` the images' power spectrum averaged over
+    integer Fourier shells. ``images``: ``(n, D, D)`` float32; returns ``(D, D//2 + 1)``."""
+    d = images.shape[-1]
+    power = (torch.fft.rfft2(images).abs() ** 2).mean(0)
+    ky = torch.fft.fftfreq(d) * d
+    kx = torch.fft.rfftfreq(d) * d
+    shell = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2).round().long()
+    radial = torch.zeros(int(shell.max()) + 1).index_add_(0, shell.flatten(), power.flatten())
+    radial = radial / torch.bincount(shell.flatten(), minlength=len(radial)).clamp(min=1)
+    return radial[shell].clamp(min=1e-12).rsqrt()
+
+
+def symmetrised_second_moment(images: torch.Tensor, filt: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """``S(mean yyᵀ)``: the second moment of the filtered images ``y`` (``filt`` applied to
+    their spectra), averaged over the 8 symmetries of :func:`d4_images`.
+
+    ``images``: ``(n, D, D)`` float32 (differentiable); returns ``(D², D²)`` float32.
+    """
+    d = images.shape[-1]
+    total = 0
+    for i in range(0, len(images), chunk):
+        y = torch.fft.irfft2(torch.fft.rfft2(images[i:i + chunk]) * filt, s=(d, d))
+        y = d4_images(y).reshape(-1, d * d)
+        total = total + y.T @ y
+    return total / (8 * len(images))
+
+
 def use_moment_matching(weight: float, batch: int, white_noise: bool = False) -> None:
     """Add a second-moment term to every volume update (``--moment-weight``).
 
@@ -310,20 +338,8 @@ def use_moment_matching(weight: float, batch: int, white_noise: bool = False) ->
         real = reals[id(self)].detach().float().cpu()
         d = real.shape[-1]
         bg = ~circular_mask(d, self.priors.bg_radius_px)
-        power = (torch.fft.rfft2(real).abs() ** 2).mean(0)
-        ky = torch.fft.fftfreq(d) * d
-        kx = torch.fft.rfftfreq(d) * d
-        shell = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2).round().long()
-        radial = torch.zeros(int(shell.max()) + 1).index_add_(0, shell.flatten(), power.flatten())
-        radial = radial / torch.bincount(shell.flatten(), minlength=len(radial)).clamp(min=1)
-        filt = radial[shell].clamp(min=1e-12).rsqrt()
-
-        def second_moment(x: torch.Tensor) -> torch.Tensor:
-            y = torch.fft.irfft2(torch.fft.rfft2(x) * filt, s=(d, d))
-            y = d4_images(y).reshape(-1, d * d)
-            return y.T @ y / y.shape[0]
-
-        c_real = sum(second_moment(real[i:i + 512]) * len(real[i:i + 512]) for i in range(0, len(real), 512)) / len(real)
+        filt = radial_whitening_filter(real)
+        c_real = symmetrised_second_moment(real, filt)
         gen = torch.Generator().manual_seed(12345 + self.seed_offset)
         c_noise = torch.zeros(d * d, d * d)
         for _ in range(16):
@@ -334,24 +350,21 @@ def use_moment_matching(weight: float, batch: int, white_noise: bool = False) ->
                 w = fourier_crop_images(w, d) if src is not None else w
                 n = w * (n[:, bg].std() / w[:, bg].std())
             n = n - n[:, bg].mean(1)[:, None, None]
-            c_noise += second_moment(n) / 16
+            c_noise += symmetrised_second_moment(n, filt) / 16
         target = c_real - c_noise
         print(f"[path experiment] {self.name}: second moments from {len(real)} particles; the signal's is "
               f"{float(target.trace() / c_real.trace()):.3f} of the particles' (whitened)", flush=True)
         return {"filt": filt.to(self.device), "bg": bg.to(self.device), "target": target.to(self.device),
-                "norm": float((target ** 2).sum()), "second_moment": second_moment}
+                "norm": float((target ** 2).sum())}
 
     def moment_loss(self, state: dict, gen: torch.Generator) -> torch.Tensor:  # noqa: ANN001
         """``⟨C_A − T, C_B − T⟩ / ‖T‖²`` for two batches of clean simulated particles."""
         vol = self.volume()
-        d = vol.shape[-1]
         cs = []
         for _ in range(2):
             x = simulate_batch(vol, self.priors, batch, gen, add_noise=False, normalise=False)
             x = x - x[:, state["bg"]].mean(1)[:, None, None]
-            y = torch.fft.irfft2(torch.fft.rfft2(x) * state["filt"], s=(d, d))
-            y = d4_images(y).reshape(-1, d * d)
-            cs.append(y.T @ y / y.shape[0] - state["target"])
+            cs.append(symmetrised_second_moment(x, state["filt"]) - state["target"])
         return (cs[0] * cs[1]).sum() / state["norm"]
 
     def patched_step(self, real, sigma_px, epoch):  # noqa: ANN001, ANN202
