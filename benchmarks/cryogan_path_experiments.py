@@ -206,6 +206,27 @@ def use_volume_averages(decays: list[float], dump_dir: Path) -> None:
     print(f"[path experiment] moving averages of the volume, decays {decays}, saved to {dump_dir}", flush=True)
 
 
+#: Each trainer's real particles (by ``id``), filled by :func:`remember_real_particles`.
+_REALS: dict[int, torch.Tensor] = {}
+
+
+def remember_real_particles() -> dict[int, torch.Tensor]:
+    """Make ``train_cryogan`` record each half's ``(n, D, D)`` real particles by trainer ``id``
+    (installed once, whichever patches ask for it) and return that shared dict."""
+    if not getattr(reconstruct.train_cryogan, "_remembers_reals", False):
+        train = reconstruct.train_cryogan
+
+        def patched_train(trainers, real_sets, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+            """``train_cryogan`` (same arguments and result), remembering each half's particles."""
+            for t, r in zip(trainers, real_sets):
+                _REALS[id(t)] = r
+            return train(trainers, real_sets, *a, **k)
+
+        patched_train._remembers_reals = True
+        reconstruct.train_cryogan = patched_train
+    return _REALS
+
+
 def use_critic_resets(every_minutes: float, rounds: int) -> None:
     """Replace every trainer's critic by a new one every ``every_minutes`` of its training.
 
@@ -221,15 +242,8 @@ def use_critic_resets(every_minutes: float, rounds: int) -> None:
     from cryogan_core.models.critic import CryoGANCritic
     from cryogan_core.train import wgan
 
-    reals: dict[int, torch.Tensor] = {}
-    train = reconstruct.train_cryogan
+    reals = remember_real_particles()
     step = wgan.CryoGanTrainer.train_step
-
-    def patched_train(trainers, real_sets, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
-        """``train_cryogan`` (same arguments and result), remembering each half's particles."""
-        for t, r in zip(trainers, real_sets):
-            reals[id(t)] = r
-        return train(trainers, real_sets, *a, **k)
 
     def patched_step(self, real, sigma_px, epoch):  # noqa: ANN001, ANN202
         """``train_step`` (same arguments and record), after a critic reset when one is due."""
@@ -245,7 +259,6 @@ def use_critic_resets(every_minutes: float, rounds: int) -> None:
                   f"({self.elapsed_s / 60:.1f} min), {rounds} warm-up rounds, Wasserstein {w:.3f}", flush=True)
         return step(self, real, sigma_px, epoch)
 
-    reconstruct.train_cryogan = patched_train
     wgan.CryoGanTrainer.train_step = patched_step
     print(f"[path experiment] a new critic every {every_minutes:g} min of training, {rounds} warm-up rounds", flush=True)
 
@@ -323,15 +336,8 @@ def use_moment_matching(weight: float, batch: int, white_noise: bool = False) ->
     from cryogan_core.train import wgan
     from cryogan_core.train.cryogan_simulator import simulate_batch
 
-    reals: dict[int, torch.Tensor] = {}
-    train = reconstruct.train_cryogan
+    reals = remember_real_particles()
     step = wgan.CryoGanTrainer.train_step
-
-    def patched_train(trainers, real_sets, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
-        """``train_cryogan`` (same arguments and result), remembering each half's particles."""
-        for t, r in zip(trainers, real_sets):
-            reals[id(t)] = r
-        return train(trainers, real_sets, *a, **k)
 
     def prepare(self) -> dict:  # noqa: ANN001
         """Whitening filter, background mask and target ``T`` of one trainer (CPU float32)."""
@@ -398,7 +404,6 @@ def use_moment_matching(weight: float, batch: int, white_noise: bool = False) ->
                   f"gradient norm critic {box['critic_grad']:.3g}, with moments {box['total_grad']:.3g}", flush=True)
         return record
 
-    reconstruct.train_cryogan = patched_train
     wgan.CryoGanTrainer.train_step = patched_step
     print(f"[path experiment] second-moment matching, weight {weight:g}, 2 x {batch} clean particles per update",
           flush=True)
