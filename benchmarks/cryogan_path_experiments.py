@@ -32,10 +32,11 @@ volume update changed, to reproduce the stop-22 paragraphs of docs/cryogan_bench
   training each half's critic is replaced by a new one, trained for R rounds (default 100,
   the job's ``critic_warmup``) against the fixed volume before training goes on.
 
-* ``--moment-weight W [--moment-batch M]`` (stop 33): the volume update also matches the
-  particles' second moment (Kam 1980; the method of moments of Sharon, Kileel, Khoo, Landa &
-  Singer 2020, Inverse Problems 36:044003), a statistic the data give directly rather than
-  through a critic. See :func:`use_moment_matching`.
+* ``--moment-weight W [--moment-batch M] [--moment-white-noise]`` (stop 33): the volume
+  update also matches the particles' second moment (Kam 1980; the method of moments of
+  Sharon, Kileel, Khoo, Landa & Singer 2020, Inverse Problems 36:044003), a statistic the
+  data give directly rather than through a critic. See :func:`use_moment_matching`; with
+  ``--start-truth --moment-batch 512`` the first steps print the term at the true map.
 
 Every other argument goes to ``bench_cryogan.py``. Examples (2 CPU cores, one thread each)::
 
@@ -54,8 +55,8 @@ Every other argument goes to ``bench_cryogan.py``. Examples (2 CPU cores, one th
         --out bench_out/m10d2_ema --set symmetry=D2
     python benchmarks/cryogan_path_experiments.py --critic-reset-minutes 5 --n 10000 --snr-db -10 \\
         --minutes 60 --threads 1 --out bench_out/m10d2_creset5 --set symmetry=D2 seed=0
-    python benchmarks/cryogan_path_experiments.py --moment-weight 1 --n 10000 --snr-db -10 \\
-        --minutes 60 --threads 1 --out bench_out/m10d2_mom1 --set symmetry=D2 seed=0
+    python benchmarks/cryogan_path_experiments.py --moment-weight 0.1 --moment-batch 8 --n 10000 \\
+        --snr-db -10 --minutes 60 --threads 1 --out bench_out/m10d2_mom01 --set symmetry=D2 seed=0
 """
 
 from __future__ import annotations
@@ -268,9 +269,11 @@ def d4_images(x: torch.Tensor) -> torch.Tensor:
     centre ``(D//2, D//2)`` (RELION's): ``(8n, D, D)``.
 
     The distribution of particle images at uniform poses is unchanged by in-plane rotations
-    by 90° (a pose change) and by mirrors (the projection of a volume equals that of its
-    mirror about the projection axis, so both hands give the same images); on the pixel grid
-    these are exact. The mirror of axis ``i ↦ D − i (mod D)`` is a flip then a roll by 1.
+    by 90° (a pose change) and by mirrors (a mirror image is a projection of the other hand,
+    and a volume mirrored along the projection direction projects to the same image, so both
+    hands give the same image distribution); on the pixel grid these are exact. The CTF's
+    astigmatism is not mirrored with the image, which real and simulated particles share.
+    The mirror of axis ``i ↦ D − i (mod D)`` is a flip then a roll by 1.
     """
     flip_x = torch.roll(torch.flip(x, dims=[-1]), 1, dims=-1)
     four = [x, flip_x, torch.roll(torch.flip(x, dims=[-2]), 1, dims=-2),
@@ -351,9 +354,8 @@ def use_moment_matching(weight: float, batch: int, white_noise: bool = False) ->
         for _ in range(16):
             n = self.priors.noise.sample(512, gen).float().cpu()
             if white_noise:  # a diagnostic: the simulation's own noise, white at the particles' box
-                src = getattr(self.priors.noise, "source", None)
-                w = torch.randn(512, src.box, src.box, generator=gen) if src is not None else torch.randn(n.shape, generator=gen)
-                w = fourier_crop_images(w, d) if src is not None else w
+                box0 = getattr(getattr(self.priors.noise, "source", None), "box", d)
+                w = fourier_crop_images(torch.randn(512, box0, box0, generator=gen), d) if box0 != d else torch.randn(n.shape, generator=gen)
                 n = w * (n[:, bg].std() / w[:, bg].std())
             n = n - n[:, bg].mean(1)[:, None, None]
             c_noise += symmetrised_second_moment(n, filt) / 16
@@ -447,7 +449,7 @@ def main() -> None:
     p.add_argument("--critic-reset-minutes", type=float, default=0.0)
     p.add_argument("--critic-reset-rounds", type=int, default=100)
     p.add_argument("--moment-weight", type=float, default=0.0)
-    p.add_argument("--moment-batch", type=int, default=16)
+    p.add_argument("--moment-batch", type=int, default=8)
     p.add_argument("--moment-white-noise", action="store_true")
     ours, rest = p.parse_known_args()
     if ours.ema_decays:
