@@ -51,6 +51,19 @@ def radial_mean(power: torch.Tensor, shells: torch.Tensor) -> torch.Tensor:
     return s / c.clamp_min(1)
 
 
+def radial_whitening_filter(images: torch.Tensor) -> torch.Tensor:
+    """``W = sqrt(mean P / P(k))`` from ``(n, H, H)`` images, in ``rfft2`` layout ``(H, H//2+1)``.
+
+    ``P(k)`` is ``|rfft2(image)|²`` averaged over the images and over the integer shell
+    ``round(|k|)`` (``k`` in cycles per box): :func:`radial_index` and
+    :func:`radial_mean`, the shells of the benchmark's Wiener filter.
+    """
+    shells = radial_index(images.shape[-1])
+    profile = radial_mean(torch.fft.rfft2(images.float()).abs() ** 2, shells)
+    w = torch.sqrt(profile.mean() / profile.clamp_min(profile.max() * 1e-6))
+    return w[shells].float()
+
+
 class CtfWiener:
     """A CTF-aware Wiener filter fitted on (particle, reference) training pairs.
 

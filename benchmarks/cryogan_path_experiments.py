@@ -75,6 +75,7 @@ from cryogan_core.physics.resample import fourier_crop_or_pad_map
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from baselines import radial_whitening_filter  # noqa: E402
 from betagal_data import BETAGAL_MAP, BETAGAL_PIXEL_A  # noqa: E402
 
 
@@ -274,24 +275,14 @@ def d4_images(x: torch.Tensor) -> torch.Tensor:
     hands give the same image distribution); on the pixel grid these are exact. The CTF's
     astigmatism is not mirrored with the image, which real and simulated particles share.
     The mirror of axis ``i ↦ D − i (mod D)`` is a flip then a roll by 1.
+    (:func:`cryogan_core.models.symmetry_average.apply_symmetry` turns about the array's
+    centre ``(D − 1)/2``, which the denoiser undoes; here that would also shift even-box
+    images by a pixel.)
     """
     flip_x = torch.roll(torch.flip(x, dims=[-1]), 1, dims=-1)
     four = [x, flip_x, torch.roll(torch.flip(x, dims=[-2]), 1, dims=-2),
             torch.roll(torch.flip(flip_x, dims=[-2]), 1, dims=-2)]
     return torch.cat(four + [f.transpose(-1, -2) for f in four])
-
-
-def radial_whitening_filter(images: torch.Tensor) -> torch.Tensor:
-    """``P(|k|)^−½`` on the rfft grid: ``P`` the images' power spectrum averaged over
-    integer Fourier shells. ``images``: ``(n, D, D)`` float32; returns ``(D, D//2 + 1)``."""
-    d = images.shape[-1]
-    power = (torch.fft.rfft2(images).abs() ** 2).mean(0)
-    ky = torch.fft.fftfreq(d) * d
-    kx = torch.fft.rfftfreq(d) * d
-    shell = torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2).round().long()
-    radial = torch.zeros(int(shell.max()) + 1).index_add_(0, shell.flatten(), power.flatten())
-    radial = radial / torch.bincount(shell.flatten(), minlength=len(radial)).clamp(min=1)
-    return radial[shell].clamp(min=1e-12).rsqrt()
 
 
 def symmetrised_second_moment(images: torch.Tensor, filt: torch.Tensor, chunk: int = 512) -> torch.Tensor:
@@ -318,8 +309,9 @@ def use_moment_matching(weight: float, batch: int, white_noise: bool = False) ->
     Problems 36:044003) reconstructs from such statistics. The critic has to learn these
     statistics from batches of 8; here they are given. Per half set, once:
 
-    * ``W(k) = P(|k|)^−½`` with ``P`` the real particles' radially averaged power spectrum, so
-      each frequency counts by its signal-to-noise ratio, not by its power;
+    * ``W(k) ∝ P(|k|)^−½`` with ``P`` the real particles' radially averaged power spectrum
+      (:func:`baselines.radial_whitening_filter`; its constant factor cancels in the relative
+      term below), so each frequency counts by its signal-to-noise ratio, not by its power;
     * ``T = S(mean xxᵀ over the real particles) − S(mean nnᵀ over 8,192 noise images)``, with
       ``x`` the whitened ``(D²,)`` particle, ``n`` the simulator's whitened noise (background
       mean removed as RELION's normalisation does), ``S`` the average over the 8 symmetries
@@ -388,6 +380,9 @@ def use_moment_matching(weight: float, batch: int, white_noise: bool = False) ->
         box: dict[str, float] = {}
 
         def step_with_moments(*a, **k):  # noqa: ANN002, ANN003, ANN202
+            """``opt_v.step`` (same arguments), after adding ``weight`` × the moment term's
+            gradient to the critic term's already in the volume's ``.grad``; records the term
+            and both gradient norms (Frobenius, over the volume's parameters) in ``box``."""
             critic_grad = sum(float((p.grad ** 2).sum()) for p in opt.param_groups[0]["params"] if p.grad is not None)
             loss = moment_loss(self, state, gen)
             (weight * loss).backward()

@@ -28,26 +28,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from baselines import radial_index, radial_mean  # noqa: E402
+from baselines import radial_whitening_filter  # noqa: E402
 
 from cryogan_core.commands import denoise  # noqa: E402
 from cryogan_core.models import unet  # noqa: E402
 
 #: The filter ``(H, H//2+1)`` float32 in ``rfft2`` layout, set when training starts.
 FILTER: dict[int, torch.Tensor] = {}
-
-
-def radial_whitening_filter(images: torch.Tensor) -> torch.Tensor:
-    """``W = sqrt(mean P / P(k))`` from ``(n, H, H)`` images, in ``rfft2`` layout ``(H, H//2+1)``.
-
-    ``P(k)`` is ``|rfft2(image)|²`` averaged over the images and over the integer shell
-    ``round(|k|)`` (``k`` in cycles per box): :func:`baselines.radial_index` and
-    :func:`baselines.radial_mean`, the shells of the benchmark's Wiener filter.
-    """
-    shells = radial_index(images.shape[-1])
-    profile = radial_mean(torch.fft.rfft2(images.float()).abs() ** 2, shells)
-    w = torch.sqrt(profile.mean() / profile.clamp_min(profile.max() * 1e-6))
-    return w[shells].float()
 
 
 def use_whitened_input() -> None:

@@ -35,7 +35,8 @@ from cryogan_core.physics.resample import fourier_crop_images
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from cryogan_path_experiments import radial_whitening_filter, symmetrised_second_moment  # noqa: E402
+from baselines import radial_whitening_filter  # noqa: E402
+from cryogan_path_experiments import symmetrised_second_moment  # noqa: E402
 
 
 def relative(a: torch.Tensor, b: torch.Tensor, ref: torch.Tensor) -> float:
