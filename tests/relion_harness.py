@@ -515,6 +515,7 @@ def _group_alive(pgid: int) -> bool:
 def wait_group_exit(proc: subprocess.Popen, timeout: float = 10.0) -> bool:
     """Wait until every process of a background run's group has exited; True if they did."""
     def gone() -> bool:
+        """True once the job's process group has no process left."""
         proc.poll()
         return not _group_alive(proc.pid)
 

@@ -42,6 +42,7 @@ def _cc_variants(star_path: Path, map_path: Path, project_dir: Path, n: int) -> 
 
 @pytest.fixture(scope="module")
 def synthetic_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Project folder with 120 simulated particles (32 px, 7 Å/px, -5 dB, ±4 px shifts) under ``sim/``."""
     root = tmp_path_factory.mktemp("proj")
     run_simulate(root / "sim", n=120, snr_db=-5.0, shift_px=4.0, seed=5, box=32, pixel_size_A=7.0, project_dir=root)
     return root

@@ -224,6 +224,7 @@ def test_align_half_maps_averages_in_half1_frame_and_scores_against_the_referenc
     torch.testing.assert_close(hm.average, 0.5 * (half1 + hm.halves.aligned))
     naive = 0.5 * (half1 + half2)
     def cc(a, b):
+        """Pearson correlation of two tensors of any shape (flattened)."""
         return float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1])
     assert cc(hm.average, truth) > 0.95 and cc(naive, truth) < 0.85
     assert hm.to_reference is not None and hm.to_reference.cc > 0.9
@@ -405,9 +406,11 @@ def test_half_sets_are_independent_and_resume_is_exact():
     r1, r2 = real[:80], real[80:]
 
     class Stop(Exception):
+        """Raised by the stop hook to interrupt training like a killed job."""
         pass
 
     def run(half2_images: torch.Tensor, steps: int, state=None, stop_at: int | None = None) -> list[CryoGanTrainer]:
+        """Train both half sets for ``steps`` volume updates (resuming from ``state``, stopping at ``stop_at``)."""
         ts = [_trainer(box, r1, ctf[:80], 1), _trainer(box, half2_images, ctf[80:], 2)]
         if state is not None:
             for t, s in zip(ts, state):
@@ -416,6 +419,7 @@ def test_half_sets_are_independent_and_resume_is_exact():
             t.config.n_epochs = steps * t.config.batch_size * t.config.n_critic / 80
 
         def stop() -> None:
+            """Raise :class:`Stop` once half 1 has made ``stop_at`` volume updates."""
             if stop_at is not None and ts[0].step_count >= stop_at:
                 raise Stop
 
@@ -441,6 +445,7 @@ def test_half_sets_are_independent_and_resume_is_exact():
     saved = []
 
     def should_stop():
+        """Interrupt training after the second volume update."""
         if ts[0].step_count >= 2:
             raise Stop
 

@@ -342,6 +342,7 @@ def test_bad_cs_input_gives_one_line_errors(tmp_path, monkeypatch):
     full = np.load(path)
 
     def variant(name: str, drop=(), **change) -> Path:
+        """A copy of the good ``.cs`` without the ``drop`` field prefixes and with ``change``'s fields replaced (``__`` stands for ``/``)."""
         cols = {n: full[n].copy() for n in full.dtype.names if not any(n.startswith(d) for d in drop)}
         for k, v in change.items():
             cols[k.replace("__", "/")] = v

@@ -46,6 +46,7 @@ CASES = [
 
 
 def params_from_cases(cases: list[tuple]) -> CtfParams:
+    """CtfParams from rows of (defocus_u_A, defocus_v_A, angle_deg, kV, Cs_mm, amplitude contrast, phase shift_deg, B-factor_A2, scale) as in ``CASES``."""
     arr = np.array(cases, dtype=np.float32)
     return CtfParams(*[torch.tensor(arr[:, i]) for i in range(9)])
 

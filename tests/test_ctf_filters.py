@@ -71,6 +71,7 @@ def test_training_modulates_in_the_particles_own_frame(box: int) -> None:
     keep_rows = [i for i in range(box) if 2 * i != box]
 
     def spectrum(img: torch.Tensor) -> torch.Tensor:
+        """The rfft2 coefficients without an even box's Nyquist row and column."""
         ft = torch.fft.rfft2(img)[..., keep_rows, :]
         return ft[..., : box // 2] if box % 2 == 0 else ft
     flipped = apply_symmetry(o, 0, True)

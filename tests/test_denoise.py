@@ -31,6 +31,7 @@ SMALL = {"base_channels": 8, "depth": 2, "batch_size": 8, "n_report": 60, "stack
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Project folder with 240 simulated particles (32 px, 7 Å/px, -10 dB) under ``sim/``."""
     root = tmp_path_factory.mktemp("den")
     run_simulate(root / "sim", n=240, snr_db=-10.0, shift_px=1.0, seed=7, box=32, pixel_size_A=7.0, project_dir=root)
     return root
@@ -38,6 +39,7 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(sim: Path) -> tuple[Path, dict]:
+    """Output folder and summary of one small denoiser run (300 steps) on :func:`sim`."""
     out = sim / "run1"
     summary = run_denoise(DenoiseInputs(sim / "sim/particles.star", out, sim / "sim/ground_truth_map.mrc", project_dir=sim), {**SMALL, "n_steps": 300, "validation_fraction": 0.2, "validate_every": 100})
     return out, summary

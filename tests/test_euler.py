@@ -28,10 +28,12 @@ def passive_product_np(rot: float, tilt: float, psi: float) -> np.ndarray:
     """A = Rz(psi)·Ry(tilt)·Rz(rot) with RELION's passive factors."""
 
     def rz(a: float) -> np.ndarray:
+        """RELION's passive rotation about z by ``a`` degrees, ``(3, 3)``."""
         c, s = np.cos(np.deg2rad(a)), np.sin(np.deg2rad(a))
         return np.array([[c, s, 0], [-s, c, 0], [0, 0, 1]])
 
     def ry(b: float) -> np.ndarray:
+        """RELION's passive rotation about y by ``b`` degrees, ``(3, 3)``."""
         c, s = np.cos(np.deg2rad(b)), np.sin(np.deg2rad(b))
         return np.array([[c, 0, -s], [0, 1, 0], [s, 0, c]])
 
@@ -40,6 +42,7 @@ def passive_product_np(rot: float, tilt: float, psi: float) -> np.ndarray:
 
 @pytest.fixture
 def angles() -> np.ndarray:
+    """``(50, 3)`` random (rot, tilt, psi) in degrees, tilt in [0, 180]."""
     rng = np.random.default_rng(0)
     return np.stack(
         [rng.uniform(-180, 180, 50), rng.uniform(0, 180, 50), rng.uniform(-180, 180, 50)], axis=1

@@ -26,6 +26,7 @@ from cryogan_core.physics.simulator import simulate_particles
 
 
 def np_disc(box: int, radius: float) -> np.ndarray:
+    """``(box, box)`` bool disc of ``radius`` px about RELION's centre ``box // 2`` (numpy reference)."""
     yy, xx = np.indices((box, box))
     return (yy - box // 2) ** 2 + (xx - box // 2) ** 2 <= radius**2
 

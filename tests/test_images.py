@@ -40,6 +40,7 @@ def make_project(root: Path, box: int, dtype=np.float32) -> tuple[dict[str, np.n
 
 
 def expected(stacks: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """The image ``name`` (``index@stack``, 1-based) read from ``stacks``, float32."""
     idx, path = name.split("@")
     return stacks[path][int(idx) - 1].astype(np.float32)
 

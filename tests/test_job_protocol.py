@@ -665,6 +665,7 @@ def test_assert_nodes_valid_catches_wrong_files(tmp_path):
     nodes_file = proj.job_path / OUTPUT_NODES_FILE
 
     def write(rows: list[tuple[str, int, str]]) -> None:
+        """Write a RELION_OUTPUT_NODES.star listing ``rows`` (name, type, label)."""
         nodes_file.write_text(_expected_nodes_file(rows))
 
     write([("External/job012/particles.star", 3, "ParticleGroupMetadata.star.relion")])

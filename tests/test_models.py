@@ -137,6 +137,7 @@ class _TransposedConvNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The wrapped network's output."""
         return self.net(x)
 
 
@@ -308,6 +309,7 @@ class _LinearCritic(nn.Module):
         self.w = nn.Parameter(w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The linear score ``<w, x>`` of each image, ``(n,)``."""
         return (x * self.w).flatten(1).sum(1)
 
 
@@ -476,6 +478,7 @@ def test_symmetrise_c5_gaussian_blob_matches_closed_form():
     z, y, x = (t.numpy() for t in torch.meshgrid(r, r, r, indexing="ij"))
 
     def blob(c):
+        """Gaussian blob of width ``sigma`` voxels centred at ``c`` (x, y, z) on the grid."""
         return np.exp(-((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) / (2 * sigma**2))
 
     ref = np.mean([blob(_rot([0, 0, 1], 72 * k).numpy() @ p) for k in range(5)], axis=0)
@@ -534,6 +537,7 @@ def test_betagal_map_is_d2_symmetric_in_relion_axes(betagal_dir):
         v = torch.from_numpy(np.asarray(f.data, dtype=np.float32).copy())
 
     def cc(a: torch.Tensor, b: torch.Tensor) -> float:
+        """Pearson correlation of two tensors of any shape."""
         a, b = a - a.mean(), b - b.mean()
         return float((a * b).sum() / torch.sqrt((a * a).sum() * (b * b).sum()))
 

@@ -68,6 +68,7 @@ def test_every_option_of_both_jobs_has_help_and_a_valid_default():
 def test_declaration_without_help_or_of_another_type_is_refused():
     @dataclass
     class NoHelp:
+        """An options class whose field has no help text (must be refused)."""
         n: int = 3
 
     with pytest.raises(TypeError, match="NoHelp.n: declare it with option"):
@@ -108,6 +109,7 @@ def _toy_command() -> click.Command:
     @click.command()
     @click_options(Toy)
     def cmd(**kwargs: object) -> None:
+        """Echo the options built from the command line's keyword arguments."""
         click.echo(repr(options_from_mapping(Toy, kwargs)))
 
     return cmd

@@ -49,10 +49,12 @@ def line_integral_np(v: np.ndarray, a: np.ndarray, order: int = 1) -> np.ndarray
 
 
 def random_angles(n: int, seed: int) -> np.ndarray:
+    """``(n, 3)`` Euler angles (ZYZ, degrees) of uniform random rotations."""
     return Rotation.random(n, random_state=seed).as_euler("ZYZ", degrees=True)
 
 
 def cc(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two arrays of any shape."""
     return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
 
 
@@ -105,6 +107,7 @@ def test_centred_blob_projects_to_centre(d: int) -> None:
 
 
 def centre_of_mass_xy(img: np.ndarray) -> tuple[float, float]:
+    """Centre of mass (x, y) in pixels of a non-negative 2D image."""
     yy, xx = np.indices(img.shape)
     return float((img * xx).sum() / img.sum()), float((img * yy).sum() / img.sum())
 
@@ -163,6 +166,7 @@ def test_gradient_matches_finite_difference() -> None:
     mats = euler_to_matrix(torch.tensor(random_angles(3, seed=4), dtype=torch.float32))
 
     def loss(v: torch.Tensor) -> torch.Tensor:
+        """Squared error between the projections of ``v`` and the target images (float64)."""
         return ((project(v, mats) - target) ** 2).double().sum()
 
     v = v0.float().clone().requires_grad_(True)
@@ -259,6 +263,7 @@ def test_real_particles_agree_with_predictions_at_their_poses() -> None:
     mask = torch.tensor((xx - 32) ** 2 + (yy - 32) ** 2 <= 28**2)
 
     def mean_cc(pred: torch.Tensor) -> float:
+        """Mean per-image CC inside the mask between ``pred`` and the images."""
         a, b = images[:, mask], pred[:, mask]
         a = a - a.mean(1, keepdim=True)
         b = b - b.mean(1, keepdim=True)

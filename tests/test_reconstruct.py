@@ -29,6 +29,7 @@ def blobs_volume(
 
 
 def random_ctf(n: int, gen: torch.Generator) -> CtfParams:
+    """``n`` random 300 kV CTFs, defocus 8,000–23,000 Å, any astigmatism angle."""
     return CtfParams(
         defocus_u_A=8000 + 15000 * torch.rand(n, generator=gen),
         defocus_v_A=8000 + 15000 * torch.rand(n, generator=gen),
@@ -45,6 +46,7 @@ def random_ctf(n: int, gen: torch.Generator) -> CtfParams:
 def simulate(
     d: int, n: int, seed: int, vol: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, CtfParams]:
+    """Noise-free CTF'd projections of ``vol`` (default: blobs) at ``n`` random poses and ±2.5 px origins: images, volume, angles_deg, origins_A, CTF."""
     gen = torch.Generator().manual_seed(seed)
     vol = blobs_volume(d, seed) if vol is None else vol
     angles = random_euler_deg(n, gen)
@@ -55,6 +57,7 @@ def simulate(
 
 
 def cc(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson correlation of two tensors of any shape."""
     return float(np.corrcoef(a.numpy().ravel(), b.numpy().ravel())[0, 1])
 
 
@@ -68,6 +71,7 @@ def test_recovers_volume_with_ctf_and_shifts(d: int) -> None:
     assert scale == pytest.approx(1.0, abs=0.1)
     # nothing moved: centre of mass of the strong density agrees to a fraction of a voxel
     def com(v: torch.Tensor) -> np.ndarray:
+        """Centre of mass (voxels, in the array's axis order) of the voxels above 30 % of the maximum."""
         w = torch.where(v > 0.3 * v.max(), v, torch.zeros_like(v))
         return np.array([float((w * torch.arange(d).reshape(s)).sum() / w.sum())
                          for s in [(-1, 1, 1), (1, -1, 1), (1, 1, -1)]])

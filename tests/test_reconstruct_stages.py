@@ -38,9 +38,11 @@ def _run(sim: Path, out: Path, stop_after_calls: int | None = None, **extra: str
     calls = {"n": 0}
 
     class Stop(Exception):
+        """Raised by the stop hook to interrupt a stage like a killed job."""
         pass
 
     def should_stop() -> None:
+        """Count the calls and raise :class:`Stop` after ``stop_after_calls`` of them."""
         calls["n"] += 1
         if stop_after_calls is not None and calls["n"] > stop_after_calls:
             raise Stop

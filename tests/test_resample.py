@@ -25,6 +25,7 @@ def gaussian_map(d: int, px_A: float, sigma_A: float, centre_A: tuple[float, flo
 
 
 def gaussian_images(n: int, h: int, px_A: float, sigma_A: float, shift_A: float = 0.0) -> np.ndarray:
+    """``(n, h, h)`` Gaussian spots of width ``sigma_A`` on a ``px_A`` grid, centred at ``h // 2`` plus (shift_A, -shift_A/2)."""
     c = (np.arange(h) - h // 2) * px_A
     y, x = np.meshgrid(c, c, indexing="ij")
     g = np.exp(-((x - shift_A) ** 2 + (y + 0.5 * shift_A) ** 2) / (2 * sigma_A**2))
@@ -113,6 +114,7 @@ def test_real_map_downsample_keeps_integral_and_centre() -> None:
     assert float(small.sum()) * 7.08**3 == pytest.approx(float(v.sum()) * 3.54**3, rel=1e-3)
 
     def com(x: torch.Tensor) -> np.ndarray:
+        """Centre of mass (voxels from ``d // 2``, in the array's axis order) of the volume's positive part."""
         d = x.shape[0]
         w = x.clamp_min(0)
         return np.array([float((w * (torch.arange(d) - d // 2).reshape(s)).sum() / w.sum())

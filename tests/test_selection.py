@@ -25,6 +25,7 @@ def _scaler(w: float) -> torch.nn.Conv2d:
 
 @pytest.fixture()
 def validation() -> BestWeights:
+    """A validation set of 12 random 20-px images whose targets are 2 x + 1."""
     x = torch.randn(12, 20, 20, generator=torch.Generator().manual_seed(0))
     return BestWeights(x, 2.0 * x + 1.0, circular_mask(20, 8.0))
 

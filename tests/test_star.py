@@ -51,6 +51,7 @@ def mini_star(path: Path) -> dict[str, tuple[list[str], list[list[str]]]]:
 
 
 def column(block: tuple[list[str], list[list[str]]], label: str) -> list[str]:
+    """One column of a (labels, rows) block as strings."""
     labels, rows = block
     i = labels.index(label)
     return [r[i] for r in rows]
@@ -69,6 +70,7 @@ def expected_values(path: Path) -> dict[str, np.ndarray]:
             groups = ogroups[:1] * len(parts[1])
 
         def per_particle(label: str, default: float) -> np.ndarray:
+            """Per-particle values of ``label``: the particle column, else the optics group's, else ``default``."""
             if label in parts[0]:  # particle row wins (CTF::readByGroup)
                 return np.array(column(parts, label), float)
             if label in optics[0]:
@@ -103,6 +105,7 @@ def expected_values(path: Path) -> dict[str, np.ndarray]:
 
 
 def assert_canonical(star: ParticleStar) -> None:
+    """Assert the canonical dtypes, a 0-based RangeIndex and known optics groups."""
     p = star.particles
     assert isinstance(p.index, pd.RangeIndex) and p.index.start == 0
     for col in CANONICAL_FLOAT_COLUMNS:
@@ -113,10 +116,12 @@ def assert_canonical(star: ParticleStar) -> None:
 
 
 def assert_same_particles(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """Assert two particle tables are equal to a relative 1e-6."""
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-6, atol=0)
 
 
 def write(tmp_path: Path, text: str, name: str = "particles.star") -> Path:
+    """Write ``text`` to ``tmp_path / name`` and return the path."""
     path = tmp_path / name
     path.write_text(text)
     return path
@@ -202,6 +207,7 @@ _rlnImageSize #6
 
 
 def particles_block(labels: list[str], rows: list[str]) -> str:
+    """A RELION ``data_particles`` loop with ``labels`` and whitespace-separated ``rows``."""
     return "data_particles\n\nloop_\n" + "".join(f"_{l} #{i + 1}\n" for i, l in enumerate(labels)) + "\n".join(rows) + "\n"
 
 

@@ -25,6 +25,7 @@ class ArrayImages:
         self.box = stack.shape[-1]
 
     def read(self, rows: np.ndarray) -> np.ndarray:
+        """The images at ``rows`` of the in-memory stack."""
         return self.stack[np.asarray(rows)]
 
 
@@ -45,6 +46,7 @@ def particles(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     volume = map_for_particles(root / "sim/ground_truth_map.mrc", 7.0, box)
 
     def volume_for_pixel(p: float) -> torch.Tensor:
+        """The test volume whatever the pixel size."""
         return volume
 
     clean = predictions(df, volume_for_pixel)
