@@ -13,7 +13,7 @@ import torch
 
 from conftest import shared_path
 from cryogan_core.errors import InputError
-from cryogan_core.metrics.fsc import fsc, fsc_2d, mean_fsc_in_band, resolution_at, write_fsc_star
+from cryogan_core.metrics.fsc import fsc, fsc_2d, mean_fsc_in_band, resolution_at, ring_power_spectrum, write_fsc_star
 
 
 def brute_force_fsc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -156,3 +156,48 @@ def test_shells_up_to_keeps_a_fourier_padded_map_at_its_training_nyquist():
         shells_up_to(freq, curve[:-1], 0.1)
     with pytest.raises(ValueError, match="fewer than 2 shells"):
         shells_up_to(freq, curve, 0.001)
+
+
+# --------------------------------------------------------------------------- ring power spectra
+
+
+def brute_force_ring_power(images: np.ndarray) -> np.ndarray:
+    """Full complex FFT per image, explicit ring masks round(|k|·H): mean |F|²/H² per ring, (n, H//2+1)."""
+    h = images.shape[-1]
+    f = np.abs(np.fft.fft2(images)) ** 2 / h**2
+    k = np.fft.fftfreq(h)
+    ring = np.rint(np.hypot(*np.meshgrid(k, k, indexing="ij")) * h).astype(int)
+    return np.stack([f[:, ring == r].mean(axis=1) for r in range(h // 2 + 1)], axis=1)
+
+
+@pytest.mark.parametrize("box", [16, 17])
+def test_ring_power_spectrum_matches_brute_force(box: int) -> None:
+    x = np.random.default_rng(box).normal(size=(5, box, box)) * np.linspace(0.5, 2.0, box)  # not white
+    freq, each = ring_power_spectrum(torch.tensor(x), 4.0, per_image=True)
+    ref = brute_force_ring_power(x)
+    np.testing.assert_allclose(each, ref, rtol=1e-10)
+    np.testing.assert_allclose(ring_power_spectrum(x, 4.0)[1], ref.mean(axis=0), rtol=1e-10)
+    np.testing.assert_allclose(freq, np.arange(box // 2 + 1) / (box * 4.0))
+
+
+@pytest.mark.parametrize("box", [32, 33])
+def test_ring_power_spectrum_of_a_cosine_is_in_its_ring_and_white_noise_reads_its_variance(box: int) -> None:
+    # Parseval: a·cos(2π f x / H) has Σ|F|²/H² = H²·a²/2, all of it in ring f
+    f, a = 5, 3.0
+    img = a * np.cos(2 * np.pi * f * np.arange(box) / box)[None, None, :].repeat(box, axis=1)
+    k = np.fft.fftfreq(box)
+    count = np.sum(np.rint(np.hypot(*np.meshgrid(k, k, indexing="ij")) * box) == f)
+    power = ring_power_spectrum(img, 1.0)[1]
+    assert power[f] * count == pytest.approx(box**2 * a**2 / 2, rel=1e-9)
+    assert np.abs(np.delete(power, f)).max() < 1e-9 * power[f]
+    noise = np.random.default_rng(1).normal(scale=2.0, size=(400, box, box))
+    np.testing.assert_allclose(ring_power_spectrum(noise, 1.0)[1][1:], 4.0, rtol=0.1)
+
+
+def test_ring_power_spectrum_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match=r"non-empty \(n, H, H\)"):
+        ring_power_spectrum(np.zeros((0, 8, 8)), 1.0)
+    with pytest.raises(ValueError, match=r"non-empty \(n, H, H\)"):
+        ring_power_spectrum(np.zeros((2, 8, 9)), 1.0)
+    with pytest.raises(ValueError, match="pixel_size_A"):
+        ring_power_spectrum(np.zeros((2, 8, 8)), 0.0)

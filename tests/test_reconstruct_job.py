@@ -87,7 +87,7 @@ def test_job_succeeds_with_files_nodes_and_labels(tmp_path, sim_dir, version):
     got = {name: (code, label) for name, code, label in read_output_nodes(proj)}
     assert got == {f"External/job012/{f}": node for f, node in EXPECTED_NODES.items()}
     for name in ("fsc.star", "fsc.png", "fsc_vs_reference.star", "summary.json", "checkpoint.pt", "logfile.pdf",
-                 "particles_real_vs_simulated.png", "RELION_OUTPUT_NODES.star"):
+                 "particles_real_vs_simulated.png", "spectra_real_vs_simulated.png", "RELION_OUTPUT_NODES.star"):
         assert (proj.job_path / name).is_file(), name
     with mrcfile.open(proj.job_path / "run_class001.mrc") as mrc:
         assert mrc.data.shape == (16, 16, 16)
@@ -97,6 +97,10 @@ def test_job_succeeds_with_files_nodes_and_labels(tmp_path, sim_dir, version):
     assert summary["resolution_A_fsc_0.143"] >= 16.0  # Nyquist at 8 Å/px
     assert summary["resolution_A_vs_reference_fsc_0.5"] >= 16.0
     assert summary["n_half1"] + summary["n_half2"] == 120
+    spectra = summary["spectra"]
+    assert set(spectra) == {"half 1", "half 2"}
+    assert spectra["half 1"]["n_particles"] == summary["n_half1"] and len(spectra["half 2"]["ratio_simulated_to_real"]) == 9
+    assert "Power spectra, half 1: simulated / real particles within" in (proj.job_path / "run.out").read_text() + (proj.job_path / "run.err").read_text()
     imports = {d["volume_out_name"]: d for d in summary["cryosparc_import"]}
     assert set(imports) == {"map", "map_half_A", "map_half_B"}
     assert Path(imports["map_half_B"]["volume_blob_path"]) == (proj.job_path / "run_half2_class001_unfil.mrc").absolute()

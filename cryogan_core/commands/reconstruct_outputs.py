@@ -2,7 +2,8 @@
 
 Names as RELION's Refine3D: ``run_half1_class001_unfil.mrc``, ``run_half2_class001_unfil.mrc``,
 ``run_class001.mrc``, ``fsc.star``/``fsc.png`` and, with a reference,
-``fsc_vs_reference.star/.png``.
+``fsc_vs_reference.star/.png``; also ``spectra_real_vs_simulated.png``, the power spectra
+of real and simulated particles (:mod:`cryogan_core.train.simulator_check`).
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from cryogan_core.metrics.align import align_half_maps, apply_alignment
 from cryogan_core.metrics.fsc import fsc, resolution_at, shells_up_to, write_fsc_star
 from cryogan_core.physics.resample import fourier_crop_or_pad_map
 from cryogan_core.report.plots import fsc_figure, montage_figure, save_figure, text_figure, write_pdf
-from cryogan_core.report.reconstruct_report import loss_figures, resolution_vs_time_figure, slices_figure, summary_lines
+from cryogan_core.report.reconstruct_report import (
+    loss_figures, resolution_vs_time_figure, slices_figure, spectra_figure, summary_lines)
 from cryogan_core.train.cryogan_simulator import simulate_batch
+from cryogan_core.train.simulator_check import SpectraCheck, spectra_check
 from cryogan_core.train.wgan import CryoGanTrainer
 
 
@@ -50,6 +53,27 @@ def particles_figure(half: HalfData, trainer: CryoGanTrainer, step: int, title: 
     real = half.images[:8].numpy()
     return montage_figure({"real": real, "simulated": sim, "simulated, no noise": clean}, n_columns=8, title=title)
 
+
+
+def log_spectra(checks: dict[str, SpectraCheck]) -> None:
+    """One log line per half set: how far the simulated particles' power is from the real
+    ones' in the worst ring (DC excluded), with its sampling error, and a warning when a
+    ring is off by more than 5 % and by more than 3 standard errors.
+
+    Args:
+        checks: half-set label -> its :class:`SpectraCheck`.
+    """
+    for label, c in checks.items():
+        r = c.worst_ring()
+        dev, se, res_A = c.ratio[r] - 1.0, c.ratio_se[r], 1.0 / c.freq_inv_A[r]
+        line = (f"Power spectra, {label}: simulated / real particles within {abs(dev):.1%} in every ring "
+                f"(largest at {res_A:.1f} Å: {c.ratio[r]:.3f} ± {se:.3f}, {c.n_particles} particles each; "
+                f"spectra_real_vs_simulated.png)")
+        if abs(dev) > 0.05 and abs(dev) > 3 * se:
+            logger.warning(line + ": the critic can tell the simulator from the data there; check the noise "
+                                  "source (--noise), the CTF parameters and the particle diameter")
+        else:
+            logger.info(line)
 
 
 def write_outputs(
@@ -81,8 +105,9 @@ def write_outputs(
             :func:`~cryogan_core.commands.reconstruct_inputs.estimate_snr`.
 
     Returns:
-        The summary dict (as written to ``summary.json``), with ``resolution_A_fsc_0.143``
-        and, with a reference, ``resolution_A_vs_reference_fsc_0.5``.
+        The summary dict (as written to ``summary.json``), with ``resolution_A_fsc_0.143``,
+        ``spectra`` (per half set, :meth:`SpectraCheck.to_dict`) and, with a reference,
+        ``resolution_A_vs_reference_fsc_0.5``.
 
     Raises:
         InputError: an unreadable reference map.
@@ -167,6 +192,13 @@ def write_outputs(
     figures.append(slices_figure({"half 1": h1.numpy(), "half 2": h2.numpy(), "average": avg.numpy()}, "Final maps"))
     fig = particles_figure(halves[0], trainers[0], trainers[0].step_count, "Real versus simulated particles (half 1, final volume)")
     save_figure(fig, output_dir / "particles_real_vs_simulated.png", close=False)
+    figures.append(fig)
+    checks = {f"half {h.label}": spectra_check(t.volume().detach(), h.priors, h.images, seed=h.label)
+              for h, t in zip(halves, trainers)}
+    summary["spectra"] = {k: c.to_dict() for k, c in checks.items()}
+    log_spectra(checks)
+    fig = spectra_figure(checks)
+    save_figure(fig, output_dir / "spectra_real_vs_simulated.png", close=False)
     figures.append(fig)
     figures.insert(0, text_figure(summary_lines(summary, LOW_SNR_DB)))
     write_pdf(output_dir / "logfile.pdf", figures)

@@ -1,4 +1,4 @@
-"""Fourier shell / ring correlation, resolution estimates and RELION-style FSC tables.
+"""Fourier shell / ring correlation, ring power spectra, resolution estimates and RELION-style FSC tables.
 
 Shells: shell index ``round(|k|·D)`` with k from ``fftfreq(D)`` (cycles per pixel), i.e.
 shells of width ``1/(D·pixel)`` Å⁻¹, from 0 (DC) to ``D//2`` (Nyquist for even D).
@@ -123,6 +123,47 @@ def fsc_2d(
     fa = np.fft.rfft2(a)
     fb = np.fft.rfft2(b)
     return np.arange(n_shells) / (h * pixel_size_A), _shell_correlation(fa, fb, shells, mult, n_shells)
+
+
+def ring_power_spectrum(images: ArrayLike, pixel_size_A: float, per_image: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Rotationally averaged power spectrum of a stack of images (their mean, or each image's).
+
+    ``power[r] = mean over the images and over the Fourier coefficients k of ring r of
+    |DFT(image)(k)|² / H²``, rings as :func:`fsc_2d`'s (``round(|k|·H)``, the full Hermitian
+    spectrum counted). With this normalisation white noise of variance σ² reads σ² in every
+    ring (Parseval), so spectra of images in the same units compare directly.
+
+    Args:
+        images: ``(n, H, H)`` images (numpy or torch, any device), n >= 1.
+        pixel_size_A: Å per pixel.
+        per_image: return each image's spectrum ``(n, H//2+1)`` instead of their mean.
+
+    Returns:
+        ``(freq_inv_A (H//2+1,), power (H//2+1,) or (n, H//2+1))`` float64; ring r has frequency
+        ``r / (H·pixel_size_A)`` Å⁻¹, from 0 (DC) to ``H//2``.
+
+    Raises:
+        ValueError: if the stack is not ``(n, H, H)`` with n >= 1, or the pixel size is not
+            positive.
+    """
+    a = _as_numpy(images)
+    if a.ndim != 3 or a.shape[0] < 1 or a.shape[-1] != a.shape[-2]:
+        raise ValueError(f"images must be a non-empty (n, H, H) stack, got {a.shape}")
+    if not pixel_size_A > 0:
+        raise ValueError(f"pixel_size_A must be positive, got {pixel_size_A}")
+    h = a.shape[-1]
+    n_rings = h // 2 + 1
+    shells, mult = _rfft_shells_and_multiplicity(a.shape[1:])
+    keep = shells < n_rings
+    power = np.abs(np.fft.rfft2(a)) ** 2 / float(h * h)
+    if not per_image:
+        power = power.mean(axis=0, keepdims=True)
+    m = power.shape[0]
+    offsets = (np.arange(m)[:, None] * n_rings + shells[keep][None, :]).ravel()
+    total = np.bincount(offsets, weights=(power[:, keep] * mult[keep]).ravel(), minlength=m * n_rings)
+    count = np.bincount(shells[keep], weights=mult[keep], minlength=n_rings)
+    rings = total.reshape(m, n_rings) / count
+    return np.arange(n_rings) / (h * pixel_size_A), rings if per_image else rings[0]
 
 
 def resolution_at(freq_inv_A: np.ndarray, curve: np.ndarray, threshold: float = 0.143) -> float:

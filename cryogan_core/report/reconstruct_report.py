@@ -1,7 +1,8 @@
 """CryoGAN's figures and the summary page of its ``logfile.pdf``.
 
 Pure functions of the run's numbers and maps (no training, no files): central slices of
-volumes, the critic and generator loss curves, resolution against time, and the headline
+volumes, the critic and generator loss curves, resolution against time, the power spectra
+of real and simulated particles, and the headline
 lines of the PDF's first page. ``cryogan_core.commands.reconstruct`` saves them as PNGs and
 writes them as the pages of ``logfile.pdf`` (RELION shows it from the Display menu when the
 node is labelled ``LogFile.pdf.relion``).
@@ -126,6 +127,46 @@ def resolution_vs_time_figure(evals: Sequence[Mapping[str, float]], with_referen
     return curves_figure(t_min, curves, "training time (min)", "resolution (Å)", title="Resolution against time")
 
 
+def spectra_figure(checks: Mapping[str, Any]) -> Figure:
+    """Power spectra of real and simulated particles (top) and their ratio per ring (bottom).
+
+    Args:
+        checks: half-set label -> :class:`~cryogan_core.train.simulator_check.SpectraCheck`
+            (attributes ``freq_inv_A``, ``real``, ``simulated``, ``signal``, ``noise``,
+            ``ratio``, ``ratio_se``, all ``(R,)``); the top panel draws the first one.
+
+    Returns:
+        The figure: frequency (Å⁻¹) against power (log scale) and against
+        simulated / real power, with ±2 standard errors shaded and the ±5 % lines.
+
+    Raises:
+        ValueError: ``checks`` is empty.
+    """
+    if not checks:
+        raise ValueError("no spectra to plot")
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.0, 6.0), sharex=True)
+    label, first = next(iter(checks.items()))
+    f = first.freq_inv_A[1:]  # DC left out: every image's background mean is removed
+    for name, curve in (("real particles", first.real), ("simulated particles", first.simulated),
+                        ("simulated signal alone", first.signal), ("simulator's noise alone", first.noise)):
+        top.plot(f, curve[1:], lw=1.2, label=name)
+    top.set_yscale("log")
+    top.set_ylabel("power per ring")
+    top.set_title(f"Power spectra, {label} ({first.n_particles} particles each)", fontsize=10)
+    top.legend(fontsize=8)
+    for name, c in checks.items():
+        (line,) = bottom.plot(f, c.ratio[1:], lw=1.2, label=name)
+        bottom.fill_between(f, (c.ratio - 2 * c.ratio_se)[1:], (c.ratio + 2 * c.ratio_se)[1:],
+                            color=line.get_color(), alpha=0.2, lw=0)
+    for y, style in ((1.0, "-"), (0.95, ":"), (1.05, ":")):
+        bottom.axhline(y, color="0.5", ls=style, lw=0.8)
+    bottom.set_xlabel("spatial frequency (1/Å)")
+    bottom.set_ylabel("simulated / real power")
+    bottom.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def summary_lines(summary: Mapping[str, Any], low_snr_db: float) -> list[str]:
     """The first page of ``logfile.pdf``: the run's headline numbers, one ``label  value`` line each.
 
@@ -134,7 +175,9 @@ def summary_lines(summary: Mapping[str, Any], low_snr_db: float) -> list[str]:
             ``n_particles``, ``n_half1``, ``n_half2``, ``estimated_snr_db``, ``box``,
             ``pixel_size_A``, ``box_train``, ``nyquist_train_A``, ``steps``, ``epochs``,
             ``training_time_s``, ``stopped_by``, ``resolution_A_fsc_0.143`` and, with a
-            reference, ``resolution_A_vs_reference_fsc_0.5``.
+            reference, ``resolution_A_vs_reference_fsc_0.5``; optionally ``spectra``
+            (half label -> :meth:`SpectraCheck.to_dict
+            <cryogan_core.train.simulator_check.SpectraCheck.to_dict>`).
         low_snr_db: below this particle SNR (dB) the page advises another seed.
 
     Returns:
@@ -154,6 +197,10 @@ def summary_lines(summary: Mapping[str, Any], low_snr_db: float) -> list[str]:
         ("stopped by", str(summary["stopped_by"])),
         ("half-map FSC 0.143 (optimistic)", f"{summary['resolution_A_fsc_0.143']:.1f} Å"),
     ]
+    if "spectra" in summary:
+        w = summary["spectra"]["half 1"]
+        rows.append(("simulated / real power, worst ring (half 1)",
+                     f"{w['worst_ratio']:.3f} ± {w['worst_ratio_se']:.3f} at {w['worst_ring_A']:.1f} Å"))
     if "resolution_A_vs_reference_fsc_0.5" in summary:
         rows.append(("FSC 0.5 with the reference (aligned)", f"{summary['resolution_A_vs_reference_fsc_0.5']:.1f} Å"))
     lines = ["cryogan reconstruct"] + [f"{k:42s} {v}" for k, v in rows]

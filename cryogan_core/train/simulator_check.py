@@ -1,0 +1,141 @@
+"""Does the CryoGAN simulator make particles like the real ones? Their power spectra, ring by ring.
+
+The critic can tell simulated particles from real ones by anything the simulator gets
+wrong, and the volume then bends to hide it: a noise model with a few per cent too much
+power where the signal is a few per cent of the noise (past the CTF's first zero) costs
+resolution there (docs/cryogan_benchmarks.md, stop 19). So the job compares, at the end of
+training, the rotationally averaged power spectrum of the real particles of each half set
+with that of particles simulated from its final volume, normalised the same way, and
+reports the ratio per Fourier ring with its sampling error; the spectra of the simulated
+signal and of the simulator's noise alone show where the signal is.
+
+Rings and normalisation: :func:`~cryogan_core.metrics.fsc.ring_power_spectrum` (white noise
+of variance σ² reads σ²).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cryogan_core.metrics.fsc import ring_power_spectrum
+from cryogan_core.metrics.images import normalize_background
+from cryogan_core.train.cryogan_simulator import SimulationPriors, simulate_batch
+
+__all__ = ["SpectraCheck", "spectra_check"]
+
+
+@dataclass
+class SpectraCheck:
+    """Ring power spectra of real and simulated particles of one half set (training box).
+
+    All arrays are ``(R,)`` float64, R = box // 2 + 1 rings from DC to Nyquist.
+
+    Attributes:
+        freq_inv_A: ring frequencies (Å⁻¹, training pixel size).
+        real: mean power of the real particles (normalised: background mean 0, std 1).
+        simulated: mean power of simulated particles (signal + noise, normalised the same way).
+        signal: mean power of the simulated signal alone (not normalised; the same units,
+            since the noise has the particles' background variance).
+        noise: mean power of the simulator's noise alone (normalised).
+        ratio: ``simulated / real`` (1 = the simulator matches the data in that ring).
+        ratio_se: standard error of ``ratio`` from the sampling of both sets of particles
+            (first-order propagation of the two means' standard errors).
+        n_particles: particles on each side.
+    """
+
+    freq_inv_A: np.ndarray
+    real: np.ndarray
+    simulated: np.ndarray
+    signal: np.ndarray
+    noise: np.ndarray
+    ratio: np.ndarray
+    ratio_se: np.ndarray
+    n_particles: int
+
+    def worst_ring(self) -> int:
+        """The ring (index >= 1; DC excluded: every image's background mean is removed) whose
+        ratio is farthest from 1."""
+        return 1 + int(np.argmax(np.abs(self.ratio[1:] - 1.0)))
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict of lists (``summary.json``), with the worst ring's numbers."""
+        r = self.worst_ring()
+        return {
+            "n_particles": self.n_particles,
+            "freq_inv_A": self.freq_inv_A.tolist(),
+            "real": self.real.tolist(),
+            "simulated": self.simulated.tolist(),
+            "signal": self.signal.tolist(),
+            "noise": self.noise.tolist(),
+            "ratio_simulated_to_real": self.ratio.tolist(),
+            "ratio_se": self.ratio_se.tolist(),
+            "worst_ring_A": float(1.0 / self.freq_inv_A[r]),
+            "worst_ratio": float(self.ratio[r]),
+            "worst_ratio_se": float(self.ratio_se[r]),
+        }
+
+
+def _mean_and_se(per_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over images ``(n, R) -> (R,)`` and its standard error (0 for a single image)."""
+    n = per_image.shape[0]
+    se = per_image.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(per_image.shape[1])
+    return per_image.mean(axis=0), se
+
+
+@torch.no_grad()
+def spectra_check(
+    volume: torch.Tensor,
+    priors: SimulationPriors,
+    real_images: torch.Tensor,
+    n_max: int = 1000,
+    seed: int = 0,
+    chunk: int = 256,
+) -> SpectraCheck:
+    """Compare the power spectra of real particles and of particles simulated from ``volume``.
+
+    Args:
+        volume: ``(D, D, D)`` float32, the (final) volume of this half set, D = ``priors.box``.
+        priors: the half set's simulation priors (poses, shifts, CTFs, noise).
+        real_images: ``(n, D, D)`` normalised real particles of the half set.
+        n_max: particles on each side (the first ``n_max`` real ones; as many simulated).
+        seed: seed of the simulated draws.
+        chunk: images simulated at a time (memory).
+
+    Returns:
+        The :class:`SpectraCheck`.
+
+    Raises:
+        ValueError: no real particle, or the images are not ``(n, D, D)`` at the priors' box.
+    """
+    d = priors.box
+    if real_images.ndim != 3 or real_images.shape[1:] != (d, d) or len(real_images) == 0:
+        raise ValueError(f"real particles must be a non-empty (n, {d}, {d}) stack, got {tuple(real_images.shape)}")
+    n = min(int(n_max), len(real_images))
+    px = priors.pixel_size_A
+    gen = torch.Generator().manual_seed(seed)
+    sim, sig, noi = [], [], []
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        sim.append(simulate_batch(volume, priors, m, gen).cpu())
+        sig.append(simulate_batch(volume, priors, m, gen, add_noise=False, normalise=False).cpu())
+        noi.append(normalize_background(priors.noise.sample(m, gen), priors.bg_radius_px).cpu())
+    freq, p_real = ring_power_spectrum(real_images[:n], px, per_image=True)
+    p_sim = ring_power_spectrum(torch.cat(sim), px, per_image=True)[1]
+    real, se_real = _mean_and_se(p_real)
+    simulated, se_sim = _mean_and_se(p_sim)
+    ratio = np.divide(simulated, real, out=np.zeros_like(real), where=real > 0)
+    rel = np.sqrt(np.divide(se_sim, simulated, out=np.zeros_like(real), where=simulated > 0) ** 2
+                  + np.divide(se_real, real, out=np.zeros_like(real), where=real > 0) ** 2)
+    return SpectraCheck(
+        freq_inv_A=freq,
+        real=real,
+        simulated=simulated,
+        signal=ring_power_spectrum(torch.cat(sig), px)[1],
+        noise=ring_power_spectrum(torch.cat(noi), px)[1],
+        ratio=ratio,
+        ratio_se=ratio * rel,
+        n_particles=n,
+    )

@@ -1,0 +1,74 @@
+"""The end-of-training check that simulated particles have the real ones' power spectrum."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cryogan_core.metrics.images import normalize_background
+from cryogan_core.physics.euler import random_euler_deg
+from cryogan_core.physics.noise import BackgroundNoise
+from cryogan_core.physics.phantom import procedural_volume
+from cryogan_core.physics.simulator import random_ctf_params, simulate_particles, uniform_shifts_px
+from cryogan_core.report.reconstruct_report import spectra_figure, summary_lines
+from cryogan_core.train.cryogan_simulator import SimulationPriors
+from cryogan_core.train.simulator_check import spectra_check
+
+
+def matched_data(box: int, n: int = 600, snr_db: float = -5.0):
+    """Real particles of the procedural volume (white noise) and the priors and volume that
+    make them: the simulator IS the data's process, in the normalised particles' units."""
+    g = torch.Generator().manual_seed(box)
+    truth = torch.from_numpy(procedural_volume(box))
+    ctf = random_ctf_params(n, generator=g)
+    sim = simulate_particles(truth, 6.0, random_euler_deg(n, generator=g), uniform_shifts_px(n, 1.0, generator=g) * 6.0,
+                             ctf, snr_db, generator=g)
+    radius = 0.4 * box
+    real = normalize_background(sim.noisy, radius)
+    priors = SimulationPriors(ctf=ctf, pixel_size_A=6.0, box=box, noise=BackgroundNoise("white", box, 1.0),
+                              bg_radius_px=radius, shift_px=1.0, pad_factor=2.0)
+    return truth / sim.noise_sigma, priors, real
+
+
+@pytest.mark.parametrize("box", [24, 25])
+def test_the_data_s_own_process_matches_and_a_wrong_amplitude_is_caught(box: int) -> None:
+    vol, priors, real = matched_data(box)
+    good = spectra_check(vol, priors, real, seed=1)
+    assert good.n_particles == 600 and good.ratio.shape == (box // 2 + 1,)
+    dev = np.abs(good.ratio[1:] - 1.0)
+    assert np.all(dev < np.maximum(0.05, 4 * good.ratio_se[1:])), (good.ratio, good.ratio_se)
+    # the parts: the noise alone is white with the background's unit variance; signal + noise ≈ simulated
+    np.testing.assert_allclose(good.noise[1:], 1.0, rtol=0.15)
+    assert np.all(good.signal[1:4] > good.noise[1:4])  # -5 dB: the signal dominates the lowest rings
+    # twice the volume: the normalised simulated particles carry too much power where the signal is
+    bad = spectra_check(2.0 * vol, priors, real, seed=1)
+    r = bad.worst_ring()
+    assert bad.ratio[r] > 1.3 and abs(bad.ratio[r] - 1.0) > 3 * bad.ratio_se[r]
+    assert bad.to_dict()["worst_ring_A"] == pytest.approx(1.0 / bad.freq_inv_A[r])
+
+
+def test_spectra_check_rejects_particles_at_another_box() -> None:
+    vol, priors, real = matched_data(24, n=20)
+    with pytest.raises(ValueError, match=r"\(n, 24, 24\)"):
+        spectra_check(vol, priors, real[:, :20, :20])
+    with pytest.raises(ValueError, match="non-empty"):
+        spectra_check(vol, priors, real[:0])
+
+
+def test_spectra_figure_and_summary_line() -> None:
+    vol, priors, real = matched_data(24, n=64)
+    checks = {"half 1": spectra_check(vol, priors, real), "half 2": spectra_check(vol, priors, real, seed=2)}
+    fig = spectra_figure(checks)
+    top, bottom = fig.axes
+    assert len(top.lines) == 4 and len(bottom.lines) == 2 + 3  # four spectra; two ratios and the 1, ±5 % lines
+    assert top.get_yscale() == "log"
+    with pytest.raises(ValueError, match="no spectra"):
+        spectra_figure({})
+    summary = {"options": {"symmetry": "C1", "seed": 0}, "n_particles": 64, "n_half1": 32, "n_half2": 32,
+               "estimated_snr_db": -5.0, "box": 24, "pixel_size_A": 6.0, "box_train": 24, "nyquist_train_A": 12.0,
+               "steps": 1, "epochs": 1.0, "training_time_s": 1.0, "stopped_by": "epochs", "resolution_A_fsc_0.143": 20.0,
+               "spectra": {k: c.to_dict() for k, c in checks.items()}}
+    w = checks["half 1"].to_dict()
+    line = next(s for s in summary_lines(summary, -15.0) if s.startswith("simulated / real power"))
+    assert f"{w['worst_ratio']:.3f}" in line and f"{w['worst_ring_A']:.1f} Å" in line
