@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from cryogan_core.commands.reconstruct_outputs import log_spectra
 from cryogan_core.metrics.images import normalize_background
 from cryogan_core.physics.euler import random_euler_deg
 from cryogan_core.physics.noise import BackgroundNoise
@@ -13,7 +14,7 @@ from cryogan_core.physics.phantom import procedural_volume
 from cryogan_core.physics.simulator import random_ctf_params, simulate_particles, uniform_shifts_px
 from cryogan_core.report.reconstruct_report import spectra_figure, summary_lines
 from cryogan_core.train.cryogan_simulator import SimulationPriors
-from cryogan_core.train.simulator_check import spectra_check
+from cryogan_core.train.simulator_check import SpectraCheck, spectra_check
 
 
 def matched_data(box: int, n: int = 600, snr_db: float = -5.0):
@@ -72,3 +73,24 @@ def test_spectra_figure_and_summary_line() -> None:
     w = checks["half 1"].to_dict()
     line = next(s for s in summary_lines(summary, -15.0) if s.startswith("simulated / real power"))
     assert f"{w['worst_ratio']:.3f}" in line and f"{w['worst_ring_A']:.1f} Å" in line
+
+
+def made_up_check(ratio_at_3: float, se: float, signal_at_3: float) -> SpectraCheck:
+    """A check of 9 rings, all matched but ring 3 (ratio ``ratio_at_3`` ± ``se``, signal power ``signal_at_3``, noise 1)."""
+    ones = np.ones(9)
+    ratio = ones.copy()
+    ratio[3] = ratio_at_3
+    signal = np.full(9, 0.1)
+    signal[3] = signal_at_3
+    return SpectraCheck(freq_inv_A=np.arange(9) / 96.0, real=ones, simulated=ratio, signal=signal, noise=ones,
+                        ratio=ratio, ratio_se=np.full(9, se), n_particles=100)
+
+
+def test_the_log_warns_only_beyond_5_percent_and_4_standard_errors_and_names_the_likelier_cause(log_messages) -> None:
+    log_spectra({"half 1": made_up_check(1.04, 0.001, 0.5), "half 2": made_up_check(0.92, 0.025, 0.5)})
+    assert len(log_messages) == 2 and not any("dominates" in m for m in log_messages)
+    assert "half 1: simulated / real particles within 4.0% in every ring (largest at 32.0 Å: 1.040 ± 0.001" in log_messages[0]
+    log_messages.clear()
+    log_spectra({"half 1": made_up_check(0.92, 0.01, 0.5), "half 2": made_up_check(1.10, 0.01, 3.0)})
+    assert "the noise dominates that ring" in log_messages[0] and "check noise" in log_messages[0]
+    assert "the signal dominates that ring" in log_messages[1]

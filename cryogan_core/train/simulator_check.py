@@ -90,7 +90,7 @@ def spectra_check(
     volume: torch.Tensor,
     priors: SimulationPriors,
     real_images: torch.Tensor,
-    n_max: int = 1000,
+    n_max: int = 2000,
     seed: int = 0,
     chunk: int = 256,
 ) -> SpectraCheck:
