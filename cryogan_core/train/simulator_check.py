@@ -102,7 +102,7 @@ def spectra_check(
         real_images: ``(n, D, D)`` normalised real particles of the half set.
         n_max: particles on each side (the first ``n_max`` real ones; as many simulated).
         seed: seed of the simulated draws.
-        chunk: images simulated at a time (memory).
+        chunk: images simulated and transformed at a time (memory).
 
     Returns:
         The :class:`SpectraCheck`.
@@ -116,14 +116,19 @@ def spectra_check(
     n = min(int(n_max), len(real_images))
     px = priors.pixel_size_A
     gen = torch.Generator().manual_seed(seed)
-    sim, sig, noi = [], [], []
-    for start in range(0, n, chunk):
+    parts: dict[str, list[np.ndarray]] = {"real": [], "sim": [], "sig": [], "noise": []}
+    for start in range(0, n, chunk):  # per-image ring spectra, a chunk at a time (memory)
         m = min(chunk, n - start)
-        sim.append(simulate_batch(volume, priors, m, gen).cpu())
-        sig.append(simulate_batch(volume, priors, m, gen, add_noise=False, normalise=False).cpu())
-        noi.append(normalize_background(priors.noise.sample(m, gen), priors.bg_radius_px).cpu())
-    freq, p_real = ring_power_spectrum(real_images[:n], px, per_image=True)
-    p_sim = ring_power_spectrum(torch.cat(sim), px, per_image=True)[1]
+        images = {
+            "real": real_images[start:start + m],
+            "sim": simulate_batch(volume, priors, m, gen),
+            "sig": simulate_batch(volume, priors, m, gen, add_noise=False, normalise=False),
+            "noise": normalize_background(priors.noise.sample(m, gen), priors.bg_radius_px),
+        }
+        for key, x in images.items():
+            freq, rings = ring_power_spectrum(x, px, per_image=True)
+            parts[key].append(rings)
+    p_real, p_sim = np.concatenate(parts["real"]), np.concatenate(parts["sim"])
     real, se_real = _mean_and_se(p_real)
     simulated, se_sim = _mean_and_se(p_sim)
     ratio = np.divide(simulated, real, out=np.zeros_like(real), where=real > 0)
@@ -133,8 +138,8 @@ def spectra_check(
         freq_inv_A=freq,
         real=real,
         simulated=simulated,
-        signal=ring_power_spectrum(torch.cat(sig), px)[1],
-        noise=ring_power_spectrum(torch.cat(noi), px)[1],
+        signal=np.concatenate(parts["sig"]).mean(axis=0),
+        noise=np.concatenate(parts["noise"]).mean(axis=0),
         ratio=ratio,
         ratio_se=ratio * rel,
         n_particles=n,
