@@ -75,22 +75,25 @@ def test_spectra_figure_and_summary_line() -> None:
     assert f"{w['worst_ratio']:.3f}" in line and f"{w['worst_ring_A']:.1f} Å" in line
 
 
-def made_up_check(ratio_at_3: float, se: float, signal_at_3: float) -> SpectraCheck:
-    """A check of 9 rings, all matched but ring 3 (ratio ``ratio_at_3`` ± ``se``, signal power ``signal_at_3``, noise 1)."""
+def made_up_check(ratio_at_3: float, se: float, noise_at_3: float = 1.0) -> SpectraCheck:
+    """A check of 9 rings, all matched (real power 1) but ring 3: ratio ``ratio_at_3`` ± ``se``,
+    the simulator's noise alone ``noise_at_3``."""
     ones = np.ones(9)
     ratio = ones.copy()
     ratio[3] = ratio_at_3
-    signal = np.full(9, 0.1)
-    signal[3] = signal_at_3
-    return SpectraCheck(freq_inv_A=np.arange(9) / 96.0, real=ones, simulated=ratio, signal=signal, noise=ones,
+    noise = np.full(9, 0.5)
+    noise[3] = noise_at_3
+    return SpectraCheck(freq_inv_A=np.arange(9) / 96.0, real=ones, simulated=ratio, signal=1.0 - noise, noise=noise,
                         ratio=ratio, ratio_se=np.full(9, se), n_particles=100)
 
 
-def test_the_log_warns_only_beyond_5_percent_and_4_standard_errors_and_names_the_likelier_cause(log_messages) -> None:
-    log_spectra({"half 1": made_up_check(1.04, 0.001, 0.5), "half 2": made_up_check(0.92, 0.025, 0.5)})
-    assert len(log_messages) == 2 and not any("dominates" in m for m in log_messages)
+def test_the_log_warns_only_beyond_5_percent_and_4_standard_errors_and_says_what_the_spectra_tell(log_messages) -> None:
+    log_spectra({"half 1": made_up_check(1.04, 0.001), "half 2": made_up_check(0.92, 0.025)})
+    assert len(log_messages) == 2 and not any(":" in m.split("spectra_real_vs_simulated.png)")[1] for m in log_messages)
     assert "half 1: simulated / real particles within 4.0% in every ring (largest at 32.0 Å: 1.040 ± 0.001" in log_messages[0]
     log_messages.clear()
-    log_spectra({"half 1": made_up_check(0.92, 0.01, 0.5), "half 2": made_up_check(1.10, 0.01, 3.0)})
-    assert "the noise dominates that ring" in log_messages[0] and "check noise" in log_messages[0]
-    assert "the signal dominates that ring" in log_messages[1]
+    log_spectra({"1": made_up_check(1.20, 0.01, noise_at_3=1.15), "2": made_up_check(1.20, 0.01, noise_at_3=0.9),
+                 "3": made_up_check(0.80, 0.01, noise_at_3=0.9)})
+    assert "the noise model is too strong in that ring" in log_messages[0]
+    assert "the map has more power there than the particles leave" in log_messages[1]
+    assert "neither the map nor the simulator's noise makes" in log_messages[2]

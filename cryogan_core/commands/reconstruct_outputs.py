@@ -57,11 +57,16 @@ def particles_figure(half: HalfData, trainer: CryoGanTrainer, step: int, title: 
 
 def log_spectra(checks: dict[str, SpectraCheck]) -> None:
     """One log line per half set: how far the simulated particles' power is from the real
-    ones' in the worst ring (DC excluded), with its sampling error; a warning when a ring is
-    off by more than 5 % and by more than 4 standard errors (about 17 rings per half are
-    tested, so 3 would fire on chance alone one run in ten), naming the likelier cause: the
-    map where the simulated signal outweighs the noise in that ring, else the simulator's
-    noise or CTF.
+    ones' in the worst ring (DC excluded), with its sampling error.
+
+    A warning when that ring is off by more than 5 % and by more than 4 standard errors
+    (about 17 rings per half are tested, so 3 would fire on chance alone one run in ten).
+    It says what the spectra can tell apart: a particle's power in a ring is its signal's
+    plus its noise's, so where the simulator's noise alone has more power than the
+    particles (by 5 %) the noise model is too strong there; where the simulated particles
+    have more power but the noise alone does not, the map has more power than the particles
+    leave above that noise; where they have less, the particles hold power that neither the
+    map nor the noise model makes (a map short of it, or noise the background patches lack).
 
     Args:
         checks: half-set label -> its :class:`SpectraCheck`.
@@ -74,12 +79,15 @@ def log_spectra(checks: dict[str, SpectraCheck]) -> None:
                 f"spectra_real_vs_simulated.png)")
         if abs(dev) <= 0.05 or abs(dev) <= 4 * se:
             logger.info(line)
-        elif c.signal[r] > c.noise[r]:
-            logger.warning(line + ": the signal dominates that ring, so the map's power there differs from the "
-                                  "data's (train longer, or compare another seed)")
+        elif c.noise[r] > 1.05 * c.real[r]:
+            logger.warning(line + ": the simulator's noise alone has more power than the particles there, so the "
+                                  "noise model is too strong in that ring; check noise and particle_diameter_A")
+        elif dev > 0:
+            logger.warning(line + ": the map has more power there than the particles leave above the simulator's "
+                                  "noise (train longer, compare another seed, check the CTF parameters)")
         else:
-            logger.warning(line + ": the noise dominates that ring, so the simulator's noise or CTF differs from "
-                                  "the particles'; check noise, the CTF parameters and particle_diameter_A")
+            logger.warning(line + ": the particles have power there that neither the map nor the simulator's noise "
+                                  "makes (a map short of it, or noise the background lacks: neighbours, ice gradients)")
 
 
 def write_outputs(
