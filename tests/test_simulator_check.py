@@ -71,7 +71,7 @@ def test_spectra_figure_and_summary_line() -> None:
                "steps": 1, "epochs": 1.0, "training_time_s": 1.0, "stopped_by": "epochs", "resolution_A_fsc_0.143": 20.0,
                "spectra": {k: c.to_dict() for k, c in checks.items()}}
     w = checks["half 1"].to_dict()
-    line = next(s for s in summary_lines(summary, -15.0) if s.startswith("simulated / real power"))
+    line = next(s for s in summary_lines(summary, -15.0) if s.startswith("simulated/real power"))
     assert f"{w['worst_ratio']:.3f}" in line and f"{w['worst_ring_A']:.1f} Å" in line
 
 

@@ -199,7 +199,7 @@ def summary_lines(summary: Mapping[str, Any], low_snr_db: float) -> list[str]:
     ]
     if "spectra" in summary:
         w = summary["spectra"]["half 1"]
-        rows.append(("simulated / real power, worst ring (half 1)",
+        rows.append(("simulated/real power, worst ring (half 1)",
                      f"{w['worst_ratio']:.3f} ± {w['worst_ratio_se']:.3f} at {w['worst_ring_A']:.1f} Å"))
     if "resolution_A_vs_reference_fsc_0.5" in summary:
         rows.append(("FSC 0.5 with the reference (aligned)", f"{summary['resolution_A_vs_reference_fsc_0.5']:.1f} Å"))
