@@ -45,6 +45,18 @@ def _rfft_shells_and_multiplicity(shape: tuple[int, ...]) -> tuple[np.ndarray, n
     return shells, mult
 
 
+def _ring_grid(h: int, pixel_size_A: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rings of an ``(H, H)`` image's rfft2 grid: ``(freq_inv_A (H//2+1,), ring index, multiplicity)``.
+
+    Raises:
+        ValueError: if the pixel size is not positive.
+    """
+    if not pixel_size_A > 0:
+        raise ValueError(f"pixel_size_A must be positive, got {pixel_size_A}")
+    shells, mult = _rfft_shells_and_multiplicity((h, h))
+    return np.arange(h // 2 + 1) / (h * pixel_size_A), shells, mult
+
+
 def _shell_correlation(
     f1: np.ndarray, f2: np.ndarray, shells: np.ndarray, mult: np.ndarray, n_shells: int
 ) -> np.ndarray:
@@ -115,14 +127,10 @@ def fsc_2d(
     a, b = _as_numpy(images1), _as_numpy(images2)
     if a.ndim != 3 or a.shape[-1] != a.shape[-2] or a.shape != b.shape:
         raise ValueError(f"image stacks must be (n, H, H) and equal, got {a.shape} and {b.shape}")
-    if not pixel_size_A > 0:
-        raise ValueError(f"pixel_size_A must be positive, got {pixel_size_A}")
-    h = a.shape[-1]
-    n_shells = h // 2 + 1
-    shells, mult = _rfft_shells_and_multiplicity(a.shape[1:])
+    freq, shells, mult = _ring_grid(a.shape[-1], pixel_size_A)
     fa = np.fft.rfft2(a)
     fb = np.fft.rfft2(b)
-    return np.arange(n_shells) / (h * pixel_size_A), _shell_correlation(fa, fb, shells, mult, n_shells)
+    return freq, _shell_correlation(fa, fb, shells, mult, len(freq))
 
 
 def ring_power_spectrum(images: ArrayLike, pixel_size_A: float, per_image: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -149,11 +157,9 @@ def ring_power_spectrum(images: ArrayLike, pixel_size_A: float, per_image: bool 
     a = _as_numpy(images)
     if a.ndim != 3 or a.shape[0] < 1 or a.shape[-1] != a.shape[-2]:
         raise ValueError(f"images must be a non-empty (n, H, H) stack, got {a.shape}")
-    if not pixel_size_A > 0:
-        raise ValueError(f"pixel_size_A must be positive, got {pixel_size_A}")
     h = a.shape[-1]
-    n_rings = h // 2 + 1
-    shells, mult = _rfft_shells_and_multiplicity(a.shape[1:])
+    freq, shells, mult = _ring_grid(h, pixel_size_A)
+    n_rings = len(freq)
     keep = shells < n_rings
     power = np.abs(np.fft.rfft2(a)) ** 2 / float(h * h)
     if not per_image:
@@ -163,7 +169,7 @@ def ring_power_spectrum(images: ArrayLike, pixel_size_A: float, per_image: bool 
     total = np.bincount(offsets, weights=(power[:, keep] * mult[keep]).ravel(), minlength=m * n_rings)
     count = np.bincount(shells[keep], weights=mult[keep], minlength=n_rings)
     rings = total.reshape(m, n_rings) / count
-    return np.arange(n_rings) / (h * pixel_size_A), rings if per_image else rings[0]
+    return freq, rings if per_image else rings[0]
 
 
 def resolution_at(freq_inv_A: np.ndarray, curve: np.ndarray, threshold: float = 0.143) -> float:
