@@ -55,39 +55,45 @@ def particles_figure(half: HalfData, trainer: CryoGanTrainer, step: int, title: 
 
 
 
-def log_spectra(checks: dict[str, SpectraCheck]) -> None:
-    """One log line per half set: how far the simulated particles' power is from the real
-    ones' in the worst ring (DC excluded), with its sampling error.
+#: What the spectra can tell about a ring that is off (see :func:`log_spectra`).
+SPECTRA_CAUSES = {
+    "noise": "the simulator's noise alone has more power than the particles: the noise model is too strong "
+             "(check noise and particle_diameter_A)",
+    "map": "the map has more power than the particles leave above the simulator's noise (train longer, compare "
+           "another seed, check the CTF parameters)",
+    "neither": "the particles have power that neither the map nor the simulator's noise makes (a map short of "
+               "it, or noise the background lacks: neighbours, ice gradients)",
+}
 
-    A warning when that ring is off by more than 5 % and by more than 4 standard errors
-    (about 17 rings per half are tested, so 3 would fire on chance alone one run in ten).
-    It says what the spectra can tell apart: a particle's power in a ring is its signal's
-    plus its noise's, so where the simulator's noise alone has more power than the
-    particles (by 5 %) the noise model is too strong there; where the simulated particles
+
+def log_spectra(checks: dict[str, SpectraCheck]) -> None:
+    """Log, per half set, how far the simulated particles' power is from the real ones'.
+
+    One line per half: the worst ring (DC excluded) with its sampling error; then a warning
+    for every ring off by more than 5 % and by more than 4 standard errors (about 17 rings
+    per half are tested, so 3 would fire on chance alone one run in ten), saying what the
+    spectra can tell (:data:`SPECTRA_CAUSES`): a particle's power in a ring is its signal's
+    plus its noise's, so where the simulator's noise alone has more power than the particles
+    (by 5 %) the noise model is too strong there (``noise``); where the simulated particles
     have more power but the noise alone does not, the map has more power than the particles
-    leave above that noise; where they have less, the particles hold power that neither the
-    map nor the noise model makes (a map short of it, or noise the background patches lack).
+    leave above that noise (``map``); where they have less, the particles hold power that
+    neither makes (``neither``).
 
     Args:
         checks: half-set label -> its :class:`SpectraCheck`.
     """
     for label, c in checks.items():
         r = c.worst_ring()
-        dev, se, res_A = c.ratio[r] - 1.0, c.ratio_se[r], 1.0 / c.freq_inv_A[r]
-        line = (f"Power spectra, {label}: simulated / real particles within {abs(dev):.1%} in every ring "
-                f"(largest at {res_A:.1f} Å: {c.ratio[r]:.3f} ± {se:.3f}, {c.n_particles} particles each; "
-                f"spectra_real_vs_simulated.png)")
-        if abs(dev) <= 0.05 or abs(dev) <= 4 * se:
-            logger.info(line)
-        elif c.noise[r] > 1.05 * c.real[r]:
-            logger.warning(line + ": the simulator's noise alone has more power than the particles there, so the "
-                                  "noise model is too strong in that ring; check noise and particle_diameter_A")
-        elif dev > 0:
-            logger.warning(line + ": the map has more power there than the particles leave above the simulator's "
-                                  "noise (train longer, compare another seed, check the CTF parameters)")
-        else:
-            logger.warning(line + ": the particles have power there that neither the map nor the simulator's noise "
-                                  "makes (a map short of it, or noise the background lacks: neighbours, ice gradients)")
+        logger.info(f"Power spectra, {label}: simulated / real particles within {abs(c.ratio[r] - 1.0):.1%} in every "
+                    f"ring (largest at {1.0 / c.freq_inv_A[r]:.1f} Å: {c.ratio[r]:.3f} ± {c.ratio_se[r]:.3f}, "
+                    f"{c.n_particles} particles each; spectra_real_vs_simulated.png)")
+        for i in range(1, len(c.ratio)):
+            dev = c.ratio[i] - 1.0
+            if abs(dev) <= 0.05 or abs(dev) <= 4 * c.ratio_se[i]:
+                continue
+            cause = "noise" if c.noise[i] > 1.05 * c.real[i] else "map" if dev > 0 else "neither"
+            logger.warning(f"Power spectra, {label}, at {1.0 / c.freq_inv_A[i]:.1f} Å: simulated / real "
+                           f"{c.ratio[i]:.3f} ± {c.ratio_se[i]:.3f}: {SPECTRA_CAUSES[cause]}")
 
 
 def write_outputs(

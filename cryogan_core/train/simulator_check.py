@@ -1,9 +1,11 @@
 """Does the CryoGAN simulator make particles like the real ones? Their power spectra, ring by ring.
 
 The critic can tell simulated particles from real ones by anything the simulator gets
-wrong, and the volume then bends to hide it: a noise model with a few per cent too much
-power where the signal is a few per cent of the noise (past the CTF's first zero) costs
-resolution there (docs/cryogan_benchmarks.md, stop 19). So the job compares, at the end of
+wrong, and the volume may then bend to hide it: a noise model with a few per cent too much
+power where the signal is a few per cent of the noise (past the CTF's first zero) is such a
+difference (docs/cryogan_benchmarks.md: on the simulated β-gal benchmark neither stop 19's
+fix of one nor the exact noise model moved the map; on real β-gal particles the check finds
+the background patches 10–22 % too strong at 15–17 Å). So the job compares, at the end of
 training, the rotationally averaged power spectrum of the real particles of each half set
 with that of particles simulated from its final volume, normalised the same way, and
 reports the ratio per Fourier ring with its sampling error; the spectra of the simulated
