@@ -458,15 +458,17 @@ def use_noise_spectrum_cap(n_images: int = 2000) -> None:
     """Before training, cap the simulator's noise power ring by ring at the particles' power.
 
     The particles' power in a Fourier ring is their noise's plus their signal's (the cross
-    term averages out), so it can never be below their noise's: where the simulator's noise
-    alone (normalised as the particles are) has more power than the particles, it is too
-    strong there by at least that factor. Each half's noise is filtered by the radial gain
+    term averages out), so it can never be below their noise's, up to the few per cent by
+    which normalising over a background that holds some signal lowers it (the noise alone
+    is normalised without that signal): where the simulator's noise alone has more power than
+    the particles, it is too strong there by about that factor. Each half's noise is filtered by the radial gain
     ``sqrt(min(1, P_particles(r) / P_noise(r)))`` (ring 0 left at 1), measured once on
     ``n_images`` particles and as many noise images
     (:func:`cryogan_core.metrics.fsc.ring_power_spectrum`). Where the particles have more
     power than the noise (signal, or noise the patches lack) nothing changes. On the real
-    β-gal particles the job's patch mosaic has 10–21 % more power than the particles at
-    15–17 Å (stop 34's spectra check).
+    β-gal particles the job's patch mosaic has 10–22 % more power than the particles at
+    15–17 Å (stop 34's spectra check). Applied at the start of every training stage (each
+    ``train_cryogan`` call).
     """
     import numpy as np
 
