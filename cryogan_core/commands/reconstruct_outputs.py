@@ -62,7 +62,7 @@ SPECTRA_CAUSES = {
     "map": "the map has more power than the particles leave above the simulator's noise (train longer, compare "
            "another seed, check the CTF parameters)",
     "neither": "the particles have power that neither the map nor the simulator's noise makes (a map short of "
-               "it, or noise the background lacks: neighbours, ice gradients)",
+               "it: train longer; or noise the background lacks: neighbours, ice gradients)",
 }
 
 
