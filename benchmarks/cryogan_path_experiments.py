@@ -79,7 +79,7 @@ from cryogan_core.physics.resample import fourier_crop_or_pad_map
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from baselines import radial_whitening_filter  # noqa: E402
+from baselines import radial_index, radial_whitening_filter  # noqa: E402
 from betagal_data import BETAGAL_MAP, BETAGAL_PIXEL_A  # noqa: E402
 
 
@@ -481,16 +481,15 @@ def use_noise_spectrum_cap(n_images: int = 2000) -> None:
         """``train_cryogan`` (same arguments and result) with each half's noise capped first."""
         for t, real in zip(trainers, real_sets):
             pri = t.priors
-            d = pri.box
             m = min(n_images, len(real))
             noise = normalize_background(pri.noise.sample(m, torch.Generator().manual_seed(777)), pri.bg_radius_px)
             _, p_real = ring_power_spectrum(real[:m], pri.pixel_size_A)
             _, p_noise = ring_power_spectrum(noise, pri.pixel_size_A)
             cap = np.minimum(1.0, p_real / p_noise)
             cap[0] = 1.0
-            k_ring = np.rint(np.hypot(*np.meshgrid(np.fft.fftfreq(d), np.fft.rfftfreq(d), indexing="ij")) * d)
-            gain = np.sqrt(np.concatenate([cap, [1.0]])[np.minimum(k_ring.astype(int), len(cap))])
-            pri.noise = CappedNoise(pri.noise, torch.tensor(gain, dtype=torch.float32, device=pri.noise.device))
+            rings = radial_index(pri.box).clamp_max(len(cap))  # the corners beyond the Nyquist keep gain 1
+            gain = torch.tensor(np.sqrt(np.append(cap, 1.0)), dtype=torch.float32)[rings]
+            pri.noise = CappedNoise(pri.noise, gain.to(pri.noise.device))
             print(f"[path experiment] {t.name}: noise power capped at the particles' (gain² per ring "
                   f"{np.round(cap, 3).tolist()})", flush=True)
         return train(trainers, real_sets, *a, **k)

@@ -57,24 +57,22 @@ def _ring_grid(h: int, pixel_size_A: float) -> tuple[np.ndarray, np.ndarray, np.
     return np.arange(h // 2 + 1) / (h * pixel_size_A), shells, mult
 
 
+def _shell_sums(values: np.ndarray, shells: np.ndarray, mult: np.ndarray, n_shells: int) -> np.ndarray:
+    """Multiplicity-weighted sum per item and shell: ``values (m, *grid)`` -> ``(m, n_shells)``
+    (grid samples in shells >= ``n_shells``, beyond the Nyquist, are left out)."""
+    m = values.shape[0]
+    keep = shells < n_shells
+    offsets = (np.arange(m)[:, None] * n_shells + shells[keep][None, :]).ravel()
+    weights = (values[:, keep] * mult[keep]).ravel()
+    return np.bincount(offsets, weights=weights, minlength=m * n_shells).reshape(m, n_shells)
+
+
 def _shell_correlation(
     f1: np.ndarray, f2: np.ndarray, shells: np.ndarray, mult: np.ndarray, n_shells: int
 ) -> np.ndarray:
     """Per-item shell correlation; f1, f2 (m, *grid) complex -> (m, n_shells)."""
-    m = f1.shape[0]
-    keep = shells < n_shells
-    idx = shells[keep]
-    w = mult[keep]
-    a, b = f1[:, keep], f2[:, keep]
-    offsets = (np.arange(m)[:, None] * n_shells + idx[None, :]).ravel()
-    size = m * n_shells
-
-    def acc(values: np.ndarray) -> np.ndarray:
-        """Multiplicity-weighted sum of ``(m, k)`` values per item and shell -> ``(m, n_shells)``."""
-        return np.bincount(offsets, weights=(values * w).ravel(), minlength=size).reshape(m, n_shells)
-
-    num = acc(np.real(a * np.conj(b)))
-    den = np.sqrt(acc(np.abs(a) ** 2) * acc(np.abs(b) ** 2))
+    num = _shell_sums(np.real(f1 * np.conj(f2)), shells, mult, n_shells)
+    den = np.sqrt(_shell_sums(np.abs(f1) ** 2, shells, mult, n_shells) * _shell_sums(np.abs(f2) ** 2, shells, mult, n_shells))
     out = np.zeros_like(num)
     np.divide(num, den, out=out, where=den > 0)
     return out
@@ -159,16 +157,11 @@ def ring_power_spectrum(images: ArrayLike, pixel_size_A: float, per_image: bool 
         raise ValueError(f"images must be a non-empty (n, H, H) stack, got {a.shape}")
     h = a.shape[-1]
     freq, shells, mult = _ring_grid(h, pixel_size_A)
-    n_rings = len(freq)
-    keep = shells < n_rings
     power = np.abs(np.fft.rfft2(a)) ** 2 / float(h * h)
     if not per_image:
         power = power.mean(axis=0, keepdims=True)
-    m = power.shape[0]
-    offsets = (np.arange(m)[:, None] * n_rings + shells[keep][None, :]).ravel()
-    total = np.bincount(offsets, weights=(power[:, keep] * mult[keep]).ravel(), minlength=m * n_rings)
-    count = np.bincount(shells[keep], weights=mult[keep], minlength=n_rings)
-    rings = total.reshape(m, n_rings) / count
+    count = _shell_sums(np.ones((1, *shells.shape)), shells, mult, len(freq))
+    rings = _shell_sums(power, shells, mult, len(freq)) / count
     return freq, rings if per_image else rings[0]
 
 
