@@ -64,6 +64,12 @@ def radial_whitening_filter(images: torch.Tensor) -> torch.Tensor:
     return w[shells].float()
 
 
+def subtract_background_mean(images: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """``(n, H, H)`` images minus each one's mean over the ``(H, H)`` bool ``background`` pixels
+    (the mean half of RELION's normalisation, for images whose scale is set elsewhere)."""
+    return images - images[:, background].mean(1)[:, None, None]
+
+
 class CtfWiener:
     """A CTF-aware Wiener filter fitted on (particle, reference) training pairs.
 

@@ -79,7 +79,7 @@ from cryogan_core.physics.resample import fourier_crop_or_pad_map
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from baselines import radial_index, radial_whitening_filter  # noqa: E402
+from baselines import radial_index, radial_whitening_filter, subtract_background_mean  # noqa: E402
 from betagal_data import BETAGAL_MAP, BETAGAL_PIXEL_A  # noqa: E402
 
 
@@ -353,7 +353,7 @@ def use_moment_matching(weight: float, batch: int, white_noise: bool = False) ->
                 box0 = getattr(getattr(self.priors.noise, "source", None), "box", d)
                 w = fourier_crop_images(torch.randn(512, box0, box0, generator=gen), d) if box0 != d else torch.randn(n.shape, generator=gen)
                 n = w * (n[:, bg].std() / w[:, bg].std())
-            n = n - n[:, bg].mean(1)[:, None, None]
+            n = subtract_background_mean(n, bg)
             c_noise += symmetrised_second_moment(n, filt) / 16
         target = c_real - c_noise
         print(f"[path experiment] {self.name}: second moments from {len(real)} particles; the signal's is "
@@ -367,7 +367,7 @@ def use_moment_matching(weight: float, batch: int, white_noise: bool = False) ->
         cs = []
         for _ in range(2):
             x = simulate_batch(vol, self.priors, batch, gen, add_noise=False, normalise=False)
-            x = x - x[:, state["bg"]].mean(1)[:, None, None]
+            x = subtract_background_mean(x, state["bg"])
             cs.append(symmetrised_second_moment(x, state["filt"]) - state["target"])
         return (cs[0] * cs[1]).sum() / state["norm"]
 

@@ -35,7 +35,7 @@ from cryogan_core.physics.resample import fourier_crop_images
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from baselines import radial_whitening_filter  # noqa: E402
+from baselines import radial_whitening_filter, subtract_background_mean  # noqa: E402
 from cryogan_path_experiments import symmetrised_second_moment  # noqa: E402
 
 
@@ -57,8 +57,8 @@ def main() -> None:
     clean = fourier_crop_images(torch.from_numpy(mrcfile.read(a.sim / "clean.mrcs").astype("float32")), a.box)
     bg = ~circular_mask(a.box, a.radius_px)
     std = noisy[:, bg].std(1, unbiased=False)[:, None, None]
-    noisy = (noisy - noisy[:, bg].mean(1)[:, None, None]) / std
-    clean = (clean - clean[:, bg].mean(1)[:, None, None]) / std
+    noisy = subtract_background_mean(noisy, bg) / std
+    clean = subtract_background_mean(clean, bg) / std
     noise = noisy - clean
     filt = radial_whitening_filter(noisy)
     one = torch.arange(len(noisy)) % 2 == 0
