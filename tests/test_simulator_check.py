@@ -84,7 +84,7 @@ def made_up_check(ratio_at_3: float, se: float, noise_at_3: float = 1.0) -> Spec
     noise = np.full(9, 0.5)
     noise[3] = noise_at_3
     return SpectraCheck(freq_inv_A=np.arange(9) / 96.0, real=ones, simulated=ratio, signal=1.0 - noise, noise=noise,
-                        ratio=ratio, ratio_se=np.full(9, se), n_particles=100)
+                        ratio_se=np.full(9, se), n_particles=100)
 
 
 def test_the_log_warns_only_beyond_5_percent_and_4_standard_errors_and_says_what_the_spectra_tell(log_messages) -> None:

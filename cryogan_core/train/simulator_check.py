@@ -42,8 +42,7 @@ class SpectraCheck:
         signal: mean power of the simulated signal alone (not normalised; the same units,
             since the noise has the particles' background variance).
         noise: mean power of the simulator's noise alone (normalised).
-        ratio: ``simulated / real`` (1 = the simulator matches the data in that ring).
-        ratio_se: standard error of ``ratio`` from the sampling of both sets of particles
+        ratio_se: standard error of :attr:`ratio` from the sampling of both sets of particles
             (first-order propagation of the two means' standard errors).
         n_particles: particles on each side.
     """
@@ -53,9 +52,14 @@ class SpectraCheck:
     simulated: np.ndarray
     signal: np.ndarray
     noise: np.ndarray
-    ratio: np.ndarray
     ratio_se: np.ndarray
     n_particles: int
+
+    @property
+    def ratio(self) -> np.ndarray:
+        """``(R,)`` ``simulated / real`` (1 = the simulator matches the data in that ring; 0 where
+        the real particles have no power)."""
+        return _safe_divide(self.simulated, self.real)
 
     def worst_ring(self) -> int:
         """The ring (index >= 1; DC excluded: every image's background mean is removed) whose
@@ -78,6 +82,11 @@ class SpectraCheck:
             "worst_ratio": float(self.ratio[r]),
             "worst_ratio_se": float(self.ratio_se[r]),
         }
+
+
+def _safe_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` elementwise, 0 where ``den <= 0``."""
+    return np.divide(num, den, out=np.zeros_like(num, dtype=float), where=den > 0)
 
 
 def _mean_and_se(per_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -133,16 +142,13 @@ def spectra_check(
     p_real, p_sim = np.concatenate(parts["real"]), np.concatenate(parts["sim"])
     real, se_real = _mean_and_se(p_real)
     simulated, se_sim = _mean_and_se(p_sim)
-    ratio = np.divide(simulated, real, out=np.zeros_like(real), where=real > 0)
-    rel = np.sqrt(np.divide(se_sim, simulated, out=np.zeros_like(real), where=simulated > 0) ** 2
-                  + np.divide(se_real, real, out=np.zeros_like(real), where=real > 0) ** 2)
+    rel = np.sqrt(_safe_divide(se_sim, simulated) ** 2 + _safe_divide(se_real, real) ** 2)
     return SpectraCheck(
         freq_inv_A=freq,
         real=real,
         simulated=simulated,
         signal=np.concatenate(parts["sig"]).mean(axis=0),
         noise=np.concatenate(parts["noise"]).mean(axis=0),
-        ratio=ratio,
-        ratio_se=ratio * rel,
+        ratio_se=_safe_divide(simulated, real) * rel,
         n_particles=n,
     )
