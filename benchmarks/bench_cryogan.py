@@ -70,6 +70,10 @@ def main() -> None:
     ap.add_argument("--snr-db", type=float, default=-10.0, help="synthetic SNR (dB)")
     ap.add_argument("--minutes", type=float, default=60.0, help="training budget (minutes)")
     ap.add_argument("--real", action="store_true", help="the 1,211 real beta-gal particles instead of a simulation")
+    ap.add_argument("--star", type=Path, default=None,
+                    help="any particle STAR of the beta-gal (image names relative to its folder), compared with the known map")
+    ap.add_argument("--poses-from-real", action="store_true",
+                    help="simulate at the real particles' RELION poses (their non-uniform distribution) instead of uniform ones")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--plot-only", type=Path, default=None, metavar="BENCH_RESULT_JSON",
@@ -90,13 +94,17 @@ def main() -> None:
     if args.real:
         star, project = STAR, DATA
         label = "real beta-gal, 1211 particles"
+    elif args.star is not None:
+        star, project = args.star.resolve(), args.star.resolve().parent
+        label = f"{star.parent.name} ({star})"
     else:
         sim = out / "sim"
         if not (sim / "particles.star").exists():
             run_simulate(sim, n=args.n, snr_db=args.snr_db, map_path=MAP, ctf_from=STAR, shift_px=2.0,
-                         seed=args.seed, project_dir=out)
+                         poses_from=STAR if args.poses_from_real else None, seed=args.seed, project_dir=out)
         star, project = sim / "particles.star", out
-        label = f"synthetic, {args.n} particles at {args.snr_db:g} dB"
+        poses = ", at the real particles' poses" if args.poses_from_real else ""
+        label = f"synthetic, {args.n} particles at {args.snr_db:g} dB{poses}"
 
     values = {"box_train": "32", "max_minutes": str(args.minutes), "eval_minutes": str(max(1.0, args.minutes / 12)),
               "seed": str(args.seed)}
