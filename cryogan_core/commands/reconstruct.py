@@ -40,12 +40,14 @@ from cryogan_core.commands.reconstruct_checkpoint import CHECKPOINT, checkpoint_
 from cryogan_core.commands.reconstruct_inputs import (
     LOW_SNR_DB,
     NOISE_SOURCE_BYTES,
+    ORIGINS_OUTSIDE_PRIOR_WARN,
     HalfData,
     Sampling,
     build_noise,
     check_star,
     estimate_snr,
     load_images,
+    origins_outside_prior,
     training_boxes,
 )
 from cryogan_core.commands.reconstruct_options import ReconstructOptions
@@ -164,6 +166,14 @@ def run_reconstruct(
     )
     if "rlnAngleRot" in df and opts.pose_prior == "uniform":
         logger.info("The input has poses: they are ignored (pose prior uniform over SO(3))")
+    off = origins_outside_prior(df.iloc[use], pixel_A, opts.shift_prior, opts.shift_px)
+    if off is not None and off[0] > ORIGINS_OUTSIDE_PRIOR_WARN:
+        logger.warning(
+            f"{100 * off[0]:.0f} % of the particles are off-centre beyond the shift prior ({opts.shift_prior}, "
+            f"--shift_px {opts.shift_px:g}) by their own rlnOriginXAngst/YAngst (σ {off[1]:.1f} px): the simulated "
+            "particles are more centred than these. Use --shift_prior star (their origins as the prior; on the real "
+            "β-gal particles 46 Å against 52 Å), widen --shift_px, or re-extract the particles re-centred"
+        )
     snr, n_snr = estimate_snr(images, use, box, 0.5 * diameter_A / pixel_A, opts.seed)
     logger.info(
         f"Particle SNR {snr:.1f} dB ({n_snr} particles; pose-free: whole-box variance over the variance outside "
