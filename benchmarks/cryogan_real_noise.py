@@ -15,14 +15,20 @@ real particles that keep one of the two and replace the other, then
    residual's variance: the benchmark's simulation at the real particles' CTFs and SNR.
 
 If (1) reconstructs like the real particles, the gap is in the noise; if like (2), in how
-the real particles' signal departs from the map's predictions (pose distribution, the map
-itself, heterogeneity, envelope)::
+the real particles' signal departs from the map's simulation (their pose and origin
+distribution, the map itself, heterogeneity, envelope). ``--poses real`` and ``--origins
+real`` put the map at each particle's own RELION pose or origin instead (the folders get a
+``_<poses>_poses_<origins>_origins`` suffix): with both, the set is the real particles as
+the map predicts them, which splits the signal's part into positions and the rest::
 
     python benchmarks/cryogan_real_noise.py --out bench_out/real_noise
     python benchmarks/bench_cryogan.py --star bench_out/real_noise/map_real_noise/particles.star \
         --minutes 30 --threads 1 --out bench_out/real_noise_rec --set symmetry=D2
     python benchmarks/bench_cryogan.py --star bench_out/real_noise/map_white_noise/particles.star \
         --minutes 30 --threads 1 --out bench_out/white_noise_rec --set symmetry=D2
+    python benchmarks/cryogan_real_noise.py --out bench_out/real_noise --poses real --origins real
+
+Results (stop 35) in docs/cryogan_benchmarks.md, "The real particles' gap, taken apart".
 
 The half sets (``rlnRandomSubset``) and CTFs are the real particles'. Needs
 ``../shared/data/betagal-relion-tutorial``.
@@ -116,6 +122,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("bench_out/real_noise"))
     ap.add_argument("--shift-px", type=float, default=2.0, help="half-width of the new origins (px)")
+    ap.add_argument("--poses", choices=("uniform", "real"), default="uniform",
+                    help="the map's new poses: uniform over SO(3), or each real particle's own RELION pose")
+    ap.add_argument("--origins", choices=("uniform", "real"), default="uniform",
+                    help="the new origins: uniform in ±shift-px, or each real particle's own origin")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     if not BETAGAL_STAR.exists():
@@ -134,6 +144,10 @@ def main() -> None:
     new = df.copy()
     angles = random_euler_deg(n, generator=gen).numpy()
     origins_A = uniform_shifts_px(n, a.shift_px, generator=gen).numpy() * pix
+    if a.poses == "real":
+        angles = df[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy()
+    if a.origins == "real":
+        origins_A = df[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy()
     new[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]] = angles
     new[["rlnOriginXAngst", "rlnOriginYAngst"]] = origins_A
     signal = scale * predictions(new, lambda _p: vol) + offset[:, None, None]
@@ -141,12 +155,13 @@ def main() -> None:
 
     ctf = CtfParams.from_particles(df)
     subset = df["rlnRandomSubset"].to_numpy().astype(int)
-    stars = {name: str(write_set(a.out / name, signal + noise, angles, origins_A, ctf, pix, subset))
+    tag = "" if (a.poses, a.origins) == ("uniform", "uniform") else f"_{a.poses}_poses_{a.origins}_origins"
+    stars = {name + tag: str(write_set(a.out / (name + tag), signal + noise, angles, origins_A, ctf, pix, subset))
              for name, noise in (("map_real_noise", residual), ("map_white_noise", white))}
     snr_db = 10 * np.log10(float((scale * p).var(dim=(-2, -1)).mean()) / float(residual.var(dim=(-2, -1)).mean()))
     info = {"n": n, "scale": scale, "snr_db_whole_box": snr_db, "stars": stars,
             "fraction_of_variance_explained": 1.0 - float(residual.var()) / float(x.var())}
-    (a.out / "real_noise.json").write_text(json.dumps(info, indent=2) + "\n")
+    (a.out / f"real_noise{tag}.json").write_text(json.dumps(info, indent=2) + "\n")
     print(json.dumps(info, indent=2))
 
 
