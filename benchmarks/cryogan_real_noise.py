@@ -60,35 +60,7 @@ from cryogan_core.io.star_write import write_particles  # noqa: E402
 from cryogan_core.physics.ctf import CtfParams  # noqa: E402
 from cryogan_core.physics.euler import random_euler_deg  # noqa: E402
 from cryogan_core.physics.simulator import uniform_shifts_px  # noqa: E402
-from cryogan_core.train.pairs import predictions  # noqa: E402
-
-
-def pooled_fit(x: torch.Tensor, p: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """One least-squares scale ``a`` for all particles and a mean offset ``b_i`` for each.
-
-    Minimises ``Σ_i Σ_pixels (x_i − a·p_i − b_i)²`` (each image's means removed before the
-    pooled regression).
-
-    Args:
-        x: ``(n, D, D)`` float32 particle images.
-        p: ``(n, D, D)`` float32 predictions of the same particles.
-
-    Returns:
-        ``(a, b)``: the scale (float) and the offsets ``(n,)`` float32.
-
-    Raises:
-        ValueError: if the shapes differ or the predictions are constant.
-    """
-    if x.shape != p.shape:
-        raise ValueError(f"images {tuple(x.shape)} and predictions {tuple(p.shape)} differ in shape")
-    xc = x - x.mean(dim=(-2, -1), keepdim=True)
-    pc = p - p.mean(dim=(-2, -1), keepdim=True)
-    denom = float((pc * pc).sum())
-    if denom <= 0:
-        raise ValueError("the predictions are constant")
-    a = float((xc * pc).sum()) / denom
-    b = x.mean(dim=(-2, -1)) - a * p.mean(dim=(-2, -1))
-    return a, b
+from cryogan_core.train.pairs import make_targets, predictions  # noqa: E402
 
 
 def write_set(folder: Path, images: torch.Tensor, angles_deg: np.ndarray, origins_A: np.ndarray, ctf: CtfParams,
@@ -136,8 +108,11 @@ def main() -> None:
     vol = map_for_particles(BETAGAL_MAP, pix, images.box)
     x = torch.from_numpy(images.read(np.arange(len(df)))).float()
     p = predictions(df, lambda _p: vol)
-    scale, offset = pooled_fit(x, p)
-    residual = x - scale * p - offset[:, None, None]
+    # one pooled least-squares scale a and each particle's mean offset b_i, over the whole box
+    fitted, slopes = make_targets(x, p, p, torch.ones(x.shape[-2:], dtype=torch.bool), scale_mode="pooled")
+    scale = float(slopes[0])
+    offset = fitted - scale * p  # b_i, constant over each image
+    residual = x - fitted
 
     n = len(df)
     gen = torch.Generator().manual_seed(a.seed)
@@ -150,7 +125,7 @@ def main() -> None:
         origins_A = df[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy()
     new[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]] = angles
     new[["rlnOriginXAngst", "rlnOriginYAngst"]] = origins_A
-    signal = scale * predictions(new, lambda _p: vol) + offset[:, None, None]
+    signal = scale * predictions(new, lambda _p: vol) + offset
     white = residual.std(dim=(-2, -1))[:, None, None] * torch.randn(residual.shape, generator=gen)
 
     ctf = CtfParams.from_particles(df)
