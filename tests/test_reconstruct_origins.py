@@ -4,6 +4,7 @@ stop 35: on the real β-gal particles ``shift_prior star`` gave 46 Å against 52
 
 from __future__ import annotations
 
+import json
 import re
 import numpy as np
 import pandas as pd
@@ -59,20 +60,29 @@ def test_the_job_warns_when_particles_are_more_off_centre_than_the_prior(tmp_pat
     run_simulate(tmp_path / "Simulate", n=120, snr_db=0.0, shift_px=sim_shift_px, seed=5, box=24, pixel_size_A=8.0,
                  project_dir=tmp_path)
     torch.set_num_threads(1)
-    run_reconstruct(tmp_path / "Simulate/particles.star", tmp_path / "out", options_from_mapping(ReconstructOptions, TINY),
-                    project_dir=tmp_path)
+    summary = run_reconstruct(tmp_path / "Simulate/particles.star", tmp_path / "out",
+                              options_from_mapping(ReconstructOptions, TINY), project_dir=tmp_path)
     text = "".join(log_messages)
     assert ("off-centre beyond the shift prior (uniform, --shift_px 2)" in text) is warned
+    check = json.loads((tmp_path / "out/summary.json").read_text())["origins_outside_shift_prior"]
+    assert check == summary["origins_outside_shift_prior"] and check["warned"] is warned
     if warned:  # ±4 px uniform: 1 - (2/4)² = 75 % expected beyond ±2 px, σ 4/√3 = 2.3 px (120 particles)
         found = re.search(r"(\d+) % of the particles are off-centre.*\(σ ([\d.]+) px\)", text)
         assert found is not None
         assert 55 <= int(found.group(1)) <= 90 and 2.0 <= float(found.group(2)) <= 2.6
+        # summary.json records what the warning says
+        assert round(100 * check["fraction_outside"]) == int(found.group(1))
+        assert round(check["sigma_px"], 1) == float(found.group(2))
+    else:  # ±1 px: every particle inside the ±2 px prior
+        assert check["fraction_outside"] == 0.0 and 0.4 < check["sigma_px"] < 0.75
 
 
 def test_no_warning_when_the_prior_is_the_inputs_own_origins(tmp_path, log_messages):
     run_simulate(tmp_path / "Simulate", n=120, snr_db=0.0, shift_px=4.0, seed=5, box=24, pixel_size_A=8.0,
                  project_dir=tmp_path)
     torch.set_num_threads(1)
-    run_reconstruct(tmp_path / "Simulate/particles.star", tmp_path / "out",
-                    options_from_mapping(ReconstructOptions, {**TINY, "shift_prior": "star"}), project_dir=tmp_path)
+    summary = run_reconstruct(tmp_path / "Simulate/particles.star", tmp_path / "out",
+                              options_from_mapping(ReconstructOptions, {**TINY, "shift_prior": "star"}),
+                              project_dir=tmp_path)
     assert "off-centre beyond the shift prior" not in "".join(log_messages)
+    assert summary["origins_outside_shift_prior"] is None  # nothing checked with the input's own origins

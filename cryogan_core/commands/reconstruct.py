@@ -167,6 +167,8 @@ def run_reconstruct(
     if "rlnAngleRot" in df and opts.pose_prior == "uniform":
         logger.info("The input has poses: they are ignored (pose prior uniform over SO(3))")
     off = origins_outside_prior(df.iloc[use], pixel_A, opts.shift_prior, opts.shift_px)
+    origins_check = None if off is None else {
+        "fraction_outside": off[0], "sigma_px": off[1], "warned": off[0] > ORIGINS_OUTSIDE_PRIOR_WARN}
     if off is not None and off[0] > ORIGINS_OUTSIDE_PRIOR_WARN:
         logger.warning(
             f"{100 * off[0]:.0f} % of the particles are off-centre beyond the shift prior ({opts.shift_prior}, "
@@ -395,7 +397,7 @@ def run_reconstruct(
         save_checkpoint()
 
     summary = write_outputs(output_dir, opts, trainers, halves, evals, pixel_A, box, s_end.pixel_A, s_end.box, ref_path,
-                             star_path, reason, snr)
+                             star_path, reason, snr, origins_check)
     return summary
 
 

@@ -99,7 +99,7 @@ def log_spectra(checks: dict[str, SpectraCheck]) -> None:
 def write_outputs(
     output_dir: Path, opts: ReconstructOptions, trainers: list[CryoGanTrainer], halves: list[HalfData],
     evals: list[dict], pixel_A: float, box: int, pixel_t: float, d: int, ref_path: str | Path | None,
-    star_path: Path, reason: str, estimated_snr_db: float,
+    star_path: Path, reason: str, estimated_snr_db: float, origins_check: dict | None = None,
 ) -> dict:
     """Write the final maps, FSCs, figures, ``logfile.pdf`` and ``summary.json``.
 
@@ -123,6 +123,10 @@ def write_outputs(
         reason: why training ended, ``epochs`` or ``time`` (``summary["stopped_by"]``).
         estimated_snr_db: the particles' pose-free SNR (dB),
             :func:`~cryogan_core.commands.reconstruct_inputs.estimate_snr`.
+        origins_check: how far the input's own origins spread beyond the shift prior,
+            ``{"fraction_outside": float, "sigma_px": float, "warned": bool}``
+            (:func:`~cryogan_core.commands.reconstruct_inputs.origins_outside_prior`), or None
+            when nothing was checked; ``summary["origins_outside_shift_prior"]``.
 
     Returns:
         The summary dict (as written to ``summary.json``), with ``resolution_A_fsc_0.143``,
@@ -160,6 +164,7 @@ def write_outputs(
         "training_time_s": trainers[0].elapsed_s,
         "stopped_by": reason,
         "estimated_snr_db": estimated_snr_db,
+        "origins_outside_shift_prior": origins_check,
         "resolution_A_fsc_0.143": res,
         "resolution_A_fsc_0.5": resolution_at(freq, curve, 0.5),
         "fsc_freq_inv_A": freq,
