@@ -40,6 +40,21 @@ volume update changed, to reproduce the stop-22 paragraphs of docs/cryogan_bench
 * ``--noise-spectrum-cap`` (stop 34): before training, each half's noise is filtered so that
   its power in no Fourier ring exceeds the particles' (:func:`use_noise_spectrum_cap`).
 
+* ``--augment-d4`` (stop 36): every real particle the critic reads, and every simulated one
+  (critic and volume updates alike, so the volume's gradient goes through it), is turned by
+  one of the square's 8 symmetries drawn at random (:func:`random_d4`). Both image
+  distributions are unchanged by them at uniform poses (see :func:`d4_images`), so the
+  objective is the same; what changes is that the critic sees each of its few thousand
+  real particles in 8 versions and cannot as easily remember them (differentiable
+  augmentation, Zhao, Liu, Lin, Zhu & Han 2020, NeurIPS; Karras et al. 2020, NeurIPS,
+  "Training generative adversarial networks with limited data").
+* ``--overfit-probe [--probe-holdout F] [--probe-every N]`` (stop 36): a fraction ``F``
+  (default 0.1) of each half set's particles is held out of training, and every ``N``
+  volume updates (default 500) the critic scores, at the current blur, the held-out
+  particles, as many training particles and as many simulated ones
+  (:func:`use_overfit_probe`): ``D(train) − D(held)`` is the part of the critic's
+  Wasserstein estimate that is memory of the training particles, not the map.
+
 Every other argument goes to ``bench_cryogan.py``. Examples (2 CPU cores, one thread each)::
 
     python benchmarks/cryogan_path_experiments.py --start-truth --n 10000 --snr-db -10 \\
@@ -61,6 +76,8 @@ Every other argument goes to ``bench_cryogan.py``. Examples (2 CPU cores, one th
         --snr-db -10 --minutes 60 --threads 1 --out bench_out/m10d2_mom01 --set symmetry=D2 seed=0
     python benchmarks/cryogan_path_experiments.py --noise-spectrum-cap --real --minutes 10 \\
         --threads 2 --out bench_out/real_d2_cap --set symmetry=D2
+    python benchmarks/cryogan_path_experiments.py --overfit-probe --augment-d4 --n 10000 \\
+        --snr-db -10 --minutes 60 --threads 1 --out bench_out/m10d2_aug --set symmetry=D2 seed=0
 """
 
 from __future__ import annotations
@@ -289,6 +306,105 @@ def d4_images(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(four + [f.transpose(-1, -2) for f in four])
 
 
+def random_d4(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each of ``(n, D, D)`` images turned by one of the square's 8 symmetries (about
+    ``(D//2, D//2)``, :func:`d4_images`), drawn at random per image: ``(n, D, D)``, the dtype
+    and device of ``x``; differentiable (the symmetries move pixels, they do not interpolate)."""
+    n = x.shape[0]
+    codes = torch.randint(0, 8, (n,), generator=generator).to(x.device)
+    return d4_images(x)[codes * n + torch.arange(n, device=x.device)]
+
+
+def use_d4_augmentation() -> None:
+    """Turn every real particle the critic reads and every simulated particle by a random
+    symmetry of the square (:func:`random_d4`): differentiable augmentation of both sides.
+
+    Real particles: the batches drawn by ``wgan._real_batch`` (a generator seeded by the
+    trainer's step, so a continued run draws the same). Simulated ones: the output of
+    ``wgan.simulate_batch`` (its own generator's next draws), for the critic's and the
+    volume's updates alike.
+    """
+    from cryogan_core.train import wgan
+
+    real_batch, simulate = wgan._real_batch, wgan.simulate_batch
+
+    def patched_real(real, n, trainer):  # noqa: ANN001, ANN202
+        """``_real_batch`` (the same ``(n, D, D)`` batch), each image turned at random."""
+        g = torch.Generator().manual_seed((trainer.config.seed * 65_537 + trainer.seed_offset * 257
+                                           + trainer.step_count) % (2**63 - 1))
+        return random_d4(real_batch(real, n, trainer), g)
+
+    def patched_simulate(volume, priors, n, generator, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        """``simulate_batch`` (same arguments, ``(n, D, D)`` float32), each image turned at random."""
+        return random_d4(simulate(volume, priors, n, generator, *a, **k), generator)
+
+    wgan._real_batch, wgan.simulate_batch = patched_real, patched_simulate
+    print("[path experiment] real and simulated particles turned by a random symmetry of the square", flush=True)
+
+
+#: Per trainer (by ``id``): ``(train_subset, held_out)`` real particles, filled by :func:`use_overfit_probe`.
+_PROBES: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def use_overfit_probe(holdout_frac: float = 0.1, every_steps: int = 500) -> None:
+    """Hold out part of each half set from training and measure how much the critic remembers.
+
+    Each ``train_cryogan`` call gets each half's particles without a fixed random
+    ``holdout_frac`` of them (seeded by the half, the same for every run on the same data);
+    every ``every_steps`` volume updates the critic scores, at the current blur σ and with
+    no gradient, the held-out particles, the same number of training particles (a fixed
+    subset) and as many particles simulated from the current volume, and prints mean
+    ``D(train) − D(held)`` (memory: zero for a critic that only knows the distribution),
+    ``D(held) − D(fake)`` (what it tells about the map on particles it never saw) and
+    ``D(train) − D(fake)`` (their sum: what the running estimate measures). Each is a
+    difference of two means over ``n_held`` particles.
+    """
+    from cryogan_core.models.critic import gaussian_blur_images
+    from cryogan_core.train import wgan
+
+    train = reconstruct.train_cryogan
+
+    def patched_train(trainers, real_sets, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        """``train_cryogan`` (same arguments and result) on each half without its held-out part."""
+        kept = []
+        for t, real in zip(trainers, real_sets):
+            perm = torch.randperm(real.shape[0], generator=torch.Generator().manual_seed(4242 + t.seed_offset))
+            n_held = max(1, round(holdout_frac * real.shape[0]))
+            held, rest = real[perm[:n_held].to(real.device)], real[perm[n_held:].to(real.device)]
+            _PROBES[id(t)] = (rest[:n_held], held)
+            kept.append(rest)
+            print(f"[path experiment] {t.name}: {n_held} of {real.shape[0]} particles held out of training", flush=True)
+        return train(trainers, kept, *a, **k)
+
+    reconstruct.train_cryogan = patched_train
+    step = wgan.CryoGanTrainer.train_step
+
+    @torch.no_grad()
+    def mean_score(critic, x: torch.Tensor, sigma_px: float, device) -> float:  # noqa: ANN001
+        """Mean critic output over ``(n, D, D)`` images, blurred by ``sigma_px``, in chunks of 256."""
+        outs = [critic(gaussian_blur_images(x[i:i + 256].to(device).unsqueeze(1), sigma_px)).flatten()
+                for i in range(0, x.shape[0], 256)]
+        return float(torch.cat(outs).mean())
+
+    def patched_step(self, real, sigma_px, epoch):  # noqa: ANN001, ANN202
+        """``train_step`` (same arguments and record), then the probe when it is due."""
+        record = step(self, real, sigma_px, epoch)
+        if self.step_count % every_steps == 0 and id(self) in _PROBES:
+            tr, held = _PROBES[id(self)]
+            with torch.no_grad():
+                fake = wgan.simulate_batch(self.volume(), self.priors, held.shape[0],
+                                           torch.Generator().manual_seed(99 + self.step_count))
+            d_tr, d_he, d_fk = (mean_score(self.critic, x, sigma_px, self.device) for x in (tr, held, fake))
+            print(f"[probe] {self.name} step {self.step_count} {self.elapsed_s / 60:.1f} min sigma {sigma_px:.2f}: "
+                  f"D(train)-D(held) {d_tr - d_he:.3f}  D(held)-D(fake) {d_he - d_fk:.3f}  "
+                  f"D(train)-D(fake) {d_tr - d_fk:.3f}  running W {record['wasserstein']:.3f}", flush=True)
+        return record
+
+    wgan.CryoGanTrainer.train_step = patched_step
+    print(f"[path experiment] overfitting probe: {holdout_frac:g} of each half held out, every {every_steps} steps",
+          flush=True)
+
+
 def symmetrised_second_moment(images: torch.Tensor, filt: torch.Tensor, chunk: int = 512) -> torch.Tensor:
     """``S(mean yyᵀ)``: the second moment of the filtered images ``y`` (``filt`` applied to
     their spectra), averaged over the 8 symmetries of :func:`d4_images`.
@@ -508,7 +624,7 @@ def with_reconstruct_option(argv: list[str], item: str) -> list[str]:
 
 def main() -> None:
     """Parse our options, install the replacements, run ``bench_cryogan.py`` with the rest."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False, allow_abbrev=False)
     p.add_argument("--start-truth", action="store_true")
     p.add_argument("--start-lowpass-A", type=float, default=0.0)
     p.add_argument("--march", action="store_true")
@@ -522,6 +638,10 @@ def main() -> None:
     p.add_argument("--moment-batch", type=int, default=8)
     p.add_argument("--moment-white-noise", action="store_true")
     p.add_argument("--noise-spectrum-cap", action="store_true")
+    p.add_argument("--augment-d4", action="store_true")
+    p.add_argument("--overfit-probe", action="store_true")
+    p.add_argument("--probe-holdout", type=float, default=0.1)
+    p.add_argument("--probe-every", type=int, default=500)
     ours, rest = p.parse_known_args()
     if ours.ema_decays:
         if ours.dump_dir is None:
@@ -539,6 +659,10 @@ def main() -> None:
         use_moment_matching(ours.moment_weight, ours.moment_batch, ours.moment_white_noise)
     if ours.noise_spectrum_cap:
         use_noise_spectrum_cap()
+    if ours.augment_d4:
+        use_d4_augmentation()
+    if ours.overfit_probe:
+        use_overfit_probe(ours.probe_holdout, ours.probe_every)
     if ours.march:
         rest = with_reconstruct_option(rest, "march=yes")
     sys.argv = [str(HERE / "bench_cryogan.py"), *rest]
