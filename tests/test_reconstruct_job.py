@@ -101,6 +101,13 @@ def test_job_succeeds_with_files_nodes_and_labels(tmp_path, sim_dir, version):
     assert set(spectra) == {"half 1", "half 2"}
     assert spectra["half 1"]["n_particles"] == summary["n_half1"] and len(spectra["half 2"]["ratio_simulated_to_real"]) == 9
     assert "Power spectra, half 1: simulated / real particles within" in (proj.job_path / "run.out").read_text() + (proj.job_path / "run.err").read_text()
+    critics = summary["critic_check"]  # each half's critic on its own, the other half's and simulated particles
+    assert set(critics) == {"half 1", "half 2"}
+    n_min = min(summary["n_half1"], summary["n_half2"])
+    for c in critics.values():
+        assert c["n_particles"] == n_min and c["memory_se"] > 0 and c["held_out_se"] > 0
+        assert c["total"] == pytest.approx(c["memory"] + c["held_out"], abs=1e-9)
+    assert "Critic, half 2: Wasserstein estimate" in (proj.job_path / "run.out").read_text() + (proj.job_path / "run.err").read_text()
     imports = {d["volume_out_name"]: d for d in summary["cryosparc_import"]}
     assert set(imports) == {"map", "map_half_A", "map_half_B"}
     assert Path(imports["map_half_B"]["volume_blob_path"]) == (proj.job_path / "run_half2_class001_unfil.mrc").absolute()

@@ -29,6 +29,7 @@ from cryogan_core.report.plots import fsc_figure, montage_figure, save_figure, t
 from cryogan_core.report.reconstruct_report import (
     loss_figures, resolution_vs_time_figure, slices_figure, spectra_figure, summary_lines)
 from cryogan_core.train.cryogan_simulator import simulate_batch
+from cryogan_core.train.critic_check import CriticCheck, critic_check
 from cryogan_core.train.simulator_check import SpectraCheck, spectra_check
 from cryogan_core.train.wgan import CryoGanTrainer
 
@@ -96,6 +97,23 @@ def log_spectra(checks: dict[str, SpectraCheck]) -> None:
                            f"{c.ratio[i]:.3f} ± {c.ratio_se[i]:.3f}: {SPECTRA_CAUSES[cause]}")
 
 
+def log_critic_checks(checks: dict[str, CriticCheck]) -> None:
+    """Log, per half set, its final critic's Wasserstein estimate on its own particles and on
+    the other half set's (never seen by it), and their difference, the critic's memory of its
+    own particles (:mod:`cryogan_core.train.critic_check`).
+
+    Args:
+        checks: half-set label -> its :class:`CriticCheck`.
+    """
+    for label, c in checks.items():
+        logger.info(
+            f"Critic, {label}: Wasserstein estimate {c.total:.2f} ± {c.total_se:.2f} on its own particles, "
+            f"{c.held_out:.2f} ± {c.held_out_se:.2f} on the other half set's (never seen by it); the difference, "
+            f"{c.memory:.2f} ± {c.memory_se:.2f}, is its memory of its own particles, not the map "
+            f"({c.n_particles} particles each; summary.json critic_check)"
+        )
+
+
 def write_outputs(
     output_dir: Path, opts: ReconstructOptions, trainers: list[CryoGanTrainer], halves: list[HalfData],
     evals: list[dict], pixel_A: float, box: int, pixel_t: float, d: int, ref_path: str | Path | None,
@@ -130,7 +148,8 @@ def write_outputs(
 
     Returns:
         The summary dict (as written to ``summary.json``), with ``resolution_A_fsc_0.143``,
-        ``spectra`` (per half set, :meth:`SpectraCheck.to_dict`) and, with a reference,
+        ``spectra`` (per half set, :meth:`SpectraCheck.to_dict`), ``critic_check`` (per half
+        set, :meth:`CriticCheck.to_dict`) and, with a reference,
         ``resolution_A_vs_reference_fsc_0.5``.
 
     Raises:
@@ -222,6 +241,11 @@ def write_outputs(
               for h, t in zip(halves, trainers)}
     summary["spectra"] = {k: c.to_dict() for k, c in checks.items()}
     log_spectra(checks)
+    critics = {f"half {h.label}": critic_check(t.critic, t.volume().detach(), h.priors, h.images, o.images,
+                                                sigma_px=t.history[-1]["sigma_px"] if t.history else 0.0, seed=h.label)
+               for h, o, t in zip(halves, halves[::-1], trainers)}
+    summary["critic_check"] = {k: c.to_dict() for k, c in critics.items()}
+    log_critic_checks(critics)
     fig = spectra_figure(checks)
     save_figure(fig, output_dir / "spectra_real_vs_simulated.png", close=False)
     figures.append(fig)
