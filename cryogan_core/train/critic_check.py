@@ -14,7 +14,7 @@ simulated from its final volume:
 * ``memory = mean D(own) − mean D(other)``: what it knows about its own particles only
   (0 for a critic that knows only their distribution);
 * ``held_out = mean D(other) − mean D(simulated)``: its Wasserstein estimate on particles
-  it never saw, the part that is about the map;
+  it never saw, the part that is about the map and the simulator;
 * ``total = mean D(own) − mean D(simulated)``: their sum, what the running estimate reads.
 
 On the simulated β-gal benchmark (10,000 particles at −10 dB, D2, an hour) the final
