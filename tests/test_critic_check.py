@@ -10,6 +10,7 @@ import torch
 from test_simulator_check import matched_data
 
 from cryogan_core.commands.reconstruct_outputs import log_critic_checks
+from cryogan_core.report.reconstruct_report import summary_lines
 from cryogan_core.train.critic_check import critic_check
 
 
@@ -69,3 +70,16 @@ def test_bad_stacks_are_refused_and_the_log_line_says_what_each_number_is(log_me
     text = "".join(log_messages)
     assert f"Critic, half 1: Wasserstein estimate {c.total:.2f}" in text
     assert "on the other half set's (never seen by it)" in text and "memory of its own particles" in text
+
+
+def test_the_pdf_s_first_page_gives_half_1_s_estimates_and_memory() -> None:
+    vol, priors, real = matched_data(24, n=40)
+    c = critic_check(TemplateCritic(torch.ones(24, 24)), vol, priors, real[:20], real[20:], seed=2)
+    summary = {"options": {"symmetry": "C1", "seed": 0}, "n_particles": 40, "n_half1": 20, "n_half2": 20,
+               "estimated_snr_db": -5.0, "box": 24, "pixel_size_A": 6.0, "box_train": 24, "nyquist_train_A": 12.0,
+               "steps": 1, "epochs": 1.0, "training_time_s": 1.0, "stopped_by": "epochs", "resolution_A_fsc_0.143": 20.0,
+               "critic_check": {"half 1": c.to_dict(), "half 2": c.to_dict()}}
+    line = next(s for s in summary_lines(summary, -15.0) if s.startswith("critic estimate, own / unseen"))
+    assert line.endswith(f"{c.total:.2f} / {c.held_out:.2f} (memory {c.memory:.2f} ± {c.memory_se:.2f})")
+    del summary["critic_check"]  # optional in a summary, as the spectra are
+    assert not any(s.startswith("critic estimate") for s in summary_lines(summary, -15.0))

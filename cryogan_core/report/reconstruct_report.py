@@ -177,7 +177,9 @@ def summary_lines(summary: Mapping[str, Any], low_snr_db: float) -> list[str]:
             ``training_time_s``, ``stopped_by``, ``resolution_A_fsc_0.143`` and, with a
             reference, ``resolution_A_vs_reference_fsc_0.5``; optionally ``spectra``
             (half label -> :meth:`SpectraCheck.to_dict
-            <cryogan_core.train.simulator_check.SpectraCheck.to_dict>`).
+            <cryogan_core.train.simulator_check.SpectraCheck.to_dict>`) and ``critic_check``
+            (half label -> :meth:`CriticCheck.to_dict
+            <cryogan_core.train.critic_check.CriticCheck.to_dict>`).
         low_snr_db: below this particle SNR (dB) the page advises another seed.
 
     Returns:
@@ -201,6 +203,10 @@ def summary_lines(summary: Mapping[str, Any], low_snr_db: float) -> list[str]:
         w = summary["spectra"]["half 1"]
         rows.append(("simulated/real power, worst ring (half 1)",
                      f"{w['worst_ratio']:.3f} ± {w['worst_ratio_se']:.3f} at {w['worst_ring_A']:.1f} Å"))
+    if "critic_check" in summary:
+        c = summary["critic_check"]["half 1"]
+        rows.append(("critic estimate, own / unseen particles (half 1)",
+                     f"{c['total']:.2f} / {c['held_out']:.2f} (memory {c['memory']:.2f} ± {c['memory_se']:.2f})"))
     if "resolution_A_vs_reference_fsc_0.5" in summary:
         rows.append(("FSC 0.5 with the reference (aligned)", f"{summary['resolution_A_vs_reference_fsc_0.5']:.1f} Å"))
     lines = ["cryogan reconstruct"] + [f"{k:42s} {v}" for k, v in rows]
