@@ -357,10 +357,12 @@ def use_overfit_probe(holdout_frac: float = 0.1, every_steps: int = 500) -> None
     ``D(train) − D(held)`` (memory: zero for a critic that only knows the distribution),
     ``D(held) − D(fake)`` (what it tells about the map on particles it never saw) and
     ``D(train) − D(fake)`` (their sum: what the running estimate measures). Each is a
-    difference of two means over ``n_held`` particles.
+    difference of two means over ``n_held`` particles. (The stop-36 runs in
+    docs/cryogan_benchmarks.md scored the same three sets with their own loop, which drew its
+    simulated particles from another seed.)
     """
-    from cryogan_core.models.critic import gaussian_blur_images
     from cryogan_core.train import wgan
+    from cryogan_core.train.critic_check import critic_check
 
     train = reconstruct.train_cryogan
 
@@ -379,25 +381,17 @@ def use_overfit_probe(holdout_frac: float = 0.1, every_steps: int = 500) -> None
     reconstruct.train_cryogan = patched_train
     step = wgan.CryoGanTrainer.train_step
 
-    @torch.no_grad()
-    def mean_score(critic, x: torch.Tensor, sigma_px: float, device) -> float:  # noqa: ANN001
-        """Mean critic output over ``(n, D, D)`` images, blurred by ``sigma_px``, in chunks of 256."""
-        outs = [critic(gaussian_blur_images(x[i:i + 256].to(device).unsqueeze(1), sigma_px)).flatten()
-                for i in range(0, x.shape[0], 256)]
-        return float(torch.cat(outs).mean())
-
     def patched_step(self, real, sigma_px, epoch):  # noqa: ANN001, ANN202
-        """``train_step`` (same arguments and record), then the probe when it is due."""
+        """``train_step`` (same arguments and record), then the probe when it is due: the job's
+        end-of-run check (:func:`critic_check`) with the held-out part as the "other" particles."""
         record = step(self, real, sigma_px, epoch)
         if self.step_count % every_steps == 0 and id(self) in _PROBES:
             tr, held = _PROBES[id(self)]
-            with torch.no_grad():
-                fake = wgan.simulate_batch(self.volume(), self.priors, held.shape[0],
-                                           torch.Generator().manual_seed(99 + self.step_count))
-            d_tr, d_he, d_fk = (mean_score(self.critic, x, sigma_px, self.device) for x in (tr, held, fake))
+            c = critic_check(self.critic, self.volume().detach(), self.priors, tr, held, sigma_px,
+                             n_max=held.shape[0], seed=99 + self.step_count)
             print(f"[probe] {self.name} step {self.step_count} {self.elapsed_s / 60:.1f} min sigma {sigma_px:.2f}: "
-                  f"D(train)-D(held) {d_tr - d_he:.3f}  D(held)-D(fake) {d_he - d_fk:.3f}  "
-                  f"D(train)-D(fake) {d_tr - d_fk:.3f}  running W {record['wasserstein']:.3f}", flush=True)
+                  f"D(train)-D(held) {c.memory:.3f}  D(held)-D(fake) {c.held_out:.3f}  "
+                  f"D(train)-D(fake) {c.total:.3f}  running W {record['wasserstein']:.3f}", flush=True)
         return record
 
     wgan.CryoGanTrainer.train_step = patched_step

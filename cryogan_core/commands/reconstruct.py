@@ -169,7 +169,7 @@ def run_reconstruct(
     off = origins_outside_prior(df.iloc[use], pixel_A, opts.shift_prior, opts.shift_px)
     origins_check = None if off is None else {
         "fraction_outside": off[0], "sigma_px": off[1], "warned": off[0] > ORIGINS_OUTSIDE_PRIOR_WARN}
-    if off is not None and off[0] > ORIGINS_OUTSIDE_PRIOR_WARN:
+    if origins_check is not None and origins_check["warned"]:
         logger.warning(
             f"{100 * off[0]:.0f} % of the particles are off-centre beyond the shift prior ({opts.shift_prior}, "
             f"--shift_px {opts.shift_px:g}) by their own rlnOriginXAngst/YAngst (σ {off[1]:.1f} px): the simulated "
