@@ -46,7 +46,7 @@ def random_ctf(n: int, gen: torch.Generator) -> CtfParams:
 def simulate(
     d: int, n: int, seed: int, vol: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, CtfParams]:
-    """Noise-free CTF'd projections of ``vol`` (default: blobs) at ``n`` random poses and ±2.5 px origins: images, volume, angles_deg, origins_A, CTF."""
+    """Noise-free CTF'd projections of ``vol`` (default: blobs) at ``n`` random poses and ±2.5 px origins: volume, images, angles_deg, origins_A, CTF."""
     gen = torch.Generator().manual_seed(seed)
     vol = blobs_volume(d, seed) if vol is None else vol
     angles = random_euler_deg(n, gen)
@@ -131,3 +131,18 @@ def test_bad_inputs_raise() -> None:
         reconstruct(torch.zeros(3, 8, 9), torch.zeros(3, 3), torch.zeros(3, 2), 1.0)
     with pytest.raises(ValueError):
         reconstruct(imgs, torch.zeros(3, 3), torch.zeros(3, 2), -1.0)
+
+
+def test_particle_array_mismatches_name_the_shapes() -> None:
+    """The projector and both back-projection paths check the per-particle arrays alike."""
+    vol, images, angles, origins, ctf = simulate(16, 6, seed=1)
+    with pytest.raises(ValueError, match=r"angles_deg must be \(6, 3\).*got \(5, 3\)"):
+        reconstruct(images, angles[:5], origins, 2.0, ctf)
+    with pytest.raises(ValueError, match="ctf has 5 particles, angles_deg 6"):
+        reconstruct(images, angles, origins, 2.0, ctf[:5])
+    acc = FourierAccumulator(16, device="cpu")
+    with pytest.raises(ValueError, match="ctf has 5 particles"):
+        acc.add(images, angles, origins, 2.0, ctf[:5])
+    with pytest.raises(ValueError, match=r"origins_A \(6, 2\), got \(6, 3\) and \(6, 1\)"):
+        forward_model(vol, angles, origins[:, :1], 2.0, ctf)
+    assert acc.count == 0

@@ -269,6 +269,18 @@ def _pixel_sizes(pixel_size_A: float | torch.Tensor, n: int, device: torch.devic
     return px
 
 
+def _check_particle_arrays(n: int, angles_deg: torch.Tensor, origins_A: torch.Tensor, ctf: CtfParams | None) -> None:
+    """Check that ``n`` particles have ``(n, 3)`` angles, ``(n, 2)`` origins and ``n`` CTFs (or
+    none); ValueError naming the shapes otherwise."""
+    if tuple(angles_deg.shape) != (n, 3) or tuple(origins_A.shape) != (n, 2):
+        raise ValueError(
+            f"angles_deg must be ({n}, 3) and origins_A ({n}, 2), got "
+            f"{tuple(angles_deg.shape)} and {tuple(origins_A.shape)}"
+        )
+    if ctf is not None and len(ctf) != n:
+        raise ValueError(f"ctf has {len(ctf)} particles, angles_deg {n}")
+
+
 def forward_model(
     volume: torch.Tensor,
     angles_deg: torch.Tensor,
@@ -303,13 +315,7 @@ def forward_model(
     d = _check_volume(volume)
     dev = volume.device
     n = int(angles_deg.shape[0])
-    if angles_deg.shape != (n, 3) or origins_A.shape != (n, 2):
-        raise ValueError(
-            f"angles_deg must be (n, 3) and origins_A (n, 2), got {tuple(angles_deg.shape)}"
-            f" and {tuple(origins_A.shape)}"
-        )
-    if ctf is not None and len(ctf) != n:
-        raise ValueError(f"ctf has {len(ctf)} particles, angles have {n}")
+    _check_particle_arrays(n, angles_deg, origins_A, ctf)
     px = _pixel_sizes(pixel_size_A, n, dev)
     rot = euler_to_matrix(angles_deg.to(device=dev, dtype=torch.float32))
     proj = project(volume, rot, pad_factor)

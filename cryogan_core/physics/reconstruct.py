@@ -27,6 +27,7 @@ from torch_fourier_slice.volume_utils import separable_sinc2_correction
 from cryogan_core.physics.ctf import CtfParams, compute_ctf
 from cryogan_core.physics.euler import euler_to_matrix
 from cryogan_core.physics.projection import (
+    _check_particle_arrays,
     _pixel_sizes,
     pad_offsets,
     padded_size,
@@ -94,13 +95,7 @@ class FourierAccumulator:
         if images.ndim != 3 or tuple(images.shape[-2:]) != (d, d):
             raise ValueError(f"images must be (n, {d}, {d}), got {tuple(images.shape)}")
         n = int(images.shape[0])
-        if angles_deg.shape != (n, 3) or origins_A.shape != (n, 2):
-            raise ValueError(
-                f"angles_deg must be ({n}, 3) and origins_A ({n}, 2), got "
-                f"{tuple(angles_deg.shape)} and {tuple(origins_A.shape)}"
-            )
-        if ctf is not None and len(ctf) != n:
-            raise ValueError(f"ctf has {len(ctf)} particles, images {n}")
+        _check_particle_arrays(n, angles_deg, origins_A, ctf)
         if n == 0:
             return
         px = _pixel_sizes(pixel_size_A, n, dev)
@@ -198,13 +193,7 @@ def reconstruct(
     if images.ndim != 3 or images.shape[-1] != images.shape[-2]:
         raise ValueError(f"images must be (n, D, D), got {tuple(images.shape)}")
     n, d = int(images.shape[0]), int(images.shape[-1])
-    if angles_deg.shape != (n, 3) or origins_A.shape != (n, 2):
-        raise ValueError(
-            f"angles_deg must be ({n}, 3) and origins_A ({n}, 2), got "
-            f"{tuple(angles_deg.shape)} and {tuple(origins_A.shape)}"
-        )
-    if ctf is not None and len(ctf) != n:
-        raise ValueError(f"ctf has {len(ctf)} particles, images {n}")
+    _check_particle_arrays(n, angles_deg, origins_A, ctf)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if wiener_constant < 0:
