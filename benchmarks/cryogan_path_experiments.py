@@ -55,6 +55,14 @@ volume update changed, to reproduce the stop-22 paragraphs of docs/cryogan_bench
   (:func:`use_overfit_probe`): ``D(train) − D(held)`` is the part of the critic's
   Wasserstein estimate that is memory of the training particles, not the map.
 
+* ``--critic-full-res-convs N`` (stop 37): the critic gets ``N`` 3×3 convolutions with
+  LeakyReLU at the training box's full resolution before its first 2×2 pooling
+  (:func:`use_full_res_critic`). The paper's critic (one convolution, then pooling, per
+  block) keeps only what 16 channels of one 3×3 filter take from the finest shells before
+  max-pooling halves the sampling; the 14–19 Å band the maps lack sits there.
+* ``--critic-pool avg`` (stop 37): the critic's 2×2 poolings average instead of taking the
+  maximum (:func:`use_critic_pool`; ``CryoGANCritic``'s ``pool``, not a job option).
+
 Every other argument goes to ``bench_cryogan.py``. Examples (2 CPU cores, one thread each)::
 
     python benchmarks/cryogan_path_experiments.py --start-truth --n 10000 --snr-db -10 \\
@@ -607,6 +615,60 @@ def use_noise_spectrum_cap(n_images: int = 2000) -> None:
     reconstruct.train_cryogan = patched_train
 
 
+def use_full_res_critic(n_convs: int) -> None:
+    """Give every new critic ``n_convs`` full-resolution 3×3 convolutions before its blocks.
+
+    The job's :class:`CryoGANCritic` is replaced (in ``wgan``, where trainers build it) by a
+    module ``images (n, 1, D, D) -> scores (n,)`` that first applies ``n_convs`` stride-1
+    3×3 convolutions (``width`` = the first block's channels, circular padding, LeakyReLU
+    0.2) and then the usual critic built with that many input channels. Its ``config``
+    holds the inner critic's, plus ``full_res_convs``.
+    """
+    from torch import nn
+
+    from cryogan_core.models.critic import CryoGANCritic
+    from cryogan_core.train import wgan
+
+    class FullResCritic(nn.Module):
+        """Full-resolution convolutions, then the job's critic (see the function's docstring)."""
+
+        def __init__(self, box: int, **kw) -> None:  # noqa: ANN003
+            super().__init__()
+            width = tuple(kw.get("channels", (16, 32, 64, 128)))[0]
+            layers: list[nn.Module] = []
+            c_prev = 1
+            for _ in range(n_convs):
+                layers += [nn.Conv2d(c_prev, width, 3, 1, 1, padding_mode="circular"), nn.LeakyReLU(0.2)]
+                c_prev = width
+            self.pre = nn.Sequential(*layers)
+            self.inner = CryoGANCritic(box=box, **{**kw, "in_channels": c_prev})
+            self.config = {**self.inner.config, "full_res_convs": n_convs}
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            """``(n, 1, D, D)`` float32 -> ``(n,)`` scores."""
+            return self.inner(self.pre(images))
+
+    wgan.CryoGANCritic = FullResCritic
+    print(f"[path experiment] critic with {n_convs} full-resolution convolutions before its first pooling",
+          flush=True)
+
+
+def use_critic_pool(pool: str) -> None:
+    """Build every new critic with ``pool`` (``"max"``, the paper's, or ``"avg"``) poolings,
+    whatever critic class ``wgan`` builds at the time (so it composes with
+    :func:`use_full_res_critic` installed before it)."""
+    from cryogan_core.train import wgan
+
+    make = wgan.CryoGANCritic
+
+    def with_pool(box: int, **kw):  # noqa: ANN003, ANN202
+        """The critic ``make`` builds, with ``pool`` set."""
+        return make(box=box, **{**kw, "pool": pool})
+
+    wgan.CryoGANCritic = with_pool
+    print(f"[path experiment] critic with {pool} pooling", flush=True)
+
+
 def with_reconstruct_option(argv: list[str], item: str) -> list[str]:
     """``bench_cryogan.py``'s arguments with ``item`` (``OPTION=VALUE``) added to ``--set``
     (a second ``--set`` would replace the first, so it goes into the existing one)."""
@@ -636,6 +698,8 @@ def main() -> None:
     p.add_argument("--overfit-probe", action="store_true")
     p.add_argument("--probe-holdout", type=float, default=0.1)
     p.add_argument("--probe-every", type=int, default=500)
+    p.add_argument("--critic-full-res-convs", type=int, default=0)
+    p.add_argument("--critic-pool", choices=("max", "avg"), default="max")
     ours, rest = p.parse_known_args()
     if ours.ema_decays:
         if ours.dump_dir is None:
@@ -657,6 +721,10 @@ def main() -> None:
         use_d4_augmentation()
     if ours.overfit_probe:
         use_overfit_probe(ours.probe_holdout, ours.probe_every)
+    if ours.critic_full_res_convs > 0:
+        use_full_res_critic(ours.critic_full_res_convs)
+    if ours.critic_pool != "max":
+        use_critic_pool(ours.critic_pool)
     if ours.march:
         rest = with_reconstruct_option(rest, "march=yes")
     sys.argv = [str(HERE / "bench_cryogan.py"), *rest]
