@@ -347,6 +347,7 @@ def run_reconstruct(
         v1, v2 = (t.current_volume() for t in trs)
         ref_small = None if ref_full is None else (ref_full if s.box == box else fourier_crop_or_pad_map(ref_full, s.box))
         hm = align_half_maps(v1, v2, s.pixel_A, ref_small)
+        state["alignment"] = (trs[0].step_count, s.box, hm)  # the final one is reused by write_outputs
         al = hm.halves
         res = resolution_at(al.freq_inv_A, al.fsc, 0.143)
         entry = {"elapsed_s": elapsed, "step": trs[0].step_count, "box_train": s.box,
@@ -396,8 +397,10 @@ def run_reconstruct(
         evaluate(trainers[0].elapsed_s)
         save_checkpoint()
 
+    last = state.get("alignment")  # this run's evaluation of the final volumes, at the particles' box
+    aligned = last[2] if last is not None and last[:2] == (trainers[0].step_count, box) else None
     summary = write_outputs(output_dir, opts, trainers, halves, evals, pixel_A, box, s_end.pixel_A, s_end.box, ref_path,
-                             star_path, reason, snr, origins_check)
+                             star_path, reason, snr, origins_check, aligned=aligned)
     return summary
 
 

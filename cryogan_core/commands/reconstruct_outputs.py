@@ -22,7 +22,7 @@ from cryogan_core.commands.reconstruct_inputs import LOW_SNR_DB, HalfData
 from cryogan_core.commands.reconstruct_options import ReconstructOptions
 from cryogan_core.io.mrc import write_map
 from cryogan_core.io.summary import write_summary
-from cryogan_core.metrics.align import align_half_maps, apply_alignment
+from cryogan_core.metrics.align import HalfMapAlignment, align_half_maps, apply_alignment
 from cryogan_core.metrics.fsc import fsc, resolution_at, shells_up_to, write_fsc_star
 from cryogan_core.physics.resample import fourier_crop_or_pad_map
 from cryogan_core.report.plots import fsc_figure, montage_figure, save_figure, text_figure, write_pdf
@@ -118,6 +118,7 @@ def write_outputs(
     output_dir: Path, opts: ReconstructOptions, trainers: list[CryoGanTrainer], halves: list[HalfData],
     evals: list[dict], pixel_A: float, box: int, pixel_t: float, d: int, ref_path: str | Path | None,
     star_path: Path, reason: str, estimated_snr_db: float, origins_check: dict | None = None,
+    aligned: HalfMapAlignment | None = None,
 ) -> dict:
     """Write the final maps, FSCs, figures, ``logfile.pdf`` and ``summary.json``.
 
@@ -145,6 +146,10 @@ def write_outputs(
             ``{"fraction_outside": float, "sigma_px": float, "warned": bool}``
             (:func:`~cryogan_core.commands.reconstruct_inputs.origins_outside_prior`), or None
             when nothing was checked; ``summary["origins_outside_shift_prior"]``.
+        aligned: :func:`~cryogan_core.metrics.align.align_half_maps` of these very volumes
+            at the particles' box against the same reference (the training loop's final
+            evaluation when ``d == box``), used instead of aligning them again; ignored when
+            ``d != box``.
 
     Returns:
         The summary dict (as written to ``summary.json``), with ``resolution_A_fsc_0.143``,
@@ -160,7 +165,10 @@ def write_outputs(
         vols = [fourier_crop_or_pad_map(v, box) for v in vols]
         logger.info(f"Maps Fourier-padded from the training box {d} px to the particles' box {box} px ({pixel_A:.3f} Å/px)")
     ref = None if ref_path is None else map_for_particles(ref_path, pixel_A, box).cpu()
-    hm = align_half_maps(vols[0], vols[1], pixel_A, ref)
+    if aligned is not None and d == box and (aligned.to_reference is None) == (ref is None):
+        hm = aligned
+    else:
+        hm = align_half_maps(vols[0], vols[1], pixel_A, ref)
     al = hm.halves
     h1, h2 = vols[0], al.aligned
     logger.info(f"Half 2 aligned to half 1: CC {al.cc:.3f}{', mirrored (other hand)' if al.mirror else ''}")
