@@ -10,12 +10,16 @@ import mrcfile
 import numpy as np
 import pytest
 import torch
+from loguru import logger
 
+import cryogan_core.commands.reconstruct as reconstruct_module
+import cryogan_core.commands.reconstruct_outputs as reconstruct_outputs
 from cryogan_core.commands.options import options_from_mapping
 from cryogan_core.commands.reconstruct import run_reconstruct
 from cryogan_core.commands.reconstruct_options import ReconstructOptions
 from cryogan_core.commands.simulate import run_simulate
 from cryogan_core.errors import InputError
+from cryogan_core.metrics.align import align_half_maps
 
 # 60 particles per half, batch 8 x 4 critic updates: an epoch is 60/32 steps, so 8 epochs
 # are 15 steps and the change of box comes after step 8 (progress >= 0.5).
@@ -54,17 +58,42 @@ def _run(sim: Path, out: Path, stop_after_calls: int | None = None, **extra: str
         return {}
 
 
-def test_training_moves_to_the_final_box_and_writes_maps_from_it(sim24, tmp_path, log_messages):
-    summary = _run(sim24, tmp_path / "out")
+@pytest.fixture(scope="module")
+def staged(sim24, tmp_path_factory) -> tuple[Path, dict, str, list[int]]:
+    """One uninterrupted STAGED run, shared by the tests that read it: its output folder,
+    summary, log, and the box of every half-map alignment it made. ``eval_minutes`` is far
+    longer than the run, so no timed evaluation fires and the history holds the one made at
+    the end of the box-16 stage (step 8) and the final one (step 15); evaluations draw from
+    their own generator, so the run's maps are those of a run without them."""
+    out = tmp_path_factory.mktemp("staged") / "out"
+    messages: list[str] = []
+    aligned_at: list[int] = []
+
+    def counted(half1, *args, **kwargs):  # noqa: ANN001, ANN202
+        aligned_at.append(int(half1.shape[-1]))
+        return align_half_maps(half1, *args, **kwargs)
+
+    sink = logger.add(lambda m: messages.append(str(m)), format="{message}")
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(reconstruct_module, "align_half_maps", counted)
+            mp.setattr(reconstruct_outputs, "align_half_maps", counted)
+            summary = _run(sim24, out, eval_minutes="100")
+    finally:
+        logger.remove(sink)
+    return out, summary, "".join(messages), aligned_at
+
+
+def test_training_moves_to_the_final_box_and_writes_maps_from_it(staged):
+    out, summary, err, _ = staged
     assert summary["box_train"] == 24 and summary["nyquist_train_A"] == pytest.approx(16.0)
     assert summary["steps"] == 15 and summary["stopped_by"] == "epochs"
-    with mrcfile.open(tmp_path / "out/run_class001.mrc") as mrc:
+    with mrcfile.open(out / "run_class001.mrc") as mrc:
         assert mrc.data.shape == (24, 24, 24)
         assert float(mrc.voxel_size.x) == pytest.approx(8.0)
-    ckpt = torch.load(tmp_path / "out/checkpoint.pt", weights_only=False)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ckpt["stage_box"] == 24 and ckpt["meta"]["box_final"] == 24
     assert ckpt["trainers"][0]["volume"]["voxels.density"].shape == (24, 24, 24)
-    err = "".join(log_messages)
     assert "then at 24 px" in err and "Step 8: training box 16 -> 24 px" in err
     # the blur's physical width (sigma in training px x pixel size, i.e. sigma / box) runs on
     # across the change and falls monotonically to 0 at blur_end (0.8 of the run)
@@ -74,27 +103,27 @@ def test_training_moves_to_the_final_box_and_writes_maps_from_it(sim24, tmp_path
     assert all(a >= b - 1e-9 for a, b in zip(width, width[1:]))
 
 
-def test_the_map_is_evaluated_just_before_the_change_of_box(sim24, tmp_path, log_messages):
-    # eval_minutes far longer than the run: no timed evaluation fires, so the history holds
-    # the one made at the end of the box-16 stage (step 8) and the final one (step 15)
-    summary = _run(sim24, tmp_path / "out", eval_minutes="100")
+def test_the_map_is_evaluated_just_before_the_change_of_box(staged):
+    _, summary, err, aligned_at = staged
     hist = summary["history"]
     assert [(e["step"], e["box_train"]) for e in hist] == [(8, 16), (15, 24)]
-    err = "".join(log_messages)
+    # the final evaluation, at the particles' box, is the alignment the maps are written from
+    assert aligned_at == [16, 24]
+    assert summary["resolution_A_fsc_0.143"] == pytest.approx(hist[-1]["resolution_A_fsc_0.143"])
     assert err.index("(training Nyquist 24.0 Å)") < err.index("Step 8: training box 16 -> 24 px")
 
 
-def test_continue_after_the_change_resumes_at_the_final_box(sim24, tmp_path, log_messages):
-    full = _run(sim24, tmp_path / "full")
-    part = _run(sim24, tmp_path / "part", stop_after_calls=12)  # aborted after the change (step 8)
+def test_continue_after_the_change_resumes_at_the_final_box(sim24, staged, tmp_path, log_messages):
+    full_dir, full, _, _ = staged
+    part = _run(sim24, tmp_path / "part", stop_after_calls=12, eval_minutes="100")  # aborted after the change (step 8)
     assert part == {}
     ckpt = torch.load(tmp_path / "part/checkpoint.pt", weights_only=False)
     steps = ckpt["trainers"][0]["step_count"]
     assert ckpt["stage_box"] == 24 and 8 < steps < 15
-    resumed = _run(sim24, tmp_path / "part")
+    resumed = _run(sim24, tmp_path / "part", eval_minutes="100")
     assert "Continuing from" in "".join(log_messages) and f"step {steps} at 24 px" in "".join(log_messages)
     assert resumed["steps"] == full["steps"] == 15
-    with mrcfile.open(tmp_path / "full/run_half1_class001_unfil.mrc") as a, \
+    with mrcfile.open(full_dir / "run_half1_class001_unfil.mrc") as a, \
             mrcfile.open(tmp_path / "part/run_half1_class001_unfil.mrc") as b:
         np.testing.assert_allclose(b.data, a.data, atol=1e-4 * float(np.abs(a.data).max()))
 
@@ -135,10 +164,11 @@ def test_box_final_at_must_be_a_fraction(value, shown):
 @pytest.mark.parametrize("march", ["no", "yes"])
 def test_march_option_band_limits_the_job_volume_to_the_blur(sim24, tmp_path, march):
     """``--march yes`` reaches the trainer at both boxes: with the blur still on at the end
-    (blur_end 2: σ ends above 2 · 24/16 · 0.5 = 1.5 px at box 24), the final voxels hold
-    no power beyond 0.342 · 24 / 1.5 = 5.5 shells; without marching they do."""
-    _run(sim24, tmp_path / "out", blur_end="2", march=march)
+    (blur_end 2: σ stays above 2 · 24/16 · 0.5 = 1.5 px at box 24), the voxels at box 24
+    (the run stopped at step 11 of 15) hold no power beyond 0.342 · 24 / 1.5 = 5.5 shells; without marching they do."""
+    _run(sim24, tmp_path / "out", stop_after_calls=12, blur_end="2", march=march)  # stopped at box 24, before the outputs
     ckpt = torch.load(tmp_path / "out/checkpoint.pt", weights_only=False)
+    assert ckpt["stage_box"] == 24 and ckpt["trainers"][0]["step_count"] > 8
     assert ckpt["trainers"][0]["config"]["march"] is (march == "yes")
     density = ckpt["trainers"][0]["volume"]["voxels.density"].double().numpy()
     k = np.fft.fftfreq(24) * 24
