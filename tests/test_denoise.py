@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import cryogan_core.commands.denoise as denoise_command
 from cryogan_core.commands.denoise import DenoiseInputs, load_model, run_denoise
 from cryogan_core.commands.simulate import run_simulate
 from cryogan_core.errors import InputError
@@ -314,20 +315,23 @@ class _Stop(Exception):
 
 
 def test_continue_while_training_on_both_halves_resumes_and_reports_unseen_weights(
-    sim: Path, tmp_path: Path, log_messages: list[str]
+    sim: Path, tmp_path: Path, log_messages: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An abort in the both-halves phase resumes there (not from step 0), and the held-out
     report is made again with the weights chosen before half set 2 was trained on."""
-    opts = {**SMALL, "n_steps": 300, "validation_fraction": 0.2, "validate_every": 100, "train_both_halves": True, "no_bias_controls": True}
+    # checkpoints every 20 steps instead of 200, so the run can be short: 60 steps on half
+    # set 1, then both halves to step 90, aborted after the checkpoint of step 80
+    monkeypatch.setattr(denoise_command, "CHECKPOINT_EVERY_STEPS", 20)
+    opts = {**SMALL, "n_steps": 60, "validation_fraction": 0.2, "validate_every": 20, "train_both_halves": True, "no_bias_controls": True}
     inputs = DenoiseInputs(sim / "sim/particles.star", tmp_path / "both", sim / "sim/ground_truth_map.mrc", project_dir=sim)
     ckpt = tmp_path / "both/checkpoint.pt"
     seen = {"mtime": None}
 
     def stop_in_second_phase() -> None:
-        """Abort once a checkpoint of the both-halves phase (step 400 of 450) is on disk."""
+        """Abort once a checkpoint of the both-halves phase (step 80 of 90) is on disk."""
         if ckpt.is_file() and ckpt.stat().st_mtime_ns != seen["mtime"]:
             seen["mtime"] = ckpt.stat().st_mtime_ns
-            if torch.load(ckpt, weights_only=True)["step_count"] >= 400:
+            if torch.load(ckpt, weights_only=True)["step_count"] >= 80:
                 raise _Stop
 
     messages = log_messages
@@ -336,8 +340,8 @@ def test_continue_while_training_on_both_halves_resumes_and_reports_unseen_weigh
     first_report = [m for m in messages if m.startswith("Held-out half set 2")]
     messages.clear()
     s = run_denoise(inputs, opts)
-    assert any("at step 400/450 (training on both halves)" in m for m in messages)
-    assert s["train_steps"] == 450
+    assert any("at step 80/90 (training on both halves)" in m for m in messages)
+    assert s["train_steps"] == 90
     # the same report as before the abort: the weights that never saw half set 2
     assert [m for m in messages if m.startswith("Held-out half set 2")] == first_report
     assert s["heldout_cc_denoised"] > s["heldout_cc_raw"]
