@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from relion_harness import (
     make_relion_project,
     read_output_nodes,
     run_like_relion,
+    signal_job,
     wait_for,
 )
 
@@ -94,16 +96,19 @@ def test_unknown_param_fails_clearly(tmp_path: Path, refine_dir: Path) -> None:
 
 
 def test_abort_then_continue_resumes_from_checkpoint(tmp_path: Path, refine_dir: Path) -> None:
-    # Checkpoints come every 200 steps; 1,000 steps leave the abort ~800 tiny steps (~10 s) of margin
-    # after the first checkpoint appears, so a loaded CI machine cannot finish the run before
-    # the abort file is seen (the waits below are generous for the same reason).
-    n_steps = 1000
+    # Checkpoints come every 200 steps. The job is paused (SIGSTOP) as soon as the first one
+    # appears and resumed once the abort file is there, so it sees the file at its next step
+    # however loaded the machine is; the 200 steps after the checkpoint are margin only for
+    # the test's own polling (20 ms) before the pause. The waits below are generous.
+    n_steps = 400
     params = {**FAST, "n_steps": str(n_steps)}
     proj = _project(tmp_path, refine_dir, "5.0", params)
     proc = run_like_relion(proj, background=True)
     ckpt = proj.job_path / "checkpoint.pt"
     assert wait_for(ckpt.exists, timeout=600), (proj.job_path / "run.err").read_text()[-2000:]
+    signal_job(proc, signal.SIGSTOP)
     (proj.job_path / ABORT_NOW).touch()
+    signal_job(proc, signal.SIGCONT)
     assert wait_for(lambda: exit_status(proj) == "Aborted", timeout=300), (proj.job_path / "run.err").read_text()[-2000:]
     proc.wait(timeout=120)
     assert not (proj.job_path / ABORT_NOW).exists()
