@@ -378,17 +378,18 @@ def _trainer(box: int, real: torch.Tensor, ctf, seed_offset: int, **cfg) -> Cryo
 
 
 def test_training_gets_closer_to_the_truth():
-    """A tiny volume (24 px, 0 dB): after 240 volume updates the map, aligned to the truth
-    over both hands, correlates better with it than the starting ball does."""
-    box = 24
+    """A tiny volume (16 px, 0 dB): after 160 volume updates the map, aligned to the truth
+    over both hands, correlates better with it than the starting ball does (here CC 0.42 ->
+    0.57, FSC 0.5 at 56 -> 27 Å)."""
+    box = 16
     truth, ctf, real = _dataset(box, 600, 0.0, seed=7)
     tr = _trainer(box, real, ctf, 1)
     before = align_maps(tr.current_volume(), truth, 6.0)
     with torch.no_grad():
         start = tr.current_volume()
-    tr.config.n_epochs = 240 * tr.config.batch_size * tr.config.n_critic / real.shape[0]
+    tr.config.n_epochs = 160 * tr.config.batch_size * tr.config.n_critic / real.shape[0]
     assert train_cryogan([tr], [real]) == "epochs"
-    assert tr.step_count == 240
+    assert tr.step_count == 160
     after = align_maps(tr.current_volume(), truth, 6.0)
     assert not torch.equal(start, tr.current_volume())
     assert after.cc > before.cc + 0.1, (before.cc, after.cc)
