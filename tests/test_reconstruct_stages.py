@@ -113,6 +113,27 @@ def test_the_map_is_evaluated_just_before_the_change_of_box(staged):
     assert err.index("(training Nyquist 24.0 Å)") < err.index("Step 8: training box 16 -> 24 px")
 
 
+def test_without_box_final_the_final_evaluation_is_made_at_the_particles_box_and_written(sim24, tmp_path, monkeypatch):
+    """Trained at 16 px, written at 24: the last evaluation aligns the maps Fourier-padded to
+    24 px (FSC cut at the training Nyquist), and the written maps and summary come from that
+    one alignment, so the resolution-vs-time curve ends at the reported resolution."""
+    aligned_at: list[int] = []
+
+    def counted(half1, *args, **kwargs):  # noqa: ANN001, ANN202
+        aligned_at.append(int(half1.shape[-1]))
+        return align_half_maps(half1, *args, **kwargs)
+
+    monkeypatch.setattr(reconstruct_module, "align_half_maps", counted)
+    monkeypatch.setattr(reconstruct_outputs, "align_half_maps", counted)
+    summary = _run(sim24, tmp_path / "out", box_final="0", n_epochs="2")
+    assert aligned_at == [24]
+    assert summary["box_train"] == 16 and summary["nyquist_train_A"] == pytest.approx(24.0)
+    last = summary["history"][-1]
+    assert last["box_train"] == 16 and last["step"] == summary["steps"]
+    for key in ("resolution_A_fsc_0.143", "resolution_A_fsc_0.5"):
+        assert last[key] == pytest.approx(summary[key]) and summary[key] >= 24.0 - 1e-6
+
+
 def test_continue_after_the_change_resumes_at_the_final_box(sim24, staged, tmp_path, log_messages):
     full_dir, full, _, _ = staged
     part = _run(sim24, tmp_path / "part", stop_after_calls=12, eval_minutes="100")  # aborted after the change (step 8)

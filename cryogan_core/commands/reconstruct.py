@@ -10,7 +10,9 @@ to tell from the real ones. Poses in the input are ignored unless ``pose_prior =
 Maps reconstructed without poses have an arbitrary orientation and hand, so half 2 is
 aligned to half 1 (rotation over both hands, then translation, :func:`align_half_maps`) before
 the half-map FSC and the average; with a reference, all maps are then aligned to it and
-written in its frame (the reference is never used in training).
+written in its frame (the reference is never used in training). Evaluations during training
+align the maps at the training box; the last one aligns them Fourier-padded to the
+particles' box, and the written maps, FSC and summary come from that same alignment.
 
 Outputs in ``output_dir`` (names as RELION's Refine3D): ``run_half1_class001_unfil.mrc``,
 ``run_half2_class001_unfil.mrc``, ``run_class001.mrc`` (their average; all at the
@@ -59,7 +61,7 @@ from cryogan_core.io.images import ParticleImages
 from cryogan_core.io.particles import load_particles
 from cryogan_core.io.star import pose_angles_deg
 from cryogan_core.metrics.align import align_half_maps
-from cryogan_core.metrics.fsc import resolution_at
+from cryogan_core.metrics.fsc import resolution_at, shells_up_to
 from cryogan_core.models.volume import VoxelVolume
 from cryogan_core.physics.ctf import CtfParams
 from cryogan_core.physics.micrograph_noise import micrograph_noise_patches
@@ -340,21 +342,30 @@ def run_reconstruct(
             f"{format_duration(elapsed)} elapsed, {format_duration(time_left(elapsed))} left"
         )
 
-    def evaluate(elapsed: float) -> dict:
-        """Align half 2 to half 1, record their FSC resolutions (Å) and, with a reference,
-        the FSC with it; save the snapshots. Returns the record added to ``evals``."""
+    def evaluate(elapsed: float, at_particles_box: bool = False) -> dict:
+        """Align half 2 to half 1, record their FSC resolutions (Å, up to the training
+        Nyquist) and, with a reference, the FSC with it; save the snapshots. Returns the
+        record added to ``evals``. ``at_particles_box``: align the volumes Fourier-padded to
+        the particles' box, as the written maps are (the final evaluation, whose alignment
+        :func:`write_outputs` then reuses); otherwise at the training box."""
         s, trs = state["s"], state["trainers"]
         v1, v2 = (t.current_volume() for t in trs)
-        ref_small = None if ref_full is None else (ref_full if s.box == box else fourier_crop_or_pad_map(ref_full, s.box))
-        hm = align_half_maps(v1, v2, s.pixel_A, ref_small)
-        state["alignment"] = (trs[0].step_count, s.box, hm)  # the final one is reused by write_outputs
+        b = box if at_particles_box else s.box
+        if b != s.box:
+            v1, v2 = (fourier_crop_or_pad_map(v, b) for v in (v1, v2))
+        ref_b = None if ref_full is None else (ref_full if b == box else fourier_crop_or_pad_map(ref_full, b))
+        hm = align_half_maps(v1, v2, s.pixel_A if b == s.box else pixel_A, ref_b)
+        state["alignment"] = (trs[0].step_count, b, hm)  # the final one is reused by write_outputs
         al = hm.halves
-        res = resolution_at(al.freq_inv_A, al.fsc, 0.143)
+        nyquist_t = 1.0 / (2.0 * s.pixel_A)  # Å⁻¹: the padded shells beyond it hold nothing learned
+        curve = shells_up_to(al.freq_inv_A, al.fsc, nyquist_t)
+        res = resolution_at(*curve, 0.143)
         entry = {"elapsed_s": elapsed, "step": trs[0].step_count, "box_train": s.box,
                  "epoch": trs[0].epoch(len(state["halves"][0].rows)), "resolution_A_fsc_0.143": res,
-                 "resolution_A_fsc_0.5": resolution_at(al.freq_inv_A, al.fsc, 0.5)}
+                 "resolution_A_fsc_0.5": resolution_at(*curve, 0.5)}
         if hm.to_reference is not None:
-            entry["resolution_A_vs_reference_fsc_0.5"] = hm.to_reference.resolution_A(0.5)
+            ral = hm.to_reference
+            entry["resolution_A_vs_reference_fsc_0.5"] = resolution_at(*shells_up_to(ral.freq_inv_A, ral.fsc, nyquist_t), 0.5)
         evals.append(entry)
         tag = f"step{trs[0].step_count:06d}"
         save_figure(slices_figure({"half 1": v1.numpy(), "half 2 (aligned to half 1)": al.aligned.numpy()},
@@ -394,7 +405,7 @@ def run_reconstruct(
         f"({format_duration(time.monotonic() - t_start)} in this run)"
     )
     if not evals or evals[-1]["step"] != trainers[0].step_count:
-        evaluate(trainers[0].elapsed_s)
+        evaluate(trainers[0].elapsed_s, at_particles_box=True)
         save_checkpoint()
 
     last = state.get("alignment")  # this run's evaluation of the final volumes, at the particles' box

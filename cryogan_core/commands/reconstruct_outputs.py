@@ -146,10 +146,9 @@ def write_outputs(
             ``{"fraction_outside": float, "sigma_px": float, "warned": bool}``
             (:func:`~cryogan_core.commands.reconstruct_inputs.origins_outside_prior`), or None
             when nothing was checked; ``summary["origins_outside_shift_prior"]``.
-        aligned: :func:`~cryogan_core.metrics.align.align_half_maps` of these very volumes
-            at the particles' box against the same reference (the training loop's final
-            evaluation when ``d == box``), used instead of aligning them again; ignored when
-            ``d != box``.
+        aligned: :func:`~cryogan_core.metrics.align.align_half_maps` of these very volumes,
+            Fourier-padded to the particles' box, against the same reference (the training
+            loop's final evaluation), used instead of aligning them again.
 
     Returns:
         The summary dict (as written to ``summary.json``), with ``resolution_A_fsc_0.143``,
@@ -165,7 +164,7 @@ def write_outputs(
         vols = [fourier_crop_or_pad_map(v, box) for v in vols]
         logger.info(f"Maps Fourier-padded from the training box {d} px to the particles' box {box} px ({pixel_A:.3f} Å/px)")
     ref = None if ref_path is None else map_for_particles(ref_path, pixel_A, box).cpu()
-    if aligned is not None and d == box and (aligned.to_reference is None) == (ref is None):
+    if aligned is not None and aligned.average.shape[-1] == box and (aligned.to_reference is None) == (ref is None):
         hm = aligned
     else:
         hm = align_half_maps(vols[0], vols[1], pixel_A, ref)
