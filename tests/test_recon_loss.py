@@ -83,7 +83,17 @@ def test_a_checkpoint_made_before_recon_loss_existed_resumes_as_l1(tmp_path: Pat
     assert (tmp_path / "run/logfile.pdf").is_file()
     # and the same checkpoint does not resume as an L2 run
     messages.clear()
-    run_denoise(inputs, {**opts, "recon_loss": "l2"})
+
+    class Stop(Exception):
+        """Raised at the first training step: what is checked is logged before it."""
+
+    def stop() -> None:
+        """Stop the run once training starts."""
+        if any("starting training over" in m for m in messages):
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_denoise(inputs, {**opts, "recon_loss": "l2"}, should_stop=stop)
     assert any("starting training over" in m for m in messages)
     # L2 at the default adversarial weight is warned about (the adversarial term dominates)
     assert any("--recon_loss l2 with --gan_weight 0.1" in m and "--gan_weight 0 is advised" in m for m in messages)
