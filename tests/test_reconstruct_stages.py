@@ -58,6 +58,20 @@ def _run(sim: Path, out: Path, stop_after_calls: int | None = None, **extra: str
         return {}
 
 
+def _record_alignments(mp: pytest.MonkeyPatch) -> list[int]:
+    """Make the job's half-map alignments (training loop and outputs) record their box;
+    returns the list they append to, in call order."""
+    aligned_at: list[int] = []
+
+    def counted(half1, *args, **kwargs):  # noqa: ANN001, ANN202
+        aligned_at.append(int(half1.shape[-1]))
+        return align_half_maps(half1, *args, **kwargs)
+
+    mp.setattr(reconstruct_module, "align_half_maps", counted)
+    mp.setattr(reconstruct_outputs, "align_half_maps", counted)
+    return aligned_at
+
+
 @pytest.fixture(scope="module")
 def staged(sim24, tmp_path_factory) -> tuple[Path, dict, str, list[int]]:
     """One uninterrupted STAGED run, shared by the tests that read it: its output folder,
@@ -67,17 +81,10 @@ def staged(sim24, tmp_path_factory) -> tuple[Path, dict, str, list[int]]:
     their own generator, so the run's maps are those of a run without them."""
     out = tmp_path_factory.mktemp("staged") / "out"
     messages: list[str] = []
-    aligned_at: list[int] = []
-
-    def counted(half1, *args, **kwargs):  # noqa: ANN001, ANN202
-        aligned_at.append(int(half1.shape[-1]))
-        return align_half_maps(half1, *args, **kwargs)
-
     sink = logger.add(lambda m: messages.append(str(m)), format="{message}")
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(reconstruct_module, "align_half_maps", counted)
-            mp.setattr(reconstruct_outputs, "align_half_maps", counted)
+            aligned_at = _record_alignments(mp)
             summary = _run(sim24, out, eval_minutes="100")
     finally:
         logger.remove(sink)
@@ -117,14 +124,7 @@ def test_without_box_final_the_final_evaluation_is_made_at_the_particles_box_and
     """Trained at 16 px, written at 24: the last evaluation aligns the maps Fourier-padded to
     24 px (FSC cut at the training Nyquist), and the written maps and summary come from that
     one alignment, so the resolution-vs-time curve ends at the reported resolution."""
-    aligned_at: list[int] = []
-
-    def counted(half1, *args, **kwargs):  # noqa: ANN001, ANN202
-        aligned_at.append(int(half1.shape[-1]))
-        return align_half_maps(half1, *args, **kwargs)
-
-    monkeypatch.setattr(reconstruct_module, "align_half_maps", counted)
-    monkeypatch.setattr(reconstruct_outputs, "align_half_maps", counted)
+    aligned_at = _record_alignments(monkeypatch)
     summary = _run(sim24, tmp_path / "out", box_final="0", n_epochs="2")
     assert aligned_at == [24]
     assert summary["box_train"] == 16 and summary["nyquist_train_A"] == pytest.approx(24.0)
