@@ -35,8 +35,9 @@ def sim24(tmp_path_factory) -> Path:
     return root
 
 
-def _run(sim: Path, out: Path, stop_after_calls: int | None = None, **extra: str) -> dict:
-    """run_reconstruct with STAGED (+ extra) options; a RELION abort after ``stop_after_calls``
+def _run(sim: Path, out: Path, stop_after_calls: int | None = None, with_reference: bool = False, **extra: str) -> dict:
+    """run_reconstruct with STAGED (+ extra) options (and the simulation's truth as
+    ``--in_3dref`` when ``with_reference``); a RELION abort after ``stop_after_calls``
     calls of should_stop (one per training iteration, one more per end of a stage): ``{}``."""
     opts = options_from_mapping(ReconstructOptions, {**STAGED, **extra})
     calls = {"n": 0}
@@ -53,7 +54,8 @@ def _run(sim: Path, out: Path, stop_after_calls: int | None = None, **extra: str
 
     torch.set_num_threads(1)
     try:
-        return run_reconstruct(sim / "Simulate/particles.star", out, opts, project_dir=sim, should_stop=should_stop)
+        return run_reconstruct(sim / "Simulate/particles.star", out, opts, project_dir=sim, should_stop=should_stop,
+                               ref_path=sim / "Simulate/ground_truth_map.mrc" if with_reference else None)
     except Stop:
         return {}
 
@@ -122,16 +124,20 @@ def test_the_map_is_evaluated_just_before_the_change_of_box(staged):
 
 def test_without_box_final_the_final_evaluation_is_made_at_the_particles_box_and_written(sim24, tmp_path, monkeypatch):
     """Trained at 16 px, written at 24: the last evaluation aligns the maps Fourier-padded to
-    24 px (FSC cut at the training Nyquist), and the written maps and summary come from that
-    one alignment, so the resolution-vs-time curve ends at the reported resolution."""
+    24 px (FSC cut at the training Nyquist) and replaces a timed one made at the same step at
+    16 px, and the written maps and summary come from that one alignment, so the
+    resolution-vs-time curve ends at the reported resolution."""
     aligned_at = _record_alignments(monkeypatch)
-    summary = _run(sim24, tmp_path / "out", box_final="0", n_epochs="2")
-    assert aligned_at == [24]
+    # a timed evaluation after every step; the reference makes each alignment a real search,
+    # whose result depends on the box it is made at
+    summary = _run(sim24, tmp_path / "out", with_reference=True, box_final="0", n_epochs="0.5", eval_minutes="1e-5")
+    n = summary["steps"]
+    assert n >= 1 and aligned_at == [16] * n + [24]
     assert summary["box_train"] == 16 and summary["nyquist_train_A"] == pytest.approx(24.0)
-    last = summary["history"][-1]
-    assert last["box_train"] == 16 and last["step"] == summary["steps"]
-    for key in ("resolution_A_fsc_0.143", "resolution_A_fsc_0.5"):
-        assert last[key] == pytest.approx(summary[key]) and summary[key] >= 24.0 - 1e-6
+    history = summary["history"]
+    assert [e["step"] for e in history] == list(range(1, n + 1)) and {e["box_train"] for e in history} == {16}
+    for key in ("resolution_A_fsc_0.143", "resolution_A_fsc_0.5", "resolution_A_vs_reference_fsc_0.5"):
+        assert history[-1][key] == pytest.approx(summary[key], rel=1e-9) and summary[key] >= 24.0 - 1e-6
 
 
 def test_continue_after_the_change_resumes_at_the_final_box(sim24, staged, tmp_path, log_messages):

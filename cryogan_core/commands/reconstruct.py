@@ -404,12 +404,15 @@ def run_reconstruct(
         f"{trainers[0].step_count}, {format_duration(trainers[0].elapsed_s)} of training "
         f"({format_duration(time.monotonic() - t_start)} in this run)"
     )
-    if not evals or evals[-1]["step"] != trainers[0].step_count:
+    last = state.get("alignment")
+    if last is None or last[:2] != (trainers[0].step_count, box):
+        # the final evaluation is made at the particles' box; one made at this step at the
+        # training box (a timed one, or one of an earlier run) is replaced by it
+        if evals and evals[-1]["step"] == trainers[0].step_count:
+            evals.pop()
         evaluate(trainers[0].elapsed_s, at_particles_box=True)
         save_checkpoint()
-
-    last = state.get("alignment")  # this run's evaluation of the final volumes, at the particles' box
-    aligned = last[2] if last is not None and last[:2] == (trainers[0].step_count, box) else None
+    aligned = state["alignment"][2]  # this run's evaluation of the final volumes, at the particles' box
     summary = write_outputs(output_dir, opts, trainers, halves, evals, pixel_A, box, s_end.pixel_A, s_end.box, ref_path,
                              star_path, reason, snr, origins_check, aligned=aligned)
     return summary
