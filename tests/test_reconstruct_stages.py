@@ -136,6 +136,7 @@ def test_without_box_final_the_final_evaluation_is_made_at_the_particles_box_and
     assert summary["box_train"] == 16 and summary["nyquist_train_A"] == pytest.approx(24.0)
     history = summary["history"]
     assert [e["step"] for e in history] == list(range(1, n + 1)) and {e["box_train"] for e in history} == {16}
+    assert history[-1]["elapsed_s"] < summary["training_time_s"]  # the replaced evaluation's time, not the end's
     for key in ("resolution_A_fsc_0.143", "resolution_A_fsc_0.5", "resolution_A_vs_reference_fsc_0.5"):
         assert history[-1][key] == pytest.approx(summary[key], rel=1e-9) and summary[key] >= 24.0 - 1e-6
 

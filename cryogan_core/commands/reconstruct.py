@@ -407,10 +407,11 @@ def run_reconstruct(
     last = state.get("alignment")
     if last is None or last[:2] != (trainers[0].step_count, box):
         # the final evaluation is made at the particles' box; one made at this step at the
-        # training box (a timed one, or one of an earlier run) is replaced by it
+        # training box (a timed one, or one of an earlier run) is replaced by it, at its time
+        elapsed_final = trainers[0].elapsed_s
         if evals and evals[-1]["step"] == trainers[0].step_count:
-            evals.pop()
-        evaluate(trainers[0].elapsed_s, at_particles_box=True)
+            elapsed_final = evals.pop()["elapsed_s"]
+        evaluate(elapsed_final, at_particles_box=True)
         save_checkpoint()
     aligned = state["alignment"][2]  # this run's evaluation of the final volumes, at the particles' box
     summary = write_outputs(output_dir, opts, trainers, halves, evals, pixel_A, box, s_end.pixel_A, s_end.box, ref_path,
