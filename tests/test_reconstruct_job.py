@@ -148,13 +148,14 @@ def test_job_abort_saves_a_checkpoint_and_continue_resumes(tmp_path, sim_dir):
     assert_nodes_valid(proj)
 
 
+# one case per place bad input is caught: the job's file checks, the options' checks (every
+# option's own checks and conversions are unit-tested in test_options.py, test_models.py and
+# test_job_protocol.py) and the parsing of RELION's command line
 @pytest.mark.parametrize(
     "params, inputs, expected",
     [
         ({}, {"in_part": "Simulate/missing.star"}, "--in_parts Simulate/missing.star: file not found"),
         ({"box_train": "8"}, None, "--box_train 8: must be >= 16"),
-        ({"symmetry": "X7"}, None, "--symmetry X7"),
-        ({"lr": "fast"}, None, "--lr fast: expected a number"),
         ({"box_trian": "16"}, None, "unknown parameter --box_trian"),
     ],
 )
