@@ -413,9 +413,8 @@ def run_reconstruct(
             elapsed_final = evals.pop()["elapsed_s"]
         evaluate(elapsed_final, at_particles_box=True)
         save_checkpoint()
-    aligned = state["alignment"][2]  # this run's evaluation of the final volumes, at the particles' box
     summary = write_outputs(output_dir, opts, trainers, halves, evals, pixel_A, box, s_end.pixel_A, s_end.box, ref_path,
-                             star_path, reason, snr, origins_check, aligned=aligned)
+                             star_path, reason, snr, state["alignment"][2], origins_check)
     return summary
 
 

@@ -16,14 +16,13 @@ from matplotlib.figure import Figure
 import torch
 from loguru import logger
 
-from cryogan_core.commands._common import map_for_particles
 from cryogan_core.commands.export_cryosparc import volume_import_settings
 from cryogan_core.commands.reconstruct_inputs import LOW_SNR_DB, HalfData
 from cryogan_core.commands.reconstruct_options import ReconstructOptions
 from cryogan_core.io.mrc import write_map
 from cryogan_core.io.summary import write_summary
-from cryogan_core.metrics.align import HalfMapAlignment, align_half_maps, apply_alignment
-from cryogan_core.metrics.fsc import fsc, resolution_at, shells_up_to, write_fsc_star
+from cryogan_core.metrics.align import HalfMapAlignment, apply_alignment
+from cryogan_core.metrics.fsc import resolution_at, shells_up_to, write_fsc_star
 from cryogan_core.physics.resample import fourier_crop_or_pad_map
 from cryogan_core.report.plots import fsc_figure, montage_figure, save_figure, text_figure, write_pdf
 from cryogan_core.report.reconstruct_report import (
@@ -117,15 +116,14 @@ def log_critic_checks(checks: dict[str, CriticCheck]) -> None:
 def write_outputs(
     output_dir: Path, opts: ReconstructOptions, trainers: list[CryoGanTrainer], halves: list[HalfData],
     evals: list[dict], pixel_A: float, box: int, pixel_t: float, d: int, ref_path: str | Path | None,
-    star_path: Path, reason: str, estimated_snr_db: float, origins_check: dict | None = None,
-    aligned: HalfMapAlignment | None = None,
+    star_path: Path, reason: str, estimated_snr_db: float, aligned: HalfMapAlignment,
+    origins_check: dict | None = None,
 ) -> dict:
     """Write the final maps, FSCs, figures, ``logfile.pdf`` and ``summary.json``.
 
-    Both half maps are Fourier-padded from the training box ``d`` to the particles' box,
-    half 2 is aligned to half 1 (rotation over both hands, then translation) and their FSC
-    is computed up to the training Nyquist; with ``ref_path`` all maps are then aligned to
-    the reference and written in its frame, with their FSC against it.
+    Both half maps are Fourier-padded from the training box ``d`` to the particles' box and
+    put in one frame by ``aligned`` (half 2 onto half 1, then, with a reference, all maps onto
+    it); their FSC is cut at the training Nyquist.
 
     Args:
         output_dir: the job's output folder.
@@ -137,7 +135,8 @@ def write_outputs(
         box: the particles' box (px).
         pixel_t: the final training pixel size (Å).
         d: the final training box (px).
-        ref_path: optional reference map (any pixel size and box: resampled).
+        ref_path: the reference map ``aligned`` was aligned to, or None (named in the
+            summary and the plot).
         star_path: the particle file (recorded).
         reason: why training ended, ``epochs`` or ``time`` (``summary["stopped_by"]``).
         estimated_snr_db: the particles' pose-free SNR (dB),
@@ -147,32 +146,24 @@ def write_outputs(
             (:func:`~cryogan_core.commands.reconstruct_inputs.origins_outside_prior`), or None
             when nothing was checked; ``summary["origins_outside_shift_prior"]``.
         aligned: :func:`~cryogan_core.metrics.align.align_half_maps` of these very volumes,
-            Fourier-padded to the particles' box, against the same reference (the training
-            loop's final evaluation), used instead of aligning them again.
+            Fourier-padded to the particles' box, with the reference if there is one (the
+            training loop's final evaluation).
 
     Returns:
         The summary dict (as written to ``summary.json``), with ``resolution_A_fsc_0.143``,
         ``spectra`` (per half set, :meth:`SpectraCheck.to_dict`), ``critic_check`` (per half
         set, :meth:`CriticCheck.to_dict`) and, with a reference,
         ``resolution_A_vs_reference_fsc_0.5``.
-
-    Raises:
-        InputError: an unreadable reference map.
     """
-    vols = [t.current_volume() for t in trainers]
+    h1 = trainers[0].current_volume()
     if d != box:
-        vols = [fourier_crop_or_pad_map(v, box) for v in vols]
+        h1 = fourier_crop_or_pad_map(h1, box)
         logger.info(f"Maps Fourier-padded from the training box {d} px to the particles' box {box} px ({pixel_A:.3f} Å/px)")
-    ref = None if ref_path is None else map_for_particles(ref_path, pixel_A, box).cpu()
-    if aligned is not None and aligned.average.shape[-1] == box and (aligned.to_reference is None) == (ref is None):
-        hm = aligned
-    else:
-        hm = align_half_maps(vols[0], vols[1], pixel_A, ref)
-    al = hm.halves
-    h1, h2 = vols[0], al.aligned
+    al = aligned.halves
+    h2 = al.aligned
     logger.info(f"Half 2 aligned to half 1: CC {al.cc:.3f}{', mirrored (other hand)' if al.mirror else ''}")
     nyquist_t = 1.0 / (2.0 * pixel_t)  # Å⁻¹: nothing was learned beyond the training Nyquist
-    freq, curve = shells_up_to(*fsc(h1, h2, pixel_A), nyquist_t)
+    freq, curve = shells_up_to(al.freq_inv_A, al.fsc, nyquist_t)  # FSC(half 1, aligned half 2)
     res = resolution_at(freq, curve, 0.143)
     figures = []
     summary: dict[str, Any] = {
@@ -200,7 +191,7 @@ def write_outputs(
         "options": dataclasses.asdict(opts),
         "star": str(star_path),
     }
-    avg, ral = hm.average, hm.to_reference
+    avg, ral = aligned.average, aligned.to_reference
     if ral is not None:  # a reference was given
         h1 = apply_alignment(h1, ral.rotation, ral.shift_vox, ral.mirror)
         h2 = apply_alignment(h2, ral.rotation, ral.shift_vox, ral.mirror)
