@@ -20,6 +20,7 @@ from loguru import logger
 from cryogan_core.commands.reconstruct_options import MIN_BOX, ReconstructOptions
 from cryogan_core.errors import InputError
 from cryogan_core.io.images import ParticleImages
+from cryogan_core.io.particles import reject_ctf_premultiplied
 from cryogan_core.metrics.images import background_signal_and_noise_variance, normalize_background, snr_db
 from cryogan_core.physics.micrograph_noise import noise_from_micrograph_windows
 from cryogan_core.physics.noise import BackgroundNoise, CroppedNoise, background_variance
@@ -98,8 +99,7 @@ def check_star(star_path: Path, df: pd.DataFrame) -> float:
             f"{star_path}: particles have several pixel sizes ({', '.join(f'{s:g}' for s in sizes)} Å); "
             "reconstruct needs one"
         )
-    if "rlnCtfDataAreCtfPremultiplied" in df and (df["rlnCtfDataAreCtfPremultiplied"].to_numpy() == 1).any():
-        raise InputError(f"{star_path}: column rlnCtfDataAreCtfPremultiplied is 1: CTF-premultiplied particles are not supported")
+    reject_ctf_premultiplied(star_path, df)
     return float(sizes[0])
 
 

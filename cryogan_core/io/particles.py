@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
+import pandas as pd
+
 from cryogan_core.errors import InputError
 from cryogan_core.io.cryosparc import read_cryosparc_particles
 from cryogan_core.io.star import ParticleStar, read_particles
 
-__all__ = ["load_particles"]
+__all__ = ["load_particles", "reject_ctf_premultiplied"]
 
 
 def load_particles(
@@ -67,3 +70,32 @@ def load_particles(
         f"{path}: unknown particle file type '{path.suffix or '(no suffix)'}' "
         f"(expected a RELION .star or a cryoSPARC .cs file)"
     )
+
+
+def reject_ctf_premultiplied(path: str | Path, df: pd.DataFrame) -> None:
+    """Refuse particles whose images were multiplied by their CTF at extraction.
+
+    RELION marks such optics groups with ``rlnCtfDataAreCtfPremultiplied 1`` (their signal
+    is CTF² × projection, and ``rlnDefocusU/V`` no longer describe the image's CTF alone).
+    Every command that models the particles' CTF (denoise, reconstruct, check-poses,
+    backproject) assumes images that are not premultiplied, so it calls this check first
+    rather than train on, or score against, the wrong signal.
+
+    Args:
+        path: the particle file (named in the error).
+        df: its particle table, optics columns merged (the column may be absent: RELION
+            writes it only when it applies).
+
+    Raises:
+        InputError: ``rlnCtfDataAreCtfPremultiplied`` is 1 on any row; the message names
+            the file, the column and the number of such particles.
+    """
+    col = "rlnCtfDataAreCtfPremultiplied"
+    if col not in df:
+        return
+    n = int(np.count_nonzero(pd.to_numeric(df[col], errors="coerce").to_numpy() == 1))
+    if n:
+        raise InputError(
+            f"{path}: column {col} is 1 for {n} of {len(df)} particles: CTF-premultiplied particles are not "
+            "supported (re-extract them without premultiplying by the CTF)"
+        )
