@@ -54,6 +54,9 @@ def test_the_job_starts_from_the_initial_model(tmp_path: Path, log_messages: lis
                                  ref_path=truth, project_dir=tmp_path)
     ball = run_reconstruct(star, tmp_path / "ball", TINY, ref_path=truth, project_dir=tmp_path)
     assert any(f"{truth} low-passed at 30 Å inside the mask" in m for m in log_messages)
+    # the closing line puts the half-map FSC's caveat next to the measure that holds
+    assert any("optimistic for CryoGAN" in m and f"FSC with the reference: 0.5 at {ball['resolution_A_vs_reference_fsc_0.5']:.1f} Å" in m
+               for m in log_messages)
     assert with_start["to_reference"]["cc"] > 0.8
     assert with_start["to_reference"]["cc"] > ball["to_reference"]["cc"] + 0.1
 

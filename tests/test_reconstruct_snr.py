@@ -39,6 +39,7 @@ def test_the_job_reports_the_particles_snr_and_warns_when_low(tmp_path, log_mess
     text = "".join(log_messages)
     assert f"Particle SNR {got:.1f} dB (120 particles; pose-free" in text
     assert ("another --seed" in text) is warned
+    assert "optimistic for CryoGAN" in text and "give an independent map (--in_3dref)" in text  # no reference given
     # the PDF's first page: the same numbers
     page = "\n".join(summary_lines(summary, LOW_SNR_DB))
     assert f"particle SNR, dB (pose-free; reads low)    {got:.1f}" in page

@@ -221,7 +221,7 @@ def write_outputs(
         {"map": output_dir / "run_class001.mrc", "map_half_A": output_dir / "run_half1_class001_unfil.mrc",
          "map_half_B": output_dir / "run_half2_class001_unfil.mrc"}, pixel_A)
     write_fsc_star(output_dir / "fsc.star", freq, curve)
-    title = f"Half-map FSC: {res:.1f} Å at 0.143 (training Nyquist {2 * pixel_t:.1f} Å)"
+    title = f"Half-map FSC: {res:.1f} Å at 0.143 (optimistic; training Nyquist {2 * pixel_t:.1f} Å)"
     fig = fsc_figure(freq, {"half 1 vs half 2 (aligned, unmasked)": curve}, (0.143, 0.5), title=title)
     save_figure(fig, output_dir / "fsc.png", close=False)
     figures.insert(0, fig)
@@ -250,6 +250,13 @@ def write_outputs(
     figures.insert(0, text_figure(summary_lines(summary, LOW_SNR_DB)))
     write_pdf(output_dir / "logfile.pdf", figures)
     write_summary(output_dir / "summary.json", summary)
-    logger.info(f"Half-map FSC = 0.143 at {res:.1f} Å (training Nyquist {2 * pixel_t:.1f} Å); wrote {output_dir}")
+    if ref_path is not None:
+        verdict = f"FSC with the reference: 0.5 at {summary['resolution_A_vs_reference_fsc_0.5']:.1f} Å, the map's resolution"
+    else:
+        verdict = "give an independent map (--in_3dref) to measure the map's resolution"
+    logger.info(
+        f"Half-map FSC = 0.143 at {res:.1f} Å (training Nyquist {2 * pixel_t:.1f} Å), optimistic for CryoGAN: both halves "
+        f"start from the same volume and share the simulator's errors; {verdict}. Wrote {output_dir}"
+    )
     return summary
 
