@@ -43,7 +43,7 @@ from cryogan_core.errors import InputError
 from cryogan_core.io.atomic import atomic_path
 from cryogan_core.io.images import ParticleImages
 from cryogan_core.io.mrc import read_map
-from cryogan_core.io.particles import load_particles, reject_ctf_premultiplied
+from cryogan_core.io.particles import load_particles, reject_ctf_modified_images
 from cryogan_core.io.summary import write_summary
 from cryogan_core.models.symmetry_average import symmetry_averaged
 from cryogan_core.models.unet import UNetGenerator
@@ -151,7 +151,7 @@ def run_denoise(
         cs_project_dir=Path(opts.cs_project_dir) if opts.cs_project_dir else None, project_dir=project_dir,
     )
     df = star.particles
-    reject_ctf_premultiplied(inputs.star_path, df)
+    reject_ctf_modified_images(inputs.star_path, df)
     images = ParticleImages(df, project_dir, inputs.star_path)
     box = images.box
     pixel_sizes = np.unique(df["rlnImagePixelSize"].to_numpy())

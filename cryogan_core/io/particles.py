@@ -12,7 +12,7 @@ from cryogan_core.errors import InputError
 from cryogan_core.io.cryosparc import read_cryosparc_particles
 from cryogan_core.io.star import ParticleStar, read_particles
 
-__all__ = ["load_particles", "reject_ctf_premultiplied"]
+__all__ = ["CTF_MODIFIED_FLAGS", "load_particles", "reject_ctf_modified_images"]
 
 
 def load_particles(
@@ -72,30 +72,38 @@ def load_particles(
     )
 
 
-def reject_ctf_premultiplied(path: str | Path, df: pd.DataFrame) -> None:
-    """Refuse particles whose images were multiplied by their CTF at extraction.
+#: RELION's flags for images whose CTF was applied at extraction, and what each means.
+CTF_MODIFIED_FLAGS = {
+    "rlnCtfDataAreCtfPremultiplied": "premultiplied by their CTF (signal CTF² × projection)",
+    "rlnCtfDataArePhaseFlipped": "phase-flipped (signal |CTF| × projection)",
+}
 
-    RELION marks such optics groups with ``rlnCtfDataAreCtfPremultiplied 1`` (their signal
-    is CTF² × projection, and ``rlnDefocusU/V`` no longer describe the image's CTF alone).
-    Every command that models the particles' CTF (denoise, reconstruct, check-poses,
-    backproject) assumes images that are not premultiplied, so it calls this check first
+
+def reject_ctf_modified_images(path: str | Path, df: pd.DataFrame) -> None:
+    """Refuse particles whose images had their CTF applied at extraction.
+
+    RELION marks such optics groups with ``rlnCtfDataAreCtfPremultiplied 1`` (signal CTF² ×
+    projection) or ``rlnCtfDataArePhaseFlipped 1`` (signal |CTF| × projection; RELION's
+    ``--ctf_phase_flipped``, also written by some converters). Every command that models the
+    particles' CTF (denoise, reconstruct, check-poses, backproject) assumes images that
+    carry the CTF itself, as RELION's Extract writes them, so it calls this check first
     rather than train on, or score against, the wrong signal.
 
     Args:
         path: the particle file (named in the error).
-        df: its particle table, optics columns merged (the column may be absent: RELION
-            writes it only when it applies).
+        df: its particle table, optics columns merged (the columns may be absent: RELION
+            writes them only when they apply).
 
     Raises:
-        InputError: ``rlnCtfDataAreCtfPremultiplied`` is 1 on any row; the message names
-            the file, the column and the number of such particles.
+        InputError: either flag is 1 on any row; the message names the file, the column
+            and the number of such particles.
     """
-    col = "rlnCtfDataAreCtfPremultiplied"
-    if col not in df:
-        return
-    n = int(np.count_nonzero(pd.to_numeric(df[col], errors="coerce").to_numpy() == 1))
-    if n:
-        raise InputError(
-            f"{path}: column {col} is 1 for {n} of {len(df)} particles: CTF-premultiplied particles are not "
-            "supported (re-extract them without premultiplying by the CTF)"
-        )
+    for col, meaning in CTF_MODIFIED_FLAGS.items():
+        if col not in df:
+            continue
+        n = int(np.count_nonzero(pd.to_numeric(df[col], errors="coerce").to_numpy() == 1))
+        if n:
+            raise InputError(
+                f"{path}: column {col} is 1 for {n} of {len(df)} particles: images {meaning} are not "
+                "supported (re-extract the particles without it)"
+            )

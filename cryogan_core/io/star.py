@@ -105,6 +105,7 @@ _NUMERIC_COLUMNS = frozenset(
         "rlnRandomSubset",
         "rlnImageDimensionality",
         "rlnCtfDataAreCtfPremultiplied",
+        "rlnCtfDataArePhaseFlipped",
         "rlnCoordinateX",
         "rlnCoordinateY",
         "rlnClassNumber",

@@ -34,6 +34,7 @@ INT_LABELS = frozenset(
         "rlnGroupNumber",
         "rlnNrOfSignificantSamples",
         "rlnCtfDataAreCtfPremultiplied",
+        "rlnCtfDataArePhaseFlipped",
         "rlnNrOfFrames",
         "rlnHelicalTubeID",
     }
