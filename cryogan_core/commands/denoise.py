@@ -36,6 +36,7 @@ from cryogan_core.commands.backproject import half_set_labels
 from cryogan_core.commands.denoise_model import MODEL_FORMAT, config_dict, load_model, save_model, stored_config
 from cryogan_core.commands.denoise_options import DenoiseInputs, DenoiseOptions
 from cryogan_core.commands.denoise_outputs import denoise_all
+from cryogan_core.commands.denoise_pace import pace_advice
 from cryogan_core.commands.denoise_pairs import MAX_VALIDATION, MIN_VALIDATION, select_rows, split_validation, synthetic_training_pairs, with_synthetic
 from cryogan_core.commands.denoise_scores import LOW_SNR_DB, estimated_snr, heldout_report, training_fit
 from cryogan_core.commands.options import options_from_mapping
@@ -79,13 +80,17 @@ def mask_radius_from_map(mask_path: Path, pixel_size_A: float, box: int) -> floa
     return min(r_vox * voxel_A / pixel_size_A + 1.0, box / 2.0)
 
 
-def _progress(total_steps: int, batch_size: int, every_s: float = 20.0, loss_name: str = "L1") -> Callable[[dict[str, float]], None]:
+def _progress(
+    total_steps: int, batch_size: int, every_s: float = 20.0, loss_name: str = "L1", advise: Callable[[float], str | None] | None = None,
+) -> Callable[[dict[str, float]], None]:
     """A per-step callback that logs step, losses, particles/s and time left every ``every_s``.
 
-    ``loss_name`` labels the reconstruction term (``L1`` or ``L2``) in the log line.
+    ``loss_name`` labels the reconstruction term (``L1`` or ``L2``) in the log line. ``advise``
+    is called once, with the time left (s) at the first log after the first step (the pace
+    measured over ``every_s``, past the warm-up); a line it returns is logged as a warning.
     """
     t0 = time.time()
-    state = {"last": 0.0, "first_step": None}
+    state = {"last": 0.0, "first_step": None, "advised": advise is None}
 
     def on_step(rec: dict[str, float]) -> None:
         """Log step, losses, particles/s and time left every few seconds (and at the first and last step)."""
@@ -103,6 +108,11 @@ def _progress(total_steps: int, batch_size: int, every_s: float = 20.0, loss_nam
             f"step {step}/{total_steps}  {loss_name} {reconstruction_loss(rec):.4f}  G_adv {rec['loss_g_gan']:.3f}  D {rec['loss_d']:.3f}  "
             f"{rate:.0f} particles/s  {eta / 60:.1f} min left"
         )
+        if not state["advised"] and done > 1 and advise is not None:
+            state["advised"] = True
+            line = advise(eta)
+            if line:
+                logger.warning(line)
 
     return on_step
 
@@ -321,9 +331,12 @@ def _train_and_report(
             summary.update({"validation_best_step": best.best_step, "validation_cc_best": best.best_cc, "validation_cc_last": best.last_cc})
 
     if report_weights is None:
+        pixel_size_train_A = float(df["rlnImagePixelSize"].iloc[0]) * settings.box / settings.train_box
         fit = with_synthetic(train, synthetic() if trainer.step_count < n_steps else None)
         train_pix2pix(
-            trainer, fit["inputs"], fit["targets"], n_steps, on_step=_progress(n_steps, config.batch_size, loss_name=config.recon_loss.upper()),
+            trainer, fit["inputs"], fit["targets"], n_steps, on_step=_progress(
+                n_steps, config.batch_size, loss_name=config.recon_loss.upper(),
+                advise=lambda eta_s: pace_advice(settings.train_box, pixel_size_train_A, eta_s, str(device))),
             checkpoint=save_checkpoint, checkpoint_every=CHECKPOINT_EVERY_STEPS, should_stop=should_stop, validate=validate, validate_every=opts.validate_every,
             ctf=fit.get("ctf"),
         )
