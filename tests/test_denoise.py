@@ -126,11 +126,14 @@ def test_per_particle_scores_separate_right_from_wrong_poses(trained: tuple[Path
     assert (df["rlnCryoganCCDenoised"] > df["rlnCryoganCCRaw"]).mean() > 0.9
 
 
-def test_a_trained_model_denoises_another_run_identically(trained: tuple[Path, dict], sim: Path) -> None:
+def test_a_trained_model_denoises_another_run_identically(trained: tuple[Path, dict], sim: Path, log_messages: list[str]) -> None:
     out, _ = trained
     out2 = sim / "run2"
     s2 = run_denoise(DenoiseInputs(sim / "sim/particles.star", out2, None, project_dir=sim), {"model": str(out / "model.pt"), "no_scores": True, "stack_size": 100})
     assert "train_steps" not in s2 and s2["n_particles_written"] == 240
+    # progress per stack of 100, with the time left for the rest (none after the last)
+    assert sum("Denoised 100/240 particles (" in m and "min left)" in m for m in log_messages) == 1
+    assert any("Denoised 240/240 particles (" in m and ", 0.0 min left)" in m for m in log_messages)
     a = np.asarray(open_stack(out / "Denoised/particles_000001.mrcs"))
     b = np.asarray(open_stack(out2 / "Denoised/particles_000001.mrcs"))
     np.testing.assert_allclose(a, b, atol=1e-4)

@@ -134,7 +134,8 @@ def denoise_all(
                 with open(tmp, "wb") as fh:
                     np.save(fh, np.stack([cc_raw[rows], cc_den[rows]]))
         rate = done / max(time.time() - t0, 1e-9)
-        logger.info(f"Denoised {chunk_start + len(rows)}/{n} particles ({rate:.0f} particles/s)")
+        left = f", {(n - chunk_start - len(rows)) / rate / 60:.1f} min left" if done else ""
+        logger.info(f"Denoised {chunk_start + len(rows)}/{n} particles ({rate:.0f} particles/s{left})")
     out = df.copy()
     if "rlnImageOriginalName" in out:
         logger.info("rlnImageOriginalName is replaced by the names of the particles given to this job")
