@@ -22,6 +22,7 @@ import torch
 from conftest import write_micrographs
 from cryogan_core.commands.options import options_from_mapping
 from cryogan_core.commands.reconstruct import run_reconstruct
+from cryogan_core.commands.reconstruct_inputs import auto_training_box, training_boxes
 from cryogan_core.commands.reconstruct_options import ReconstructOptions
 from cryogan_core.commands.simulate import run_simulate
 from cryogan_core.errors import InputError
@@ -179,6 +180,30 @@ def test_options_from_mapping_converts_and_checks():
                        ({"positivity": "maybe"}, "expected yes or no"), ({"lr_gamma": "1.5"}, "--lr_gamma 1.5")]:
         with pytest.raises(InputError, match=match):
             options_from_mapping(ReconstructOptions, bad)
+
+
+@pytest.mark.parametrize(
+    "box, pixel_A, expected",
+    [
+        (64, 3.54, 32),  # the β-gal tutorial particles: the benchmarks' training box, Nyquist 14.2 Å
+        (256, 1.06, 38),  # a usual RELION box: 38.8 rounds to 38 (Nyquist 14.3 Å)
+        (400, 0.83, 48),
+        (24, 8.0, 24),  # already coarser than 14 Å: the particles' own box, never padded
+        (33, 8.0, 33),  # odd boxes too
+        (200, 0.5, 16),  # never below the critic's smallest box
+    ],
+)
+def test_box_train_0_aims_at_a_14_A_nyquist(box, pixel_A, expected):
+    boxes = training_boxes(options_from_mapping(ReconstructOptions, {}), box, pixel_A, Path("p.star"))
+    assert boxes == [expected] == [auto_training_box(box, pixel_A)]
+    nyquist = 2 * pixel_A * box / expected
+    if 16 < expected < box:
+        assert abs(nyquist - 14.0) <= 2 * pixel_A * box * (1 / (expected - 1) - 1 / expected)  # nearest even box
+    # an explicit box is kept, and box_final must exceed the automatic one
+    assert training_boxes(options_from_mapping(ReconstructOptions, {"box_train": str(box)}), box, pixel_A, Path("p.star")) == [box]
+    if expected < box:
+        with pytest.raises(InputError, match=rf"--box_final {expected}: must be larger than the first training box \({expected} px\)"):
+            training_boxes(options_from_mapping(ReconstructOptions, {"box_final": str(expected)}), box, pixel_A, Path("p.star"))
 
 
 def test_standalone_run_rejects_box_train_above_the_box(tmp_path, sim_dir):

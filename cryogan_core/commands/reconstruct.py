@@ -40,6 +40,7 @@ from cryogan_core.commands.backproject import half_set_labels
 from cryogan_core.commands.options import click_options, defaults_unless_given, options_from_mapping
 from cryogan_core.commands.reconstruct_checkpoint import CHECKPOINT, checkpoint_meta, read_checkpoint
 from cryogan_core.commands.reconstruct_inputs import (
+    AUTO_TRAIN_NYQUIST_A,
     LOW_SNR_DB,
     NOISE_SOURCE_BYTES,
     ORIGINS_OUTSIDE_PRIOR_WARN,
@@ -140,7 +141,7 @@ def run_reconstruct(
     pixel_A = check_star(star_path, df)
     images = ParticleImages(df, project_dir, star_path)
     box = images.box
-    boxes = training_boxes(opts, box, star_path)
+    boxes = training_boxes(opts, box, pixel_A, star_path)
     diameter_A = opts.particle_diameter_A or 0.8 * box * pixel_A
     samplings = [Sampling(b, pixel_A * box / b, 0.5 * diameter_A / (pixel_A * box / b)) for b in boxes]
     for s in samplings:
@@ -161,9 +162,13 @@ def run_reconstruct(
         s1 = samplings[1]
         schedule = (f", then at {s1.box} px ({s1.pixel_A:.3f} Å/px, Nyquist {2 * s1.pixel_A:.2f} Å) from "
                     f"{100 * opts.box_final_at:.0f} % of the run on (--box_final)")
+    crop = ""
+    if s0.box != box:
+        crop = (f" by Fourier cropping (--box_train {opts.box_train})" if opts.box_train else
+                f" by Fourier cropping (--box_train 0: the box nearest a {AUTO_TRAIN_NYQUIST_A:g}-Å Nyquist; give --box_train {box} to train at the particles' box)")
     logger.info(
         f"{len(use)} particles of {box} px at {pixel_A:.3f} Å/px; training at {s0.box} px ({s0.pixel_A:.3f} Å/px, "
-        f"Nyquist {2 * s0.pixel_A:.2f} Å){' by Fourier cropping (--box_train)' if s0.box != box else ''}{schedule}; "
+        f"Nyquist {2 * s0.pixel_A:.2f} Å){crop}{schedule}; "
         f"particle diameter {diameter_A:.0f} Å (radius {s0.radius_px:.1f} training px); device {device}"
     )
     if "rlnAngleRot" in df and opts.pose_prior == "uniform":

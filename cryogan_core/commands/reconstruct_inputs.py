@@ -231,14 +231,49 @@ class Sampling:
     radius_px: float
 
 
-def training_boxes(opts: ReconstructOptions, box: int, star_path: Path) -> list[int]:
+#: Training Nyquist (Å) that ``box_train 0`` (auto) aims for: the benchmarks' choice (box 32 of
+#: the 3.54-Å β-gal particles, 14.2 Å; larger training boxes gained nothing in a CPU hour,
+#: docs/cryogan_benchmarks.md, "Coarse to fine"), as cryoSPARC's ab initio caps its resolution.
+AUTO_TRAIN_NYQUIST_A = 14.0
+
+
+def auto_training_box(box: int, pixel_A: float, nyquist_A: float = AUTO_TRAIN_NYQUIST_A) -> int:
+    """The training box of ``box_train 0``: the even box whose Nyquist is nearest ``nyquist_A``.
+
+    Fourier cropping a ``box``-px particle of ``pixel_A`` Å/px to ``b`` px gives pixels of
+    ``pixel_A * box / b`` Å and a Nyquist of twice that, so ``b = 2 * box * pixel_A / nyquist_A``,
+    rounded to the nearest even box, at least ``MIN_BOX`` and never above ``box`` (no padding:
+    particles already coarser than ``nyquist_A`` train at their own box).
+
+    Args:
+        box: the particles' box (px).
+        pixel_A: their pixel size (Å/px).
+        nyquist_A: the training Nyquist aimed for (Å).
+
+    Returns:
+        The training box (px); e.g. 32 for 64-px particles of 3.54 Å (Nyquist 14.2 Å), 38 for
+        256 px of 1.06 Å, 24 for 24 px of 8 Å.
+    """
+    b = 2 * round(box * pixel_A / nyquist_A)
+    return int(min(box, max(MIN_BOX, b)))
+
+
+def training_boxes(opts: ReconstructOptions, box: int, pixel_A: float, star_path: Path) -> list[int]:
     """The training boxes, first to last: ``[box_train]`` or ``[box_train, box_final]``.
+
+    ``box_train 0`` is :func:`auto_training_box`.
+
+    Args:
+        opts: the job options (``box_train``, ``box_final``).
+        box: the particles' box (px).
+        pixel_A: their pixel size (Å/px).
+        star_path: the particle file (named in errors).
 
     Raises:
         InputError: a box larger than the particles' box, below ``MIN_BOX``, or a
             ``box_final`` not larger than ``box_train``.
     """
-    d = box if opts.box_train == 0 else opts.box_train
+    d = auto_training_box(box, pixel_A) if opts.box_train == 0 else opts.box_train
     if d > box:
         raise InputError(f"--box_train {d}: larger than the particles' box ({box} px); it can only crop")
     if d < MIN_BOX:

@@ -40,7 +40,7 @@ class ReconstructOptions:
         InputError: on construction, naming the first option whose value is out of range.
     """
 
-    box_train: int = option(0, "Training box (px): particles and volume are Fourier-cropped to it for speed (0 = the particles' box). Final maps are written at the particles' box.")
+    box_train: int = option(0, "Training box (px): particles and volume are Fourier-cropped to it for speed (0 = auto: the even box whose Nyquist is nearest 14 Å, at most the particles' box; give the particles' box to train at full resolution). Final maps are written at the particles' box.")
     box_final: int = option(0, "Coarse to fine: from box_final_at of the run on, train at this larger box (px; volumes Fourier-padded, new critics; 0 = box_train throughout).")
     box_final_at: float = option(0.5, "Fraction of the run (time or epochs) after which training moves to box_final.")
     critic_warmup: int = option(100, "Rounds of n_critic critic updates that train the new critics at box_final before the volumes move again.")
