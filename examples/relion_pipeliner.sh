@@ -76,7 +76,7 @@
 # CryoGAN inputs and params (all params: `cryogan reconstruct --help` or README "Use it from RELION").
 : "${RECONSTRUCT_REFERENCE:=}"            # optional map: outputs are aligned to it and compared (never trained on)
 : "${RECONSTRUCT_MICROGRAPHS:=}"          # optional micrographs STAR: noise drawn from micrograph windows
-: "${RECONSTRUCT_BOX_TRAIN:=0}"           # training box (px), Fourier-cropped; 0 = particles' box
+: "${RECONSTRUCT_BOX_TRAIN:=0}"           # training box (px), Fourier-cropped; 0 = auto (Nyquist ~14 Å)
 : "${RECONSTRUCT_PARTICLE_DIAMETER_A:=0}" # particle diameter (A); 0 = 0.8 x box x pixel size
 : "${RECONSTRUCT_SYMMETRY:=C1}"           # point group (C1, Cn, Dn, T, O, I)
 : "${RECONSTRUCT_N_EPOCHS:=200}"          # epochs; training ends at n_epochs or max_minutes
