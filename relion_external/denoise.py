@@ -19,8 +19,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
+from cryogan_core.commands._common import set_threads
 from cryogan_core.commands.denoise import DenoiseInputs, run_denoise
 from cryogan_core.commands.denoise_options import DenoiseOptions
 from cryogan_core.errors import InputError
@@ -32,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_relion_args_or_exit(list(sys.argv[1:] if argv is None else argv))
     configure_logging()
     with RelionJob(args.o, project_dir=Path.cwd(), name="cryogan-denoise") as job:
-        torch.set_num_threads(max(1, args.j))
+        set_threads(args.j)
         options = args.options(DenoiseOptions)
         if not args.in_parts:
             raise InputError("no input particles: fill 'Input particles' (--in_parts) with a refined particles STAR")
