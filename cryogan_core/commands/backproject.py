@@ -84,8 +84,8 @@ def run_backproject(
         The summary dict, with ``resolution_A_fsc_0.143`` (unmasked half-map FSC).
 
     Raises:
-        InputError: for unusable inputs, particles with several pixel sizes, or
-            CTF-premultiplied particles (:func:`~cryogan_core.io.particles.reject_ctf_modified_images`).
+        InputError: for unusable inputs, particles with several pixel sizes, or particles
+            premultiplied by their CTF or phase-flipped (:func:`~cryogan_core.io.particles.reject_ctf_modified_images`).
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

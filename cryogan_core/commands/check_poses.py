@@ -83,8 +83,8 @@ def run_check_poses(
         ``mask_radius_px``, ``box`` and ``per_particle_cc`` is NOT included (large).
 
     Raises:
-        InputError: for unreadable or incomplete inputs, or CTF-premultiplied particles
-            (:func:`~cryogan_core.io.particles.reject_ctf_modified_images`).
+        InputError: for unreadable or incomplete inputs, or particles premultiplied by their
+            CTF or phase-flipped (:func:`~cryogan_core.io.particles.reject_ctf_modified_images`).
     """
     project_dir = Path(project_dir) if project_dir is not None else Path.cwd()
     star = read_particles(star_path, require_ctf=True, require_images=True, require_poses=True)

@@ -139,7 +139,8 @@ def run_denoise(
     Raises:
         InputError: for unusable inputs or options (an unknown option or a value out of
             range, missing columns, stacks, a map that cannot be matched, NaNs in images,
-            an empty half set, a model of another box, CTF-premultiplied particles).
+            an empty half set, a model of another box, particles premultiplied by their CTF
+            or phase-flipped).
     """
     opts = options if isinstance(options, DenoiseOptions) else options_from_mapping(DenoiseOptions, options)
     t_start = time.time()

@@ -1,7 +1,7 @@
 """``cryogan reconstruct``'s inputs: particles, noise source, SNR and samplings of each half set.
 
 The pieces :func:`cryogan_core.commands.reconstruct.run_reconstruct` assembles before
-training: the particle table's checks (one pixel size, no CTF-premultiplied data), the
+training: the particle table's checks (one pixel size, no CTF-premultiplied or phase-flipped data), the
 training boxes (``--box_train``, ``--box_final``), the particles read, Fourier-cropped and
 normalised as RELION does, their pose-free SNR, and each half set's noise source
 (``--noise``).
@@ -91,7 +91,8 @@ def check_star(star_path: Path, df: pd.DataFrame) -> float:
         The pixel size in Å.
 
     Raises:
-        InputError: several pixel sizes, or ``rlnCtfDataAreCtfPremultiplied`` 1 on any row.
+        InputError: several pixel sizes, or ``rlnCtfDataAreCtfPremultiplied`` or
+            ``rlnCtfDataArePhaseFlipped`` 1 on any row.
     """
     sizes = np.unique(df["rlnImagePixelSize"].to_numpy())
     if len(sizes) != 1:
