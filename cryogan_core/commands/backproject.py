@@ -20,7 +20,7 @@ from cryogan_core.commands.export_cryosparc import volume_import_settings
 from cryogan_core.errors import InputError
 from cryogan_core.io.images import ParticleImages
 from cryogan_core.io.mrc import write_map
-from cryogan_core.io.particles import reject_ctf_modified_images
+from cryogan_core.io.particles import check_ctf_columns
 from cryogan_core.io.star import pose_angles_deg, read_particles
 from cryogan_core.io.summary import write_summary
 from cryogan_core.metrics.fsc import fsc, resolution_at, write_fsc_star
@@ -85,14 +85,14 @@ def run_backproject(
 
     Raises:
         InputError: for unusable inputs, particles with several pixel sizes, or particles
-            premultiplied by their CTF or phase-flipped (:func:`~cryogan_core.io.particles.reject_ctf_modified_images`).
+            premultiplied by their CTF or phase-flipped, or CTF columns in another unit (:func:`~cryogan_core.io.particles.check_ctf_columns`).
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     project_dir = Path(project_dir) if project_dir is not None else Path.cwd()
     star = read_particles(star_path, require_ctf=True, require_images=True, require_poses=True)
     df = star.particles
-    reject_ctf_modified_images(star_path, df)
+    check_ctf_columns(star_path, df)
     sizes = np.unique(df["rlnImagePixelSize"].to_numpy())
     if len(sizes) != 1:
         raise InputError(f"{star_path}: particles have several pixel sizes ({', '.join(f'{s:g}' for s in sizes)} Å); backproject needs one")

@@ -16,7 +16,7 @@ from loguru import logger
 
 from cryogan_core.commands._common import map_for_particles
 from cryogan_core.io.images import ParticleImages
-from cryogan_core.io.particles import reject_ctf_modified_images
+from cryogan_core.io.particles import check_ctf_columns
 from cryogan_core.io.star import pose_angles_deg, read_particles
 from cryogan_core.metrics.images import circular_mask, masked_pearson
 from cryogan_core.physics.ctf import CtfParams
@@ -84,12 +84,12 @@ def run_check_poses(
 
     Raises:
         InputError: for unreadable or incomplete inputs, or particles premultiplied by their
-            CTF or phase-flipped (:func:`~cryogan_core.io.particles.reject_ctf_modified_images`).
+            CTF or phase-flipped, or CTF columns in another unit (:func:`~cryogan_core.io.particles.check_ctf_columns`).
     """
     project_dir = Path(project_dir) if project_dir is not None else Path.cwd()
     star = read_particles(star_path, require_ctf=True, require_images=True, require_poses=True)
     df = star.particles
-    reject_ctf_modified_images(star_path, df)
+    check_ctf_columns(star_path, df)
     images = ParticleImages(df, project_dir, star_path)
     box = images.box
     radius = float(mask_radius_px) if mask_radius_px else 0.45 * box

@@ -44,7 +44,7 @@ from cryogan_core.errors import InputError
 from cryogan_core.io.atomic import atomic_path
 from cryogan_core.io.images import ParticleImages
 from cryogan_core.io.mrc import read_map
-from cryogan_core.io.particles import load_particles, reject_ctf_modified_images
+from cryogan_core.io.particles import check_ctf_columns, load_particles
 from cryogan_core.io.summary import write_summary
 from cryogan_core.models.symmetry_average import symmetry_averaged
 from cryogan_core.models.unet import UNetGenerator
@@ -140,7 +140,7 @@ def run_denoise(
         InputError: for unusable inputs or options (an unknown option or a value out of
             range, missing columns, stacks, a map that cannot be matched, NaNs in images,
             an empty half set, a model of another box, particles premultiplied by their CTF
-            or phase-flipped).
+            or phase-flipped, CTF columns in another unit).
     """
     opts = options if isinstance(options, DenoiseOptions) else options_from_mapping(DenoiseOptions, options)
     t_start = time.time()
@@ -162,7 +162,7 @@ def run_denoise(
         cs_project_dir=Path(opts.cs_project_dir) if opts.cs_project_dir else None, project_dir=project_dir,
     )
     df = star.particles
-    reject_ctf_modified_images(inputs.star_path, df)
+    check_ctf_columns(inputs.star_path, df)
     images = ParticleImages(df, project_dir, inputs.star_path)
     box = images.box
     pixel_sizes = np.unique(df["rlnImagePixelSize"].to_numpy())

@@ -20,7 +20,7 @@ from loguru import logger
 from cryogan_core.commands.reconstruct_options import MIN_BOX, ReconstructOptions
 from cryogan_core.errors import InputError
 from cryogan_core.io.images import ParticleImages
-from cryogan_core.io.particles import reject_ctf_modified_images
+from cryogan_core.io.particles import check_ctf_columns
 from cryogan_core.metrics.images import background_signal_and_noise_variance, normalize_background, snr_db
 from cryogan_core.physics.micrograph_noise import noise_from_micrograph_windows
 from cryogan_core.physics.noise import BackgroundNoise, CroppedNoise, background_variance
@@ -91,8 +91,9 @@ def check_star(star_path: Path, df: pd.DataFrame) -> float:
         The pixel size in Å.
 
     Raises:
-        InputError: several pixel sizes, or ``rlnCtfDataAreCtfPremultiplied`` or
-            ``rlnCtfDataArePhaseFlipped`` 1 on any row.
+        InputError: several pixel sizes, ``rlnCtfDataAreCtfPremultiplied`` or
+            ``rlnCtfDataArePhaseFlipped`` 1 on any row, or CTF columns in another unit
+            (:func:`~cryogan_core.io.particles.check_ctf_columns`).
     """
     sizes = np.unique(df["rlnImagePixelSize"].to_numpy())
     if len(sizes) != 1:
@@ -100,7 +101,7 @@ def check_star(star_path: Path, df: pd.DataFrame) -> float:
             f"{star_path}: particles have several pixel sizes ({', '.join(f'{s:g}' for s in sizes)} Å); "
             "reconstruct needs one"
         )
-    reject_ctf_modified_images(star_path, df)
+    check_ctf_columns(star_path, df)
     return float(sizes[0])
 
 

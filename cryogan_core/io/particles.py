@@ -8,11 +8,13 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from loguru import logger
+
 from cryogan_core.errors import InputError
 from cryogan_core.io.cryosparc import read_cryosparc_particles
 from cryogan_core.io.star import ParticleStar, read_particles
 
-__all__ = ["CTF_MODIFIED_FLAGS", "load_particles", "reject_ctf_modified_images"]
+__all__ = ["CTF_MODIFIED_FLAGS", "check_ctf_columns", "check_ctf_values", "load_particles", "reject_ctf_modified_images"]
 
 
 def load_particles(
@@ -107,3 +109,74 @@ def reject_ctf_modified_images(path: str | Path, df: pd.DataFrame) -> None:
                 f"{path}: column {col} is 1 for {n} of {len(df)} particles: images {meaning} are not "
                 "supported (re-extract the particles without it)"
             )
+
+
+#: Plausible ranges of RELION's CTF columns in their units; values outside are another unit.
+VOLTAGE_RANGE_KV = (30.0, 1000.0)
+CS_RANGE_MM = (-5.0, 20.0)
+#: Median defocus (Å) below which the values are taken for µm (1.5 µm = 15,000 Å).
+MIN_MEDIAN_DEFOCUS_A = 100.0
+
+
+def check_ctf_values(path: str | Path, df: pd.DataFrame) -> None:
+    """Refuse CTF columns in the wrong unit; warn when most defoci are overfocus.
+
+    RELION's units: ``rlnVoltage`` kV, ``rlnSphericalAberration`` mm, ``rlnAmplitudeContrast``
+    a fraction, ``rlnDefocusU/V`` Å with underfocus positive (relion/src/ctf.h). Converters
+    that write volts, percent or µm give a CTF with nothing in common with the images, and
+    every command would go on without a word; the CTF is then wrong for every particle.
+
+    Args:
+        path: the particle file (named in the error).
+        df: its particle table, optics columns merged: ``rlnVoltage``,
+            ``rlnSphericalAberration``, ``rlnAmplitudeContrast``, ``rlnDefocusU``,
+            ``rlnDefocusV`` (float, as :func:`~cryogan_core.io.star.read_particles` gives).
+
+    Raises:
+        InputError: the first row (1-based) whose voltage is outside 30–1000 kV, Cs outside
+            −5–20 mm or amplitude contrast outside [0, 1); or a median defocus below 100 Å
+            (µm written as Å). The message names the file, the row, the column and the value.
+    """
+    checks = (
+        ("rlnVoltage", VOLTAGE_RANGE_KV, "is not in kV (RELION writes e.g. 300)"),
+        ("rlnSphericalAberration", CS_RANGE_MM, "is not in mm (RELION writes e.g. 2.7)"),
+    )
+    for col, (lo, hi), why in checks:
+        v = df[col].to_numpy(dtype=float)
+        bad = np.flatnonzero(~((v >= lo) & (v <= hi)))
+        if len(bad):
+            raise InputError(f"{path}: row {bad[0] + 1}: {col} {v[bad[0]]:g} {why}")
+    q = df["rlnAmplitudeContrast"].to_numpy(dtype=float)
+    bad = np.flatnonzero(~((q >= 0) & (q < 1)))
+    if len(bad):
+        raise InputError(f"{path}: row {bad[0] + 1}: rlnAmplitudeContrast {q[bad[0]]:g} is not a fraction in [0, 1) (RELION writes e.g. 0.1)")
+    mean_defocus = 0.5 * (df["rlnDefocusU"].to_numpy(dtype=float) + df["rlnDefocusV"].to_numpy(dtype=float))
+    median = float(np.median(np.abs(mean_defocus)))
+    if median < MIN_MEDIAN_DEFOCUS_A:
+        raise InputError(
+            f"{path}: columns rlnDefocusU/V: median defocus {median:g} Å; RELION's defocus is in Å (1.5 µm = 15000 Å), "
+            "these look like µm"
+        )
+    over = float(np.mean(mean_defocus < 0))
+    if over > 0.5:
+        logger.warning(
+            f"{path}: {100 * over:.0f} % of the particles have a negative defocus (overfocus in RELION's convention, "
+            "underfocus positive): check the converter's sign"
+        )
+
+
+def check_ctf_columns(path: str | Path, df: pd.DataFrame) -> None:
+    """The checks every command that models the particles' CTF makes first.
+
+    :func:`reject_ctf_modified_images` (CTF applied at extraction), then
+    :func:`check_ctf_values` (units of the CTF columns).
+
+    Args:
+        path: the particle file (named in errors).
+        df: its particle table, optics columns merged, with the CTF columns.
+
+    Raises:
+        InputError: from either check.
+    """
+    reject_ctf_modified_images(path, df)
+    check_ctf_values(path, df)

@@ -1,5 +1,6 @@
-"""Particles with their CTF applied at extraction (``rlnCtfDataAreCtfPremultiplied`` or
-``rlnCtfDataArePhaseFlipped`` 1) are refused by every command that models the CTF."""
+"""The CTF columns every command that models the CTF checks first: particles with their CTF
+applied at extraction (``rlnCtfDataAreCtfPremultiplied`` or ``rlnCtfDataArePhaseFlipped`` 1)
+and CTF values in another unit than RELION's are refused with one line."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from cryogan_core.commands.denoise import DenoiseInputs, run_denoise
 from cryogan_core.commands.reconstruct import run_reconstruct
 from cryogan_core.commands.simulate import run_simulate
 from cryogan_core.errors import InputError
-from cryogan_core.io.particles import CTF_MODIFIED_FLAGS, reject_ctf_modified_images
+from cryogan_core.io.particles import CTF_MODIFIED_FLAGS, check_ctf_values, reject_ctf_modified_images
+from cryogan_core.io.star import read_particles
 
 PREMULTIPLIED = "rlnCtfDataAreCtfPremultiplied"
 PHASE_FLIPPED = "rlnCtfDataArePhaseFlipped"
@@ -70,3 +72,50 @@ def test_phase_flipped_optics_groups_are_read_and_refused(project: Path) -> None
 def test_the_unflagged_set_passes(project: Path) -> None:
     summary = run_check_poses(project / "sim/particles.star", project / "sim/ground_truth_map.mrc", project_dir=project)
     assert summary["cc_true_poses"] > summary["cc_shuffled_poses"] + 0.2
+
+
+def _table(**changes: list[float]) -> pd.DataFrame:
+    """Three particles with RELION-unit CTF columns (300 kV, 2.7 mm, 0.1, 1.2-1.6 µm underfocus), then ``changes``."""
+    df = pd.DataFrame({"rlnVoltage": [300.0] * 3, "rlnSphericalAberration": [2.7] * 3, "rlnAmplitudeContrast": [0.1] * 3,
+                       "rlnDefocusU": [12000.0, 15000.0, 16000.0], "rlnDefocusV": [11500.0, 14000.0, 15500.0]})
+    for col, values in changes.items():
+        df[col] = values
+    return df
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"rlnVoltage": [300.0, 300000.0, 300.0]}, r"row 2: rlnVoltage 300000 is not in kV"),
+        ({"rlnSphericalAberration": [2700.0] * 3}, r"row 1: rlnSphericalAberration 2700 is not in mm"),
+        ({"rlnAmplitudeContrast": [0.1, 0.1, 10.0]}, r"row 3: rlnAmplitudeContrast 10 is not a fraction in \[0, 1\)"),
+        ({"rlnDefocusU": [1.2, 1.5, 1.6], "rlnDefocusV": [1.15, 1.4, 1.55]}, r"columns rlnDefocusU/V: median defocus 1\.45 Å.*these look like µm"),
+        ({"rlnVoltage": [float("nan")] * 3}, r"row 1: rlnVoltage nan is not in kV"),
+    ],
+    ids=["volts", "cs-in-um", "percent", "defocus-in-um", "nan"],
+)
+def test_ctf_values_in_another_unit_are_refused_naming_row_column_and_value(changes: dict, message: str) -> None:
+    with pytest.raises(InputError, match=rf"^p\.star: {message}"):
+        check_ctf_values("p.star", _table(**changes))
+
+
+def test_relion_units_pass_and_mostly_overfocus_is_a_warning(log_messages: list[str]) -> None:
+    check_ctf_values("p.star", _table())
+    check_ctf_values("p.star", _table(rlnSphericalAberration=[0.01] * 3, rlnAmplitudeContrast=[0.0] * 3, rlnVoltage=[60.0] * 3))
+    assert not any("negative defocus" in m for m in log_messages)
+    check_ctf_values("p.star", _table(rlnDefocusU=[-12000.0, -15000.0, 16000.0], rlnDefocusV=[-11500.0, -14000.0, 15500.0]))
+    assert any("p.star: 67 % of the particles have a negative defocus" in m for m in log_messages)
+
+
+def test_the_real_betagal_ctf_passes(betagal_dir: Path) -> None:
+    star = betagal_dir / "betagal_particles_posed.star"
+    check_ctf_values(star, read_particles(star, require_ctf=True).particles)
+
+
+def test_a_job_refuses_defocus_in_um(project: Path) -> None:
+    star = starfile.read(project / "sim/particles.star")
+    star["particles"]["rlnDefocusU"] /= 1e4
+    star["particles"]["rlnDefocusV"] /= 1e4
+    starfile.write(star, project / "defocus_um.star")
+    with pytest.raises(InputError, match=r"defocus_um\.star: columns rlnDefocusU/V: median defocus .* these look like µm"):
+        run_check_poses(project / "defocus_um.star", project / "sim/ground_truth_map.mrc", project_dir=project)
