@@ -119,3 +119,6 @@ def test_a_job_refuses_defocus_in_um(project: Path) -> None:
     starfile.write(star, project / "defocus_um.star")
     with pytest.raises(InputError, match=r"defocus_um\.star: columns rlnDefocusU/V: median defocus .* these look like µm"):
         run_check_poses(project / "defocus_um.star", project / "sim/ground_truth_map.mrc", project_dir=project)
+    # simulate takes only the CTF parameters of --ctf-from, and checks their units too
+    with pytest.raises(InputError, match=r"defocus_um\.star: columns rlnDefocusU/V: median defocus"):
+        run_simulate(project / "sim_um", n=4, snr_db=0.0, seed=1, box=16, pixel_size_A=7.0, ctf_from=project / "defocus_um.star")

@@ -17,6 +17,7 @@ import torch
 from loguru import logger
 
 from cryogan_core.io.mrc import read_map, write_map, write_stack
+from cryogan_core.io.particles import check_ctf_values
 from cryogan_core.io.star import ParticleStar, format_image_name, pose_angles_deg, read_particles
 from cryogan_core.io.star_write import write_particles
 from cryogan_core.io.summary import write_summary
@@ -187,7 +188,8 @@ def run_simulate(
         The summary dict (also written to ``summary.json``).
 
     Raises:
-        InputError: on unreadable maps or STAR files, or missing columns.
+        InputError: on unreadable maps or STAR files, missing columns, or ``ctf_from`` CTF
+            columns in another unit (:func:`~cryogan_core.io.particles.check_ctf_values`).
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -215,6 +217,7 @@ def run_simulate(
         angles = random_euler_deg(n, generator=gen)
     if ctf_from is not None:
         ctf_star = read_particles(ctf_from, require_ctf=True)
+        check_ctf_values(ctf_from, ctf_star.particles)
         same = poses_from is not None and Path(ctf_from).resolve() == Path(poses_from).resolve()
         ctf_rows = pose_rows if same else _sample_rows(len(ctf_star.particles), n, rng)
         ctf = CtfParams.from_particles(ctf_star.particles.iloc[ctf_rows].reset_index(drop=True))
