@@ -184,7 +184,8 @@ def test_model_of_another_box_is_refused(trained: tuple[Path, dict], tmp_path: P
 def test_train_box_float16_and_ctf_free_outputs(sim: Path) -> None:
     out = sim / "run3"
     s = run_denoise(DenoiseInputs(sim / "sim/particles.star", out, sim / "sim/ground_truth_map.mrc", project_dir=sim),
-                    {**SMALL, "n_steps": 3, "train_box": 24, "float16": True, "ctf_free": True, "no_bias_controls": True})
+                    {**SMALL, "n_steps": 3, "train_box": 24, "float16": True, "ctf_free": True, "no_bias_controls": True,
+                     "no_scores": True})
     assert s["pixel_size_output_A"] == pytest.approx(7.0 * 32 / 24)
     with mrcfile.open(out / "Denoised/particles_000001.mrcs", permissive=True) as m:
         assert m.header.mode == 12 and m.data.shape == (100, 24, 24)
@@ -192,6 +193,8 @@ def test_train_box_float16_and_ctf_free_outputs(sim: Path) -> None:
     star = read_particles(out / "particles.star")
     assert np.allclose(star.particles["rlnImagePixelSize"], 7.0 * 32 / 24)
     assert (star.particles["rlnImageSize"] == 24).all()
+    # --no_scores after training too: no agreement columns (the map served only the training)
+    assert "rlnCryoganCCRaw" not in star.particles and "mean_cc_raw_all" not in s
     assert not s["ctf_targets"]
     assert not s["ctf_aware"]  # the CTF-aware mode needs CTF'd targets
     # a model without the CTF-aware mode: the written particles are the network's output as such

@@ -216,7 +216,9 @@ def run_denoise(
     if opts.average_symmetries > 1:
         logger.info(f"Each particle is denoised {opts.average_symmetries} times (flips / 90° rotations) and averaged")
     denoiser = symmetry_averaged(generator, opts.average_symmetries)
-    written = denoise_all(inputs, opts, star, images, denoiser, settings, volume_for_pixel if need_map else None, project_dir, out_dir, device, should_stop, resume)
+    # the map serves training whatever --no_scores says; the per-particle scores only without it
+    scores_from = None if opts.no_scores else volume_for_pixel
+    written = denoise_all(inputs, opts, star, images, denoiser, settings, scores_from, project_dir, out_dir, device, should_stop, resume)
     summary.update(written["summary"])
     summary.update({f"heldout_{k}": v for k, v in report.get("scores", {}).items()})
     summary.update(report.get("bias", {}))
