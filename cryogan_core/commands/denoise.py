@@ -37,7 +37,16 @@ from cryogan_core.commands.denoise_model import MODEL_FORMAT, config_dict, load_
 from cryogan_core.commands.denoise_options import DenoiseInputs, DenoiseOptions
 from cryogan_core.commands.denoise_outputs import denoise_all
 from cryogan_core.commands.denoise_pace import pace_advice
-from cryogan_core.commands.denoise_pairs import MAX_VALIDATION, MIN_VALIDATION, select_rows, split_validation, synthetic_training_pairs, with_synthetic
+from cryogan_core.commands.denoise_pairs import (
+    MAX_VALIDATION,
+    MIN_VALIDATION,
+    available_memory_bytes,
+    max_pairs_in_memory,
+    select_rows,
+    split_validation,
+    synthetic_training_pairs,
+    with_synthetic,
+)
 from cryogan_core.commands.denoise_scores import LOW_SNR_DB, estimated_snr, heldout_report, training_fit
 from cryogan_core.commands.options import options_from_mapping
 from cryogan_core.errors import InputError
@@ -250,7 +259,16 @@ def _train_and_report(
 ) -> tuple[UNetGenerator, list[dict[str, float]], dict[str, Any]]:
     """Build pairs, train on half 1 (resuming from a checkpoint), score half 2, bias controls."""
     labels = half_set_labels(df, opts.seed)
-    train_rows = select_rows(np.flatnonzero(labels == 1), opts.max_train_particles, rng)
+    half1 = np.flatnonzero(labels == 1)
+    n_train = opts.max_train_particles
+    cap = max_pairs_in_memory(settings.train_box, settings.ctf_aware, available_memory_bytes())
+    if cap is not None and min(len(half1), n_train or len(half1)) > cap:
+        logger.warning(
+            f"Training on {cap} particles of half set 1, not {min(len(half1), n_train or len(half1))}: the training pairs at box "
+            f"{settings.train_box} px would take more than a quarter of this machine's memory (--train_box crops them)"
+        )
+        n_train = cap
+    train_rows = select_rows(half1, n_train, rng)
     heldout_rows = select_rows(np.flatnonzero(labels == 2), opts.n_report, rng)
     train_rows, val_rows = split_validation(train_rows, opts.validation_fraction, opts.seed)
     logger.info(

@@ -4,12 +4,15 @@ Half set 1 trains (at most ``--max_train_particles``, :func:`select_rows`, less 
 validation particles :func:`split_validation` draws to choose the weights); half set 2 is
 reported on (``--n_report``). :func:`synthetic_training_pairs` makes ``--synthetic_pairs``
 more pairs from the map and the training particles; :func:`with_synthetic` appends them to
-the real ones.
+the real ones. :func:`max_pairs_in_memory` caps the training particles so that their pairs,
+held in memory for the whole training, fit in a quarter of the machine's memory.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -48,6 +51,52 @@ def split_validation(rows: np.ndarray, fraction: float, seed: int) -> tuple[np.n
         return rows, rows[:0]
     val = np.random.default_rng(seed + 1).choice(rows, size=n_val, replace=False)
     return np.setdiff1d(rows, val), np.sort(val)
+
+
+#: Share of the machine's memory the training pairs may take (the rest: network, stacks, outputs).
+PAIR_MEMORY_FRACTION = 0.25
+#: float32 images held per training pair: the input, the target and the scaled CTF'd reference.
+IMAGES_PER_PAIR = 3
+
+
+def available_memory_bytes() -> int | None:
+    """Memory this process may use (bytes): the machine's physical memory, or a smaller
+    cgroup limit (containers, cluster jobs) where one is set; None where neither is known."""
+    sizes = []
+    try:
+        sizes.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        pass
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            sizes.append(int(text))
+    return min(sizes) if sizes else None
+
+
+def max_pairs_in_memory(train_box: int, ctf_aware: bool, memory_bytes: int | None) -> int | None:
+    """The most training pairs whose images fit in ``PAIR_MEMORY_FRACTION`` of ``memory_bytes``.
+
+    Each pair holds ``IMAGES_PER_PAIR`` float32 images of ``train_box²`` pixels
+    (:func:`~cryogan_core.train.pairs.build_pairs`), plus its CTF ``(train_box, train_box//2+1)``
+    in the CTF-aware mode: 197 KB at 128 px, 786 KB at 256 px, so the default 20,000
+    training particles of a 256-px set take 15.7 GB.
+
+    Args:
+        train_box: the training box (px).
+        ctf_aware: whether each pair also holds its CTF.
+        memory_bytes: the memory available (bytes; :func:`available_memory_bytes`), or None.
+
+    Returns:
+        The number of pairs (at least ``MIN_VALIDATION``), or None when ``memory_bytes`` is None.
+    """
+    if memory_bytes is None:
+        return None
+    per_pair = 4 * train_box * (IMAGES_PER_PAIR * train_box + (train_box // 2 + 1 if ctf_aware else 0))
+    return max(MIN_VALIDATION, int(PAIR_MEMORY_FRACTION * memory_bytes // per_pair))
 
 
 def select_rows(rows: np.ndarray, n_max: int, rng: np.random.Generator) -> np.ndarray:
