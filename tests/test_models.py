@@ -600,3 +600,26 @@ def test_models_run_on_cuda():
     assert gaussian_blur_images(torch.randn(1, 1, 16, 16, device=dev), 1.0).is_cuda
     assert VoxelVolume(10, symmetry="O").to(dev)().is_cuda
     assert LatentVolumeGenerator(16).to(dev)(torch.randn(2, 8, device=dev)).is_cuda
+
+
+@pytest.mark.parametrize("box, device, expected", [(64, "cpu", 64), (128, "cpu", 16), (256, "cpu", 4), (400, "cpu", 1),
+                                                   (32, "cpu", 256), (16, "cpu", 256), (256, "cuda", 64), (32, "cuda", 1024)])
+def test_inference_batches_hold_a_fixed_number_of_pixels(box, device, expected):
+    from cryogan_core.train.pix2pix import inference_batch_size
+    assert inference_batch_size(box, device) == expected
+
+
+def test_denoised_images_do_not_depend_on_the_batch_size():
+    from cryogan_core.physics.ctf import CtfParams, compute_ctf
+    from cryogan_core.train.pix2pix import denoise_images
+    torch.manual_seed(0)
+    model = UNetGenerator(base_channels=4, depth=2)
+    model.train()
+    model(torch.randn(8, 1, 40, 40))  # running statistics away from their start, so the folded BatchNorm matters
+    x = torch.randn(37, 40, 40)
+    ctf = compute_ctf(CtfParams(torch.full((37,), 15000.0), torch.full((37,), 14000.0), torch.zeros(37), torch.full((37,), 300.0),
+                                torch.full((37,), 2.7), torch.full((37,), 0.1), torch.zeros(37), torch.zeros(37), torch.ones(37)),
+                      40, 3.0, rfft=True)
+    auto = denoise_images(model, x, ctf=ctf)  # 64 * 64² // 40² = 163 per pass: one batch
+    for bs in (1, 5, 37):
+        torch.testing.assert_close(denoise_images(model, x, batch_size=bs, ctf=ctf), auto, rtol=1e-4, atol=1e-5)

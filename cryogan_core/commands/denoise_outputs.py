@@ -121,7 +121,7 @@ def denoise_all(
                 transform = input_transform(raw, settings)
                 x = transform(raw)
                 ctf_tb = train_box_ctf(df.iloc[idx], settings, device) if settings.ctf_aware else None
-                y = denoise_images(generator, x, batch_size=len(idx), ctf=ctf_tb).to(device)
+                y = denoise_images(generator, x, ctf=ctf_tb).to(device)
                 writer.write(b, y.cpu().numpy().astype(dtype))
                 if score:
                     pred_ctf = predictions(df.iloc[idx], volume_for_pixel, True, device)

@@ -280,7 +280,32 @@ def _modulate_in_frame(out: torch.Tensor, ctf: torch.Tensor, quarter_turns: int,
     return apply_symmetry(ctf_modulate(back, ctf), quarter_turns, flip).unsqueeze(1)
 
 
-def denoise_images(generator: nn.Module, images: torch.Tensor, batch_size: int = 64, ctf: torch.Tensor | None = None) -> torch.Tensor:
+#: Pixels per forward pass at inference: 64 particles of 64 px on a CPU, 1,024 on a GPU.
+INFERENCE_PIXELS = {"cpu": 64 * 64 * 64, "cuda": 1024 * 64 * 64}
+
+
+def inference_batch_size(box: int, device: torch.device | str) -> int:
+    """Particles per forward pass of the denoiser at inference, for a ``box``-px image.
+
+    The activations grow with the pixels of a batch, so the batch shrinks as the box grows:
+    on 2 CPU threads the default U-Net ran 123 / 114 / 97 / 96 particles/s at 128 px with
+    batches of 16 / 32 / 64 / 256 (smaller batches stay in cache), and a batch of 256 at
+    128 px took 2.2 GB. A GPU wants large batches (200,000 particles/s at 64 px with 1,024,
+    6,300 with 8; benchmarks/bench_unet_speed.py).
+
+    Args:
+        box: the image box (px).
+        device: the generator's device (``cuda`` for a GPU, anything else counts as a CPU).
+
+    Returns:
+        ``INFERENCE_PIXELS[kind] // box²``, between 1 and 256 on a CPU (1,024 on a GPU):
+        64 at 64 px, 16 at 128 px, 4 at 256 px on a CPU.
+    """
+    kind = "cuda" if torch.device(device).type == "cuda" else "cpu"
+    return int(min(256 if kind == "cpu" else 1024, max(1, INFERENCE_PIXELS[kind] // (box * box))))
+
+
+def denoise_images(generator: nn.Module, images: torch.Tensor, batch_size: int | None = None, ctf: torch.Tensor | None = None) -> torch.Tensor:
     """Apply a trained generator to particle images.
 
     Args:
@@ -288,7 +313,7 @@ def denoise_images(generator: nn.Module, images: torch.Tensor, batch_size: int =
             (:class:`~cryogan_core.models.symmetry_average.SymmetryAveraged`).
         images: ``(n, H, W)`` float32 normalised particles (any device; batches are moved
             to the generator's device).
-        batch_size: particles per forward pass.
+        batch_size: particles per forward pass (None: :func:`inference_batch_size`).
         ctf: ``(n, H, W//2+1)`` each particle's CTF (``rfft2`` layout) for a CTF-aware
             model: inputs phase-flipped, outputs CTF-modulated
             (:mod:`cryogan_core.physics.ctf_filters`); None for a plain model.
@@ -303,6 +328,7 @@ def denoise_images(generator: nn.Module, images: torch.Tensor, batch_size: int =
         raise ValueError(f"ctf {tuple(ctf.shape)} does not match images {tuple(images.shape)}")
     generator.eval()
     device = next(generator.parameters()).device
+    batch_size = batch_size or inference_batch_size(images.shape[-1], device)
     out = torch.empty(images.shape, dtype=torch.float32)
     with torch.inference_mode():
         for start in range(0, images.shape[0], batch_size):
@@ -324,4 +350,4 @@ def eta_seconds(steps_done: int, steps_total: int, elapsed_s: float) -> float:
     return elapsed_s / steps_done * max(0, steps_total - steps_done)
 
 
-__all__ = ["Pix2PixConfig", "Pix2PixTrainer", "train_pix2pix", "denoise_images", "eta_seconds"]
+__all__ = ["Pix2PixConfig", "Pix2PixTrainer", "train_pix2pix", "denoise_images", "eta_seconds", "inference_batch_size"]
