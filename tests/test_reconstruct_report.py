@@ -102,3 +102,20 @@ def test_summary_page_names_a_missing_entry() -> None:
     bad = {k: v for k, v in SUMMARY.items() if k != "steps"}
     with pytest.raises(KeyError, match="steps"):
         summary_lines(bad, low_snr_db=-15.0)
+
+
+def test_montage_tiles_each_row_and_scales_each_particle_alone() -> None:
+    from cryogan_core.report.plots import montage_figure
+    rng = np.random.default_rng(0)
+    faint = rng.normal(size=(10, 12, 12))
+    bright = 1000.0 * faint + 5.0  # the same particles at another scale and offset
+    fig = montage_figure({"faint": faint, "bright": bright}, n_columns=4, title="t")
+    try:
+        assert len(fig.axes) == 2 and [a.get_ylabel() for a in fig.axes] == ["faint", "bright"]
+        tiled = [np.ma.filled(a.get_images()[0].get_array(), np.nan) for a in fig.axes]
+        gap = 12 // 16 or 1
+        assert tiled[0].shape == (12, 4 * 12 + 3 * gap)
+        np.testing.assert_allclose(tiled[0], tiled[1], atol=1e-6, equal_nan=True)  # own 1st-99th percentile each
+        assert np.isnan(tiled[0][:, 12]).all() and np.nanmin(tiled[0]) == 0.0 and np.nanmax(tiled[0]) == 1.0
+    finally:
+        plt.close(fig)

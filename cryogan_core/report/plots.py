@@ -96,17 +96,23 @@ def montage_figure(
     """
     labels = list(rows)
     n_cols = min(n_columns, min(len(v) for v in rows.values()))
-    fig, axes = plt.subplots(len(labels), n_cols, figsize=(1.3 * n_cols, 1.4 * len(labels)), squeeze=False)
+    # one axes per row, its particles tiled side by side (a grid of axes per particle took
+    # ~0.9 s a figure to lay out); each image keeps its own 1st-99th percentile scaling
+    fig, axes = plt.subplots(len(labels), 1, figsize=(1.3 * n_cols, 1.4 * len(labels)), squeeze=False)
     for r, label in enumerate(labels):
+        tiles = []
         for c in range(n_cols):
             img = np.asarray(rows[label][c], dtype=np.float32)
             lo, hi = np.percentile(img, [1, 99])
-            ax = axes[r, c]
-            ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, origin="lower")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(label, fontsize=8)
+            tiles.append(np.clip((img - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0))
+            if c < n_cols - 1:
+                tiles.append(np.full((img.shape[0], max(1, img.shape[1] // 16)), np.nan, dtype=np.float32))
+        ax = axes[r, 0]
+        cmap = plt.get_cmap("gray").with_extremes(bad="white")
+        ax.imshow(np.concatenate(tiles, axis=1), cmap=cmap, vmin=0.0, vmax=1.0, origin="lower", interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
