@@ -1,10 +1,10 @@
 """Shared pytest fixtures: the location of ../shared/data (real data, optional), the
-loguru messages of a test, and synthetic micrographs."""
+loguru messages of a test, synthetic micrographs, and tiny CryoGAN jobs shared by tests."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import mrcfile
 import numpy as np
@@ -38,6 +38,51 @@ def log_messages():
     sink = logger.add(lambda m: messages.append(str(m)), format="{message}")
     yield messages
     logger.remove(sink)
+
+
+#: The options of a tiny CryoGAN job: one epoch of 120 particles at box 16, no timed evaluation.
+TINY_RECONSTRUCT = {"box_train": "16", "max_minutes": "0", "n_epochs": "1", "eval_minutes": "0", "log_seconds": "1000",
+                    "symmetry": "C1", "particle_diameter_A": "160"}
+
+
+@pytest.fixture(scope="session")
+def tiny_reconstruct(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., tuple[dict[str, Any], str, Path]]:
+    """Run (once per argument set, for the whole session) a tiny CryoGAN job on 120 simulated
+    particles of the built-in volume (24 px at 8 Å/px, seed 5) at ``snr_db`` with origins
+    uniform in ±``shift_px``, options ``TINY_RECONSTRUCT`` updated by ``options``.
+
+    Returns a function ``(snr_db, shift_px, **options) -> (summary, log text, output folder)``;
+    tests that need the same job share one run.
+    """
+    import torch
+
+    from cryogan_core.commands.options import options_from_mapping
+    from cryogan_core.commands.reconstruct import run_reconstruct
+    from cryogan_core.commands.reconstruct_options import ReconstructOptions
+    from cryogan_core.commands.simulate import run_simulate
+
+    runs: dict[tuple, tuple[dict[str, Any], str, Path]] = {}
+
+    def run(snr_db: float, shift_px: float, **options: str) -> tuple[dict[str, Any], str, Path]:
+        key = (snr_db, shift_px, tuple(sorted(options.items())))
+        if key not in runs:
+            root = tmp_path_factory.mktemp("tiny_reconstruct")
+            run_simulate(root / "Simulate", n=120, snr_db=snr_db, shift_px=shift_px, seed=5, box=24, pixel_size_A=8.0,
+                         project_dir=root)
+            messages: list[str] = []
+            sink = logger.add(lambda m: messages.append(str(m)), format="{message}")
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                summary = run_reconstruct(root / "Simulate/particles.star", root / "out",
+                                          options_from_mapping(ReconstructOptions, {**TINY_RECONSTRUCT, **options}), project_dir=root)
+            finally:
+                logger.remove(sink)
+                torch.set_num_threads(threads)
+            runs[key] = (summary, "".join(messages), root / "out")
+        return runs[key]
+
+    return run
 
 
 #: Micrograph side (px), and where the bright blobs (stand-ins for particles) sit.

@@ -6,20 +6,13 @@ from __future__ import annotations
 
 import json
 import re
+
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from cryogan_core.commands.options import options_from_mapping
-from cryogan_core.commands.reconstruct import run_reconstruct
 from cryogan_core.commands.reconstruct_inputs import origins_outside_prior
-from cryogan_core.commands.reconstruct_options import ReconstructOptions
-from cryogan_core.commands.simulate import run_simulate
 from cryogan_core.io.star import read_particles
-
-TINY = {"box_train": "16", "max_minutes": "0", "n_epochs": "1", "eval_minutes": "0", "log_seconds": "1000",
-        "symmetry": "C1", "particle_diameter_A": "160"}
 
 
 def _origins(px: list[tuple[float, float]], pixel_A: float = 2.0) -> pd.DataFrame:
@@ -56,15 +49,10 @@ def test_the_real_betagal_particles_sit_beyond_the_default_prior(betagal_dir):
 
 
 @pytest.mark.parametrize("sim_shift_px, warned", [(1.0, False), (4.0, True)])
-def test_the_job_warns_when_particles_are_more_off_centre_than_the_prior(tmp_path, log_messages, sim_shift_px, warned):
-    run_simulate(tmp_path / "Simulate", n=120, snr_db=0.0, shift_px=sim_shift_px, seed=5, box=24, pixel_size_A=8.0,
-                 project_dir=tmp_path)
-    torch.set_num_threads(1)
-    summary = run_reconstruct(tmp_path / "Simulate/particles.star", tmp_path / "out",
-                              options_from_mapping(ReconstructOptions, TINY), project_dir=tmp_path)
-    text = "".join(log_messages)
+def test_the_job_warns_when_particles_are_more_off_centre_than_the_prior(tiny_reconstruct, sim_shift_px, warned):
+    summary, text, out = tiny_reconstruct(0.0, sim_shift_px)
     assert ("off-centre beyond the shift prior (uniform, --shift_px 2)" in text) is warned
-    check = json.loads((tmp_path / "out/summary.json").read_text())["origins_outside_shift_prior"]
+    check = json.loads((out / "summary.json").read_text())["origins_outside_shift_prior"]
     assert check == summary["origins_outside_shift_prior"] and check["warned"] is warned
     if warned:  # ±4 px uniform: 1 - (2/4)² = 75 % expected beyond ±2 px, σ 4/√3 = 2.3 px (120 particles)
         found = re.search(r"(\d+) % of the particles are off-centre.*\(σ ([\d.]+) px\)", text)
@@ -77,12 +65,7 @@ def test_the_job_warns_when_particles_are_more_off_centre_than_the_prior(tmp_pat
         assert check["fraction_outside"] == 0.0 and 0.4 < check["sigma_px"] < 0.75
 
 
-def test_no_warning_when_the_prior_is_the_inputs_own_origins(tmp_path, log_messages):
-    run_simulate(tmp_path / "Simulate", n=120, snr_db=0.0, shift_px=4.0, seed=5, box=24, pixel_size_A=8.0,
-                 project_dir=tmp_path)
-    torch.set_num_threads(1)
-    summary = run_reconstruct(tmp_path / "Simulate/particles.star", tmp_path / "out",
-                              options_from_mapping(ReconstructOptions, {**TINY, "shift_prior": "star"}),
-                              project_dir=tmp_path)
-    assert "off-centre beyond the shift prior" not in "".join(log_messages)
+def test_no_warning_when_the_prior_is_the_inputs_own_origins(tiny_reconstruct):
+    summary, text, _ = tiny_reconstruct(0.0, 4.0, shift_prior="star")
+    assert "off-centre beyond the shift prior" not in text
     assert summary["origins_outside_shift_prior"] is None  # nothing checked with the input's own origins
