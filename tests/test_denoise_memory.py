@@ -8,7 +8,8 @@ import pytest
 
 import cryogan_core.commands.denoise as denoise_command
 from cryogan_core.commands.denoise import DenoiseInputs, run_denoise
-from cryogan_core.commands.denoise_pairs import MIN_VALIDATION, available_memory_bytes, max_pairs_in_memory
+from cryogan_core.commands._common import available_memory_bytes
+from cryogan_core.commands.denoise_pairs import MIN_VALIDATION, max_pairs_in_memory
 from cryogan_core.commands.simulate import run_simulate
 from cryogan_core.io.star import read_particles
 

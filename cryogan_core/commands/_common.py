@@ -1,4 +1,4 @@
-"""Helpers shared by the ``cryogan`` sub-commands: devices, threads, maps matched to particles."""
+"""Helpers shared by the ``cryogan`` sub-commands: devices, threads, memory, maps matched to particles."""
 
 from __future__ import annotations
 
@@ -36,6 +36,24 @@ def available_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS, Windows
         return max(1, os.cpu_count() or 1)
+
+
+def available_memory_bytes() -> int | None:
+    """Memory this process may use (bytes): the machine's physical memory, or a smaller
+    cgroup limit (containers, cluster jobs) where one is set; None where neither is known."""
+    sizes = []
+    try:
+        sizes.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        pass
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            sizes.append(int(text))
+    return min(sizes) if sizes else None
 
 
 def set_threads(n_threads: int) -> int:

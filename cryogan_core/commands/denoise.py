@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from loguru import logger
 
-from cryogan_core.commands._common import map_for_particles, select_device
+from cryogan_core.commands._common import available_memory_bytes, map_for_particles, select_device
 from cryogan_core.commands.backproject import half_set_labels
 from cryogan_core.commands.denoise_model import MODEL_FORMAT, config_dict, load_model, save_model, stored_config
 from cryogan_core.commands.denoise_options import DenoiseInputs, DenoiseOptions
@@ -40,7 +40,6 @@ from cryogan_core.commands.denoise_pace import pace_advice
 from cryogan_core.commands.denoise_pairs import (
     MAX_VALIDATION,
     MIN_VALIDATION,
-    available_memory_bytes,
     max_pairs_in_memory,
     select_rows,
     split_validation,
@@ -99,7 +98,7 @@ def _progress(
     measured over ``every_s``, past the warm-up); a line it returns is logged as a warning.
     """
     t0 = time.time()
-    state = {"last": 0.0, "first_step": None, "advised": advise is None}
+    state = {"last": 0.0, "first_step": None, "advised": False}
 
     def on_step(rec: dict[str, float]) -> None:
         """Log step, losses, particles/s and time left every few seconds (and at the first and last step)."""
@@ -117,7 +116,7 @@ def _progress(
             f"step {step}/{total_steps}  {loss_name} {reconstruction_loss(rec):.4f}  G_adv {rec['loss_g_gan']:.3f}  D {rec['loss_d']:.3f}  "
             f"{rate:.0f} particles/s  {eta / 60:.1f} min left"
         )
-        if not state["advised"] and done > 1 and advise is not None:
+        if advise is not None and not state["advised"] and done > 1:
             state["advised"] = True
             line = advise(eta)
             if line:
@@ -258,6 +257,7 @@ def _train_and_report(
     summary: dict[str, Any],
 ) -> tuple[UNetGenerator, list[dict[str, float]], dict[str, Any]]:
     """Build pairs, train on half 1 (resuming from a checkpoint), score half 2, bias controls."""
+    pixel_size_train_A = float(df["rlnImagePixelSize"].iloc[0]) * settings.box / settings.train_box
     labels = half_set_labels(df, opts.seed)
     half1 = np.flatnonzero(labels == 1)
     n_train = opts.max_train_particles
@@ -352,7 +352,6 @@ def _train_and_report(
             summary.update({"validation_best_step": best.best_step, "validation_cc_best": best.best_cc, "validation_cc_last": best.last_cc})
 
     if report_weights is None:
-        pixel_size_train_A = float(df["rlnImagePixelSize"].iloc[0]) * settings.box / settings.train_box
         fit = with_synthetic(train, synthetic() if trainer.step_count < n_steps else None)
         train_pix2pix(
             trainer, fit["inputs"], fit["targets"], n_steps, on_step=_progress(
@@ -395,6 +394,6 @@ def _train_and_report(
     if best is not None:
         report["validation_curve"] = list(best.curve)
         report["validation_best_step"] = best.best_step
-    save_model(out_dir / "model.pt", generator, settings, float(df["rlnImagePixelSize"].iloc[0]) * settings.box / settings.train_box,
+    save_model(out_dir / "model.pt", generator, settings, pixel_size_train_A,
                {"train_steps": trainer.step_count, "seed": opts.seed})
     return generator, trainer.history, report

@@ -10,9 +10,7 @@ held in memory for the whole training, fit in a quarter of the machine's memory.
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -59,24 +57,6 @@ PAIR_MEMORY_FRACTION = 0.25
 IMAGES_PER_PAIR = 3
 
 
-def available_memory_bytes() -> int | None:
-    """Memory this process may use (bytes): the machine's physical memory, or a smaller
-    cgroup limit (containers, cluster jobs) where one is set; None where neither is known."""
-    sizes = []
-    try:
-        sizes.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, OSError, ValueError):
-        pass
-    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(limit).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit():
-            sizes.append(int(text))
-    return min(sizes) if sizes else None
-
-
 def max_pairs_in_memory(train_box: int, ctf_aware: bool, memory_bytes: int | None) -> int | None:
     """The most training pairs whose images fit in ``PAIR_MEMORY_FRACTION`` of ``memory_bytes``.
 
@@ -88,7 +68,8 @@ def max_pairs_in_memory(train_box: int, ctf_aware: bool, memory_bytes: int | Non
     Args:
         train_box: the training box (px).
         ctf_aware: whether each pair also holds its CTF.
-        memory_bytes: the memory available (bytes; :func:`available_memory_bytes`), or None.
+        memory_bytes: the memory available (bytes;
+            :func:`~cryogan_core.commands._common.available_memory_bytes`), or None.
 
     Returns:
         The number of pairs (at least ``MIN_VALIDATION``), or None when ``memory_bytes`` is None.

@@ -99,6 +99,7 @@ def montage_figure(
     # one axes per row, its particles tiled side by side (a grid of axes per particle took
     # ~0.9 s a figure to lay out); each image keeps its own 1st-99th percentile scaling
     fig, axes = plt.subplots(len(labels), 1, figsize=(1.3 * n_cols, 1.4 * len(labels)), squeeze=False)
+    cmap = plt.get_cmap("gray").with_extremes(bad="white")  # the gaps between particles
     for r, label in enumerate(labels):
         tiles = []
         for c in range(n_cols):
@@ -108,7 +109,6 @@ def montage_figure(
             if c < n_cols - 1:
                 tiles.append(np.full((img.shape[0], max(1, img.shape[1] // 16)), np.nan, dtype=np.float32))
         ax = axes[r, 0]
-        cmap = plt.get_cmap("gray").with_extremes(bad="white")
         ax.imshow(np.concatenate(tiles, axis=1), cmap=cmap, vmin=0.0, vmax=1.0, origin="lower", interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
