@@ -17,6 +17,7 @@ import click
 from loguru import logger
 
 from cryogan_core import __version__
+from cryogan_core.commands.demo import DEMO_SNR_DB
 from cryogan_core.commands.denoise_options import DenoiseOptions
 from cryogan_core.commands.options import click_options
 from cryogan_core.errors import InputError
@@ -143,7 +144,7 @@ DEMO_N_STEPS = 400
 @click.option("--map", "map_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="The refined map the poses refer to.")
 @click.option("--mask", "mask_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Optional 3D mask (sets the 2D mask radius).")
 @click.option("--o", "output_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
-@click.option("--demo", is_flag=True, help=f"Simulate {DEMO_N_PARTICLES} particles of the built-in volume at -10 dB into <o>/demo_data and denoise them ({DEMO_N_STEPS} steps unless --n-steps is given).")
+@click.option("--demo", is_flag=True, help=f"Simulate {DEMO_N_PARTICLES} particles of the built-in volume at {DEMO_SNR_DB:g} dB into <o>/demo_data and denoise them ({DEMO_N_STEPS} steps unless --n-steps is given).")
 @_project
 @_threads
 @click_options(DenoiseOptions)
@@ -154,7 +155,7 @@ def denoise(star_path: Path | None, map_path: Path | None, mask_path: Path | Non
     from cryogan_core.commands._common import set_threads
     from cryogan_core.commands.denoise import DenoiseInputs, run_denoise
     from cryogan_core.commands.options import defaults_unless_given
-    from cryogan_core.commands.simulate import simulate_demo
+    from cryogan_core.commands.demo import simulate_demo
 
     set_threads(threads)
     project_dir = project_dir or Path.cwd()
@@ -169,7 +170,7 @@ def denoise(star_path: Path | None, map_path: Path | None, mask_path: Path | Non
 def _register_commands() -> None:
     """Add the sub-commands that live in their own modules (one module per command)."""
     from cryogan_core.commands.export_cryosparc import cli_command as export_cryosparc
-    from cryogan_core.commands.reconstruct import cli_command as reconstruct
+    from cryogan_core.commands.reconstruct_cli import cli_command as reconstruct
 
     main.add_command(export_cryosparc)
     main.add_command(reconstruct)

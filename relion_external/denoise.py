@@ -19,8 +19,6 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from cryogan_core.commands._common import set_threads
-from cryogan_core.commands.denoise import DenoiseInputs, run_denoise
 from cryogan_core.commands.denoise_options import DenoiseOptions
 from cryogan_core.errors import InputError
 from relion_external._job import Node, RelionJob, configure_logging, parse_relion_args_or_exit
@@ -31,10 +29,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_relion_args_or_exit(list(sys.argv[1:] if argv is None else argv))
     configure_logging()
     with RelionJob(args.o, project_dir=Path.cwd(), name="cryogan-denoise") as job:
-        set_threads(args.j)
         options = args.options(DenoiseOptions)
         if not args.in_parts:
             raise InputError("no input particles: fill 'Input particles' (--in_parts) with a refined particles STAR")
+        from cryogan_core.commands._common import set_threads  # torch and the science: after the quick checks
+        from cryogan_core.commands.denoise import DenoiseInputs, run_denoise
+
+        set_threads(args.j)
         inputs = DenoiseInputs(
             star_path=Path(args.in_parts),
             output_dir=job.job_dir,

@@ -24,8 +24,6 @@ from typing import Sequence
 
 from loguru import logger
 
-from cryogan_core.commands._common import set_threads
-from cryogan_core.commands.reconstruct import CHECKPOINT, run_reconstruct
 from cryogan_core.commands.reconstruct_options import ReconstructOptions
 from cryogan_core.errors import InputError
 from relion_external._job import Node, RelionJob, configure_logging, parse_relion_args_or_exit
@@ -63,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         ref = _input_file(args.in_3dref, "in_3dref", "the reference map")
         mask = _input_file(args.in_mask, "in_mask", "the mask")
         mics = _input_file(args.in_mics, "in_mics", "the micrographs")
+        from cryogan_core.commands._common import set_threads  # torch and the science: after the quick checks
+        from cryogan_core.commands.reconstruct import CHECKPOINT, run_reconstruct
+
         set_threads(args.j)
         has_checkpoint = job.path(CHECKPOINT).exists()
         if job.is_continue and not has_checkpoint:

@@ -57,9 +57,9 @@ def test_reconstruct_demo_simulates_the_builtin_volume_and_scores_against_its_tr
     """``cryogan reconstruct --demo`` needs no files: it simulates the built-in volume, trains
     at the demo's box, keeps a budget the user gives, and aligns and scores the maps against
     the simulation's truth (which training never sees)."""
-    from cryogan_core.commands import reconstruct
+    from cryogan_core.commands import reconstruct_cli
 
-    monkeypatch.setattr(reconstruct, "DEMO_N_PARTICLES", 200)
+    monkeypatch.setattr(reconstruct_cli, "DEMO_N_PARTICLES", 200)
     runner = CliRunner()
     with runner.isolated_filesystem(temp_dir=tmp_path) as cwd:
         result = runner.invoke(main, ["reconstruct", "--demo", "--o", "demo", "--max_minutes", "0.05", "--eval_minutes", "0", "--j", "1"])
@@ -68,7 +68,29 @@ def test_reconstruct_demo_simulates_the_builtin_volume_and_scores_against_its_tr
         summary = json.loads((out / "summary.json").read_text())
         assert (out / "demo_data/particles.star").is_file() and (out / "run_class001.mrc").is_file()
     assert summary["n_particles"] == 200
-    assert summary["box_train"] == reconstruct.DEMO_SETTINGS["box_train"]
+    assert summary["box_train"] == reconstruct_cli.DEMO_SETTINGS["box_train"]
     assert summary["options"]["max_minutes"] == 0.05  # given on the command line, not the demo's 5
     assert summary["reference"].endswith("demo_data/ground_truth_map.mrc")
     assert summary["resolution_A_vs_reference_fsc_0.5"] > 0
+
+
+def test_help_and_the_job_entry_points_do_not_import_torch(tmp_path: Path) -> None:
+    """``cryogan --help``, a mistyped option and the RELION entry points' argument checks
+    come before torch (~3 s) is imported: a fresh interpreter loads the command line and both
+    job modules, then asks for the group's help, and torch, matplotlib and the science modules
+    stay unloaded."""
+    code = (
+        "import sys\n"
+        "import cryogan_core.cli, relion_external.denoise, relion_external.reconstruct\n"
+        "from click.testing import CliRunner\n"
+        "r = CliRunner().invoke(cryogan_core.cli.main, ['--help'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "print(r.output)\n"
+        "print('LOADED', sorted(m for m in ('torch', 'matplotlib', 'scipy', 'cryogan_core.commands.reconstruct',"
+        " 'cryogan_core.commands.denoise') if m in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "LOADED []" in r.stdout
+    for command in ("simulate", "check-poses", "backproject", "denoise", "reconstruct", "export-cryosparc"):
+        assert f"  {command} " in r.stdout

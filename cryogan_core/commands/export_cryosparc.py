@@ -15,8 +15,6 @@ import click
 from loguru import logger
 
 from cryogan_core.errors import InputError
-from cryogan_core.io.cryosparc import write_cryosparc_particles
-from cryogan_core.io.star import read_particles
 from cryogan_core.io.summary import write_summary
 
 __all__ = ["run_export_cryosparc", "import_instructions", "cli_command"]
@@ -92,6 +90,9 @@ def run_export_cryosparc(
     star_path = Path(star_path)
     output_dir = Path(output_dir)
     proj = Path(project_dir) if project_dir is not None else Path.cwd()
+    from cryogan_core.io.cryosparc import write_cryosparc_particles  # torch: imported when the command runs
+    from cryogan_core.io.star import read_particles
+
     star = read_particles(star_path, require_ctf=False, require_images=True)
     export = write_cryosparc_particles(star, output_dir, proj)
     steps = import_instructions(export.csg_path, output_dir.absolute().name)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cryogan_core.commands._common import select_device
 from cryogan_core.commands.options import (
     check_values,
     cs_project_dir_option,
@@ -20,8 +19,6 @@ from cryogan_core.commands.options import (
     option_error,
 )
 from cryogan_core.errors import InputError
-from cryogan_core.models.volume import symmetry_matrices
-from cryogan_core.train.cryogan_simulator import SHIFT_PRIORS
 
 __all__ = ["MIN_BOX", "NOISE_SOURCES", "POSE_PRIORS", "ReconstructOptions"]
 
@@ -82,6 +79,11 @@ class ReconstructOptions:
         Raises:
             InputError: ``--name value: why`` for the first bad value.
         """
+        # torch-using modules are imported here, not at import (cryogan --help stays fast)
+        from cryogan_core.commands._common import select_device
+        from cryogan_core.models.volume import symmetry_matrices
+        from cryogan_core.train.cryogan_simulator import SHIFT_PRIORS
+
         check_values(
             self,
             positive=("lr", "batch_size", "n_critic", "critic_width", "pad_factor", "log_seconds", "n_epochs", "initial_lowpass_A"),
