@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-import cryogan_core.commands.denoise as denoise_command
 from cryogan_core.commands.denoise import DenoiseInputs, load_model, run_denoise
 from cryogan_core.commands.simulate import run_simulate
 from cryogan_core.errors import InputError
@@ -321,14 +320,13 @@ class _Stop(Exception):
 
 
 def test_continue_while_training_on_both_halves_resumes_and_reports_unseen_weights(
-    sim: Path, tmp_path: Path, log_messages: list[str], monkeypatch: pytest.MonkeyPatch
+    sim: Path, tmp_path: Path, log_messages: list[str]
 ) -> None:
     """An abort in the both-halves phase resumes there (not from step 0), and the held-out
     report is made again with the weights chosen before half set 2 was trained on."""
     # checkpoints every 20 steps instead of 200, so the run can be short: 60 steps on half
     # set 1, then both halves to step 90, aborted after the checkpoint of step 80
-    monkeypatch.setattr(denoise_command, "CHECKPOINT_EVERY_STEPS", 20)
-    opts = {**SMALL, "n_steps": 60, "validation_fraction": 0.2, "validate_every": 20, "train_both_halves": True, "no_bias_controls": True}
+    opts = {**SMALL, "n_steps": 60, "checkpoint_every": 20, "validation_fraction": 0.2, "validate_every": 20, "train_both_halves": True, "no_bias_controls": True}
     inputs = DenoiseInputs(sim / "sim/particles.star", tmp_path / "both", sim / "sim/ground_truth_map.mrc", project_dir=sim)
     ckpt = tmp_path / "both/checkpoint.pt"
     seen = {"mtime": None}

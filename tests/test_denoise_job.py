@@ -96,12 +96,12 @@ def test_unknown_param_fails_clearly(tmp_path: Path, refine_dir: Path) -> None:
 
 
 def test_abort_then_continue_resumes_from_checkpoint(tmp_path: Path, refine_dir: Path) -> None:
-    # Checkpoints come every 200 steps. The job is paused (SIGSTOP) as soon as the first one
+    # Checkpoints come every 20 steps. The job is paused (SIGSTOP) as soon as the first one
     # appears and resumed once the abort file is there, so it sees the file at its next step
-    # however loaded the machine is; the 200 steps after the checkpoint are margin only for
+    # however loaded the machine is; the 180 steps after the checkpoint are margin only for
     # the test's own polling (20 ms) before the pause. The waits below are generous.
-    n_steps = 400
-    params = {**FAST, "n_steps": str(n_steps)}
+    n_steps = 200
+    params = {**FAST, "n_steps": str(n_steps), "checkpoint_every": "20"}
     proj = _project(tmp_path, refine_dir, "5.0", params)
     proc = run_like_relion(proj, background=True)
     ckpt = proj.job_path / "checkpoint.pt"

@@ -61,10 +61,6 @@ from cryogan_core.train.pairs import PairSettings, build_pairs, default_bg_radiu
 from cryogan_core.train.pix2pix import Pix2PixConfig, Pix2PixTrainer, eta_seconds, reconstruction_loss, train_pix2pix
 from cryogan_core.train.selection import BestWeights
 
-#: Training steps between checkpoints: an abort (RELION's ``RELION_JOB_ABORT_NOW``) or a crash
-#: loses at most this many; "Continue!" resumes from the last one.
-CHECKPOINT_EVERY_STEPS = 200
-
 # the API, with what it re-exports from denoise_model, denoise_pairs and denoise_scores
 __all__ = [
     "LOW_SNR_DB", "MAX_VALIDATION", "MIN_VALIDATION", "MODEL_FORMAT", "DenoiseInputs", "DenoiseOptions", "load_model",
@@ -357,7 +353,7 @@ def _train_and_report(
             trainer, fit["inputs"], fit["targets"], n_steps, on_step=_progress(
                 n_steps, config.batch_size, loss_name=config.recon_loss.upper(),
                 advise=lambda eta_s: pace_advice(settings.train_box, pixel_size_train_A, eta_s, str(device))),
-            checkpoint=save_checkpoint, checkpoint_every=CHECKPOINT_EVERY_STEPS, should_stop=should_stop, validate=validate, validate_every=opts.validate_every,
+            checkpoint=save_checkpoint, checkpoint_every=opts.checkpoint_every, should_stop=should_stop, validate=validate, validate_every=opts.validate_every,
             ctf=fit.get("ctf"),
         )
         use_best_weights()
@@ -387,7 +383,7 @@ def _train_and_report(
                                synthetic() if trainer.step_count < extra else None)
         trainer.config.n_steps = extra
         logger.info(f"Training further on both halves ({len(both_rows)} particles) up to step {extra}")
-        train_pix2pix(trainer, both["inputs"], both["targets"], extra, on_step=_progress(extra, config.batch_size, loss_name=config.recon_loss.upper()), checkpoint=save_checkpoint, checkpoint_every=CHECKPOINT_EVERY_STEPS,
+        train_pix2pix(trainer, both["inputs"], both["targets"], extra, on_step=_progress(extra, config.batch_size, loss_name=config.recon_loss.upper()), checkpoint=save_checkpoint, checkpoint_every=opts.checkpoint_every,
                       should_stop=should_stop, validate=validate, validate_every=opts.validate_every, ctf=both.get("ctf"))
         use_best_weights()
         summary["train_steps"] = trainer.step_count

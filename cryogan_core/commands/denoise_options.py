@@ -65,6 +65,7 @@ class DenoiseOptions:
     batch_size: int = option(16, "Particles per training step.")
     validation_fraction: float = option(0.1, "Fraction of the training particles (half set 1) kept out of training to choose the weights: the generator is scored on them every validate_every steps and the best-scoring weights are used (0 = the last step's weights). Half set 2 stays unseen for the report.")
     validate_every: int = option(250, "Training steps between validation scores.")
+    checkpoint_every: int = option(200, "Training steps between checkpoints (checkpoint.pt): an abort or a crash loses at most this many, and RELION's Continue! (or the same command again) resumes from the last one.")
     l1_weight: float = option(100.0, "Weight of the reconstruction loss, L1 or L2 as recon_loss says (pix2pix lambda).")
     recon_loss: str = option("l1", "The generator's reconstruction loss: 'l1' (pix2pix; its optimum is the per-pixel posterior median of the target) or 'l2' (squared error; its optimum is the posterior mean, which maximises the expected CC). Use l2 with gan_weight 0: the squared error is ~10x smaller than L1, so at the default gan_weight the adversarial term dominates (-20 dB CC 0.397 against 0.521 with gan_weight 0; README).")
     gan_weight: float = option(0.1, "Weight of the adversarial loss (pix2pix: 1; 0 = plain L1 U-Net). At 1 the held-out CC with the truth drops by ~0.09 (hallucinated texture), so the default is 0.1.")
@@ -99,7 +100,7 @@ class DenoiseOptions:
         """
         check_values(
             self,
-            positive=("n_steps", "batch_size", "validate_every", "base_channels", "depth", "stack_size", "lr"),
+            positive=("n_steps", "batch_size", "validate_every", "checkpoint_every", "base_channels", "depth", "stack_size", "lr"),
             non_negative=("train_box", "synthetic_pairs", "l1_weight", "gan_weight", "mask_radius_px", "max_train_particles", "n_report",
                           "n_res_blocks"),
             unit_interval=("beta1", "validation_fraction"),
