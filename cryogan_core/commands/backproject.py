@@ -20,7 +20,7 @@ from cryogan_core.commands.export_cryosparc import volume_import_settings
 from cryogan_core.errors import InputError
 from cryogan_core.io.images import ParticleImages
 from cryogan_core.io.mrc import write_map
-from cryogan_core.io.particles import check_ctf_columns
+from cryogan_core.io.particles import check_ctf_columns, single_pixel_size_A
 from cryogan_core.io.star import pose_angles_deg, read_particles
 from cryogan_core.io.summary import write_summary
 from cryogan_core.metrics.fsc import fsc, resolution_at, write_fsc_star
@@ -93,10 +93,7 @@ def run_backproject(
     star = read_particles(star_path, require_ctf=True, require_images=True, require_poses=True)
     df = star.particles
     check_ctf_columns(star_path, df)
-    sizes = np.unique(df["rlnImagePixelSize"].to_numpy())
-    if len(sizes) != 1:
-        raise InputError(f"{star_path}: particles have several pixel sizes ({', '.join(f'{s:g}' for s in sizes)} Å); backproject needs one")
-    pixel_size_A = float(sizes[0])
+    pixel_size_A = single_pixel_size_A(star_path, df, "backproject")
     images = ParticleImages(df, project_dir, star_path)
     labels = half_set_labels(df, seed)
 

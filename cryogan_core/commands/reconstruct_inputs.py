@@ -20,7 +20,7 @@ from loguru import logger
 from cryogan_core.commands.reconstruct_options import MIN_BOX, ReconstructOptions
 from cryogan_core.errors import InputError
 from cryogan_core.io.images import ParticleImages
-from cryogan_core.io.particles import check_ctf_columns
+from cryogan_core.io.particles import check_ctf_columns, single_pixel_size_A
 from cryogan_core.metrics.images import background_signal_and_noise_variance, normalize_background, snr_db
 from cryogan_core.physics.micrograph_noise import noise_from_micrograph_windows
 from cryogan_core.physics.noise import BackgroundNoise, CroppedNoise, background_variance
@@ -95,14 +95,9 @@ def check_star(star_path: Path, df: pd.DataFrame) -> float:
             ``rlnCtfDataArePhaseFlipped`` 1 on any row, or CTF columns in another unit
             (:func:`~cryogan_core.io.particles.check_ctf_columns`).
     """
-    sizes = np.unique(df["rlnImagePixelSize"].to_numpy())
-    if len(sizes) != 1:
-        raise InputError(
-            f"{star_path}: particles have several pixel sizes ({', '.join(f'{s:g}' for s in sizes)} Å); "
-            "reconstruct needs one"
-        )
+    pixel_A = single_pixel_size_A(star_path, df, "reconstruct")
     check_ctf_columns(star_path, df)
-    return float(sizes[0])
+    return pixel_A
 
 
 #: Fraction of particles off-centre beyond the shift prior above which the job warns.

@@ -14,7 +14,7 @@ from cryogan_core.errors import InputError
 from cryogan_core.io.cryosparc import read_cryosparc_particles
 from cryogan_core.io.star import ParticleStar, read_particles
 
-__all__ = ["CTF_MODIFIED_FLAGS", "check_ctf_columns", "check_ctf_values", "load_particles", "reject_ctf_modified_images"]
+__all__ = ["CTF_MODIFIED_FLAGS", "check_ctf_columns", "check_ctf_values", "load_particles", "reject_ctf_modified_images", "single_pixel_size_A"]
 
 
 def load_particles(
@@ -180,3 +180,23 @@ def check_ctf_columns(path: str | Path, df: pd.DataFrame) -> None:
     """
     reject_ctf_modified_images(path, df)
     check_ctf_values(path, df)
+
+
+def single_pixel_size_A(path: str | Path, df: pd.DataFrame, command: str) -> float:
+    """The particles' one pixel size, for commands that cannot mix optics groups' pixel sizes.
+
+    Args:
+        path: the particle file (named in errors).
+        df: its particle table with ``rlnImagePixelSize`` (optics merged; Å/px, float64).
+        command: the command's name, for the error (``"backproject"``, ``"reconstruct"``).
+
+    Returns:
+        The pixel size in Å.
+
+    Raises:
+        InputError: the optics groups have several pixel sizes (all named in the message).
+    """
+    sizes = np.unique(df["rlnImagePixelSize"].to_numpy())
+    if len(sizes) != 1:
+        raise InputError(f"{path}: particles have several pixel sizes ({', '.join(f'{s:g}' for s in sizes)} Å); {command} needs one")
+    return float(sizes[0])
