@@ -43,6 +43,7 @@ from cryogan_core.commands.denoise_pairs import (
     max_pairs_in_memory,
     select_rows,
     split_validation,
+    synthetic_pairs_that_fit,
     synthetic_training_pairs,
     with_synthetic,
 )
@@ -267,6 +268,12 @@ def _train_and_report(
     train_rows = select_rows(half1, n_train, rng)
     heldout_rows = select_rows(np.flatnonzero(labels == 2), opts.n_report, rng)
     train_rows, val_rows = split_validation(train_rows, opts.validation_fraction, opts.seed)
+    n_synthetic = synthetic_pairs_that_fit(opts.synthetic_pairs, len(train_rows), cap)
+    if n_synthetic < opts.synthetic_pairs:
+        logger.warning(
+            f"--synthetic_pairs {opts.synthetic_pairs}: making {n_synthetic}; more, with the {len(train_rows)} training pairs, "
+            f"would take more than a quarter of this machine's memory at box {settings.train_box} px (--train_box crops them)"
+        )
     logger.info(
         f"Training on {len(train_rows)} particles of half set 1"
         + (f" ({len(val_rows)} more of half set 1 choose the weights)" if len(val_rows) else "")
@@ -285,9 +292,9 @@ def _train_and_report(
     @functools.cache
     def synthetic() -> dict[str, torch.Tensor] | None:
         """The synthetic pairs, made on the first call (only when there are steps left to train)."""
-        return synthetic_training_pairs(opts, images, df, train_rows, volume_for_pixel, settings, train, device, should_stop)
+        return synthetic_training_pairs(opts, n_synthetic, images, df, train_rows, volume_for_pixel, settings, train, device, should_stop)
 
-    summary["n_synthetic_pairs"] = opts.synthetic_pairs
+    summary["n_synthetic_pairs"] = n_synthetic
 
     n_steps = opts.n_steps
     config = Pix2PixConfig(
@@ -301,7 +308,7 @@ def _train_and_report(
         logger.warning(f"--recon_loss l2 with --gan_weight {opts.gan_weight:g}: the squared error is ~10x smaller than L1, so the "
                        "adversarial term dominates (at -20 dB this lowered the unseen CC from 0.52 to 0.40); --gan_weight 0 is advised")
     trainer = Pix2PixTrainer(config, device)
-    validation_key = {"rows": len(val_rows), "every": opts.validate_every, "synthetic_pairs": opts.synthetic_pairs}
+    validation_key = {"rows": len(val_rows), "every": opts.validate_every, "synthetic_pairs": n_synthetic}
     extra = n_steps + n_steps // 2  # the last step of the optional training on both halves
     # weights of the generator that made the held-out report, kept while it trains on both halves
     report_weights: dict[str, torch.Tensor] | None = None

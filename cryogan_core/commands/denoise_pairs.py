@@ -80,6 +80,26 @@ def max_pairs_in_memory(train_box: int, ctf_aware: bool, memory_bytes: int | Non
     return max(MIN_VALIDATION, int(PAIR_MEMORY_FRACTION * memory_bytes // per_pair))
 
 
+def synthetic_pairs_that_fit(n_asked: int, n_train: int, cap: int | None) -> int:
+    """How many of the ``--synthetic_pairs`` asked for fit next to the real training pairs.
+
+    Synthetic pairs are counted as real ones against :func:`max_pairs_in_memory`'s cap (they
+    hold two images and the CTF, a real pair three: a small margin for the copy that joins
+    them to the real pairs).
+
+    Args:
+        n_asked: ``--synthetic_pairs``.
+        n_train: real training pairs.
+        cap: :func:`max_pairs_in_memory`, or None (memory unknown: no cap).
+
+    Returns:
+        ``min(n_asked, cap - n_train)``, at least 0; ``n_asked`` when ``cap`` is None.
+    """
+    if cap is None:
+        return n_asked
+    return max(0, min(n_asked, cap - n_train))
+
+
 def select_rows(rows: np.ndarray, n_max: int, rng: np.random.Generator) -> np.ndarray:
     """A sorted random subset of at most ``n_max`` rows (all when n_max <= 0).
 
@@ -98,6 +118,7 @@ def select_rows(rows: np.ndarray, n_max: int, rng: np.random.Generator) -> np.nd
 
 def synthetic_training_pairs(
     opts: DenoiseOptions,
+    n_pairs: int,
     images: ParticleImages,
     df: pd.DataFrame,
     train_rows: np.ndarray,
@@ -107,13 +128,15 @@ def synthetic_training_pairs(
     device: torch.device,
     should_stop: Callable[[], None] | None,
 ) -> dict[str, torch.Tensor] | None:
-    """``opts.synthetic_pairs`` extra pairs (:mod:`cryogan_core.train.synthetic_pairs`), or None.
+    """``n_pairs`` extra pairs (:mod:`cryogan_core.train.synthetic_pairs`), or None.
 
     The signal's scale is the median of the real training pairs' slopes; the seed is
     ``opts.seed``, so a resumed run trains on the same pairs.
 
     Args:
-        opts: the job options (``synthetic_pairs``, ``seed``).
+        opts: the job options (``seed``).
+        n_pairs: how many (``--synthetic_pairs``, or fewer where memory is short:
+            :func:`synthetic_pairs_that_fit`).
         images: lazy particle images.
         df: the full particle table (positional ``train_rows`` index it).
         train_rows: ``(m,)`` int positions of the training particles (the only ones used).
@@ -125,21 +148,21 @@ def synthetic_training_pairs(
         should_stop: called between batches (raises to abort).
 
     Returns:
-        None when ``opts.synthetic_pairs`` is 0; else a dict of CPU float32 tensors:
-        ``inputs`` and ``targets`` ``(synthetic_pairs, train_box, train_box)`` and, with
-        ``settings.ctf_aware``, ``ctf`` ``(synthetic_pairs, train_box, train_box//2+1)``.
+        None when ``n_pairs`` is 0; else a dict of CPU float32 tensors:
+        ``inputs`` and ``targets`` ``(n_pairs, train_box, train_box)`` and, with
+        ``settings.ctf_aware``, ``ctf`` ``(n_pairs, train_box, train_box//2+1)``.
 
     Raises:
         ValueError: ``train_rows`` empty or the median slope not finite
             (:func:`~cryogan_core.train.synthetic_pairs.synthetic_pairs`).
     """
-    if opts.synthetic_pairs == 0:
+    if n_pairs == 0:
         return None
     t0 = time.time()
     slope = float(train["slope"].median())
-    pairs, _ = synthetic_pairs(images, df, train_rows, volume_for_pixel, settings, opts.synthetic_pairs, slope, opts.seed,
+    pairs, _ = synthetic_pairs(images, df, train_rows, volume_for_pixel, settings, n_pairs, slope, opts.seed,
                                device=device, should_stop=should_stop)
-    logger.info(f"Made {opts.synthetic_pairs} synthetic training pairs in {time.time() - t0:.0f} s: the map at new poses with the CTFs "
+    logger.info(f"Made {n_pairs} synthetic training pairs in {time.time() - t0:.0f} s: the map at new poses with the CTFs "
                 f"and the noise (residuals) of the {len(train_rows)} training particles, signal scale {slope:.3f}")
     return pairs
 
