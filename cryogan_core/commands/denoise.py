@@ -58,6 +58,7 @@ from cryogan_core.io.summary import write_summary
 from cryogan_core.models.symmetry_average import symmetry_averaged
 from cryogan_core.models.unet import UNetGenerator
 from cryogan_core.report.denoise_report import write_denoise_report
+from cryogan_core.report.progress import ProgressLog
 from cryogan_core.train.pairs import PairSettings, build_pairs, default_bg_radius_px
 from cryogan_core.train.pix2pix import Pix2PixConfig, Pix2PixTrainer, eta_seconds, reconstruction_loss, train_pix2pix
 from cryogan_core.train.selection import BestWeights
@@ -280,11 +281,15 @@ def _train_and_report(
         + f"; reporting on {len(heldout_rows)} unseen particles of half set 2"
     )
     t0 = time.time()
-    train = build_pairs(images, df, train_rows, volume_for_pixel, settings, device=device, should_stop=should_stop)
-    held = build_pairs(images, df, heldout_rows, volume_for_pixel, settings, device=device, should_stop=should_stop)
+    # one projection of the map per particle: ~58 particles/s at 128 px on 2 CPU threads, so minutes for a large set
+    progress = ProgressLog("Preparing training/validation/report pairs", len(train_rows) + len(val_rows) + len(heldout_rows))
+    prepare = functools.partial(build_pairs, images, df, volume_for_pixel=volume_for_pixel, settings=settings, device=device,
+                                should_stop=should_stop, on_batch=progress.advance)
+    train = prepare(train_rows)
+    held = prepare(heldout_rows)
     best: BestWeights | None = None
     if len(val_rows):
-        val = build_pairs(images, df, val_rows, volume_for_pixel, settings, device=device, should_stop=should_stop)
+        val = prepare(val_rows)
         best = BestWeights(val["inputs"], val["targets"], settings.train_mask(), ctf=val.get("ctf"))
     logger.info(f"Prepared {len(train_rows) + len(val_rows) + len(heldout_rows)} training/validation/report pairs in {time.time() - t0:.0f} s (projection, CTF, scale fit)")
     summary["estimated_snr_db"] = estimated_snr(opts, [train, held] + ([val] if len(val_rows) else []))

@@ -66,6 +66,7 @@ from cryogan_core.physics.ctf import CtfParams
 from cryogan_core.physics.micrograph_noise import micrograph_noise_patches
 from cryogan_core.physics.resample import fourier_crop_or_pad_map
 from cryogan_core.report.plots import save_figure
+from cryogan_core.report.progress import ProgressLog
 from cryogan_core.report.reconstruct_report import format_duration, slices_figure
 from cryogan_core.train.cryogan_simulator import (
     SimulationPriors,
@@ -223,12 +224,13 @@ def run_reconstruct(
             )
             logger.info(f"{len(mics_windows)} background windows of {box} px cut from the micrographs of {mics_path}")
         out: list[HalfData] = []
+        progress = ProgressLog(f"Reading particles (Fourier-cropped to {s.box} px)" if s.box < box else "Reading particles", len(use))
         for h in (1, 2):
             rows = use[labels[use] == h]
             if len(rows) < opts.batch_size:
                 raise InputError(f"{star_path}: half set {h} has {len(rows)} particles, fewer than --batch_size {opts.batch_size}")
             sub = df.iloc[rows].reset_index(drop=True)
-            imgs = load_images(images, rows, s.box, s.radius_px)
+            imgs = load_images(images, rows, s.box, s.radius_px, should_stop=should_stop, on_batch=progress.advance)
             gen = torch.Generator().manual_seed(opts.seed * 31 + h)
             full = None
             if s.box < box and not use_mics:
@@ -236,7 +238,7 @@ def run_reconstruct(
                 radius_full = s.radius_px * box / s.box
                 n_full = min(len(rows), max(200, NOISE_SOURCE_BYTES // (4 * box * box)))
                 pick = np.sort(np.random.default_rng(opts.seed * 31 + h).permutation(len(rows))[:n_full])
-                full = (load_images(images, rows[pick], box, radius_full), radius_full)
+                full = (load_images(images, rows[pick], box, radius_full, should_stop=should_stop), radius_full)
             noise = build_noise(opts, imgs, s.radius_px, mics_windows, gen, full)
             del full
             angles = origins = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -54,7 +54,8 @@ class HalfData:
 NOISE_SOURCE_BYTES = 200 * 2**20
 
 
-def load_images(images: ParticleImages, rows: np.ndarray, box_out: int, radius_px: float) -> torch.Tensor:
+def load_images(images: ParticleImages, rows: np.ndarray, box_out: int, radius_px: float,
+                should_stop: Callable[[], None] | None = None, on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
     """Particles read, Fourier-cropped and normalised as RELION does.
 
     Args:
@@ -63,6 +64,8 @@ def load_images(images: ParticleImages, rows: np.ndarray, box_out: int, radius_p
         box_out: box to Fourier-crop to (px; the particles' own box reads them as they are).
         radius_px: particle radius at ``box_out`` (px): outside it the background is brought
             to mean 0, std 1 (RELION ``relion_preprocess --norm``).
+        should_stop: called before each batch of 512 (raises to abort).
+        on_batch: called after each batch with its number of particles (progress lines).
 
     Returns:
         ``(n, box_out, box_out)`` float32 CPU tensor, read 512 particles at a time.
@@ -72,11 +75,15 @@ def load_images(images: ParticleImages, rows: np.ndarray, box_out: int, radius_p
     """
     out = torch.empty((len(rows), box_out, box_out), dtype=torch.float32)
     for start in range(0, len(rows), 512):
+        if should_stop is not None:
+            should_stop()
         chunk = rows[start : start + 512]
         imgs = torch.from_numpy(images.read(chunk))
         if imgs.shape[-1] != box_out:
             imgs = fourier_crop_images(imgs, box_out)
         out[start : start + len(chunk)] = normalize_background(imgs, radius_px)
+        if on_batch is not None:
+            on_batch(len(chunk))
     return out
 
 

@@ -232,6 +232,7 @@ def build_pairs(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     should_stop: Callable[[], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Read particles and compute their training targets and reference images.
 
@@ -244,6 +245,7 @@ def build_pairs(
         batch_size: particles per batch.
         device: torch device for the projections.
         should_stop: called between batches (raises to abort).
+        on_batch: called after each batch with its number of particles (progress lines).
 
     Returns:
         Dict of CPU float32 tensors: ``inputs`` and ``targets`` ``(n, train_box, train_box)``,
@@ -274,6 +276,8 @@ def build_pairs(
         signal_var, noise_var = signal_and_noise_variance(x_full, ref_ctf)
         out["signal_var"][start:stop] = signal_var.cpu()
         out["noise_var"][start:stop] = noise_var.cpu()
+        if on_batch is not None:
+            on_batch(len(idx))
     if settings.ctf_aware:
         out["ctf"] = train_box_ctf(df.iloc[rows], settings)
     return out
