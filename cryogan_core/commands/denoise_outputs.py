@@ -20,6 +20,7 @@ from loguru import logger
 
 from cryogan_core.commands.denoise_model import model_fingerprint
 from cryogan_core.commands.denoise_options import DenoiseInputs, DenoiseOptions
+from cryogan_core.commands.denoise_pace import scores_advice
 from cryogan_core.commands.export_cryosparc import import_instructions
 from cryogan_core.io.atomic import atomic_path
 from cryogan_core.io.cryosparc import write_cryosparc_particles
@@ -31,6 +32,8 @@ from cryogan_core.metrics.images import circular_mask, masked_pearson
 from cryogan_core.train.pairs import PairSettings, input_transform, predictions, train_box_ctf
 from cryogan_core.train.pix2pix import denoise_images
 
+#: Seconds of denoising measured before the pace of the agreement scores is judged (once).
+ADVISE_AFTER_S = 20.0
 
 
 def denoise_all(
@@ -101,6 +104,8 @@ def denoise_all(
     mask_train = settings.train_mask(device)
     t0 = time.time()
     done = 0
+    t_scores = 0.0
+    advised = False
     for chunk_start in range(0, n, stack_size):
         rows = np.arange(chunk_start, min(chunk_start + stack_size, n))
         stack_path = den_dir / f"particles_{chunk_start // stack_size + 1:06d}.mrcs"
@@ -124,11 +129,19 @@ def denoise_all(
                 y = denoise_images(generator, x, ctf=ctf_tb).to(device)
                 writer.write(b, y.cpu().numpy().astype(dtype))
                 if score:
+                    t_score0 = time.time()
                     pred_ctf = predictions(df.iloc[idx], volume_for_pixel, True, device)
                     pred = pred_ctf if settings.ctf_targets else predictions(df.iloc[idx], volume_for_pixel, False, device)
                     cc_raw[idx] = masked_pearson(raw, pred_ctf, mask_full).cpu().numpy()
                     cc_den[idx] = masked_pearson(y, transform.crop(pred), mask_train).cpu().numpy()
+                    t_scores += time.time() - t_score0
                 done += len(idx)
+                elapsed = time.time() - t0
+                if score and not advised and elapsed > ADVISE_AFTER_S:
+                    advised = True
+                    line = scores_advice(n - chunk_start - b - len(idx), done / elapsed, min(1.0, t_scores / elapsed))
+                    if line:
+                        logger.warning(line)
         if score:
             with atomic_path(scores_path) as tmp:
                 with open(tmp, "wb") as fh:
