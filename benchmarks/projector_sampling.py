@@ -18,7 +18,7 @@ Measured (stop 40, 2 threads, two runs): the coarse sampler is 4–6× faster at
 padding (345–358 → 1,647–1,997/s at 64 px, 71–75 → 395–407/s at 128 px, 16 → 70–86/s at
 256 px) but its error at pad 2 is about twice the library's (2.9 % against 1.3 % on the
 32-px blob map; each projection's sum 5.5 % above the map's, from the sinc² pre-correction
-at the DC term). At pad 3 it matches the library's pad-2 error (1.3 %) and stays 4–10×
+at the DC term). At pad 3 it matches the library's pad-2 error (1.3 %) and stays 4–5×
 faster than the library at pad 2 (1,533–1,544/s at 64 px, 288–350/s at 128 px), but its
 padded 3-D FFT at 256 px is 768³ (1.8 GB complex64, plus the padded map while it is
 computed). On the 64-px β-gal map, whose density reaches the box's Nyquist, both are ~5 %
