@@ -9,9 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import cryogan_core.commands.backproject as backproject_command
 from cryogan_core.commands.backproject import half_set_labels, run_backproject
 from cryogan_core.commands.simulate import run_simulate
 from cryogan_core.errors import InputError
+from cryogan_core.io.images import ParticleImages
 from cryogan_core.io.mrc import read_map
 
 
@@ -36,6 +38,23 @@ def test_synthetic_backprojection_recovers_the_map(tmp_path: Path) -> None:
     assert np.corrcoef(half1.ravel(), truth.ravel())[0, 1] > 0.8
     assert s["resolution_A_fsc_0.143"] < 20.0  # Nyquist 12 Å
     assert json.loads((tmp_path / "bp/summary.json").read_text())["resolution_A_fsc_0.143"] == pytest.approx(s["resolution_A_fsc_0.143"])
+
+
+
+def test_particles_are_streamed_in_batches_with_the_same_maps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large set never sits in memory whole: the stacks are read BATCH_SIZE particles at a
+    time, and the maps are those of one batch per half set (the insertion is a sum)."""
+    run_simulate(tmp_path / "sim", n=60, snr_db=0.0, shift_px=1.0, seed=3, box=24, pixel_size_A=8.0, project_dir=tmp_path)
+    run_backproject(tmp_path / "sim/particles.star", tmp_path / "one", project_dir=tmp_path)
+    reads: list[int] = []
+    read = ParticleImages.read
+    monkeypatch.setattr(ParticleImages, "read", lambda self, rows: (reads.append(len(rows)), read(self, rows))[1])
+    monkeypatch.setattr(backproject_command, "BATCH_SIZE", 7)
+    run_backproject(tmp_path / "sim/particles.star", tmp_path / "batched", project_dir=tmp_path)
+    assert max(reads) == 7 and sum(reads) == 60
+    for name in ("run_half1_class001_unfil.mrc", "run_half2_class001_unfil.mrc"):
+        one, batched = read_map(tmp_path / "one" / name)[0], read_map(tmp_path / "batched" / name)[0]
+        np.testing.assert_allclose(batched, one, atol=1e-5 * float(np.abs(one).max()))
 
 
 @pytest.mark.realdata

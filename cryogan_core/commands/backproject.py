@@ -25,11 +25,15 @@ from cryogan_core.io.star import pose_angles_deg, read_particles
 from cryogan_core.io.summary import write_summary
 from cryogan_core.metrics.fsc import fsc, resolution_at, write_fsc_star
 from cryogan_core.physics.ctf import CtfParams
-from cryogan_core.physics.reconstruct import reconstruct
+from cryogan_core.physics.reconstruct import FourierAccumulator
 from cryogan_core.report.plots import fsc_figure, save_figure
+from cryogan_core.report.progress import ProgressLog
 
 if TYPE_CHECKING:
     import pandas as pd
+
+#: Particles read from disk and inserted per step (memory: the padded 3-D grid plus one batch).
+BATCH_SIZE = 256
 
 
 def half_set_labels(df: pd.DataFrame, seed: int = 0) -> np.ndarray:
@@ -100,14 +104,22 @@ def run_backproject(
     halves = []
     for h in (1, 2):
         rows = np.flatnonzero(labels == h)
-        sub = df.iloc[rows].reset_index(drop=True)
-        imgs = torch.from_numpy(images.read(rows)).to(device)
-        angles = torch.tensor(pose_angles_deg(sub), dtype=torch.float32, device=device)
-        origins = torch.tensor(sub[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(), dtype=torch.float32, device=device)
-        ctf = CtfParams.from_particles(sub, device=device)
         logger.info(f"Reconstructing half set {h} from {len(rows)} particles")
-        vol = reconstruct(imgs, angles, origins, pixel_size_A, ctf=ctf, wiener_constant=wiener_constant)
-        halves.append(vol.cpu().numpy().astype(np.float32))
+        # streamed from disk: memory is the padded 3-D grid and one batch, whatever the set's size
+        acc = FourierAccumulator(images.box, device)
+        progress = ProgressLog(f"Back-projecting half set {h}", len(rows))
+        for start in range(0, len(rows), BATCH_SIZE):
+            chunk = rows[start : start + BATCH_SIZE]
+            sub = df.iloc[chunk]
+            acc.add(
+                torch.from_numpy(images.read(chunk)).to(device),
+                torch.tensor(pose_angles_deg(sub), dtype=torch.float32, device=device),
+                torch.tensor(sub[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(), dtype=torch.float32, device=device),
+                pixel_size_A,
+                CtfParams.from_particles(sub, device=device),
+            )
+            progress.advance(len(chunk))
+        halves.append(acc.finish(wiener_constant).cpu().numpy().astype(np.float32))
         write_map(output_dir / f"run_half{h}_class001_unfil.mrc", halves[-1], pixel_size_A)
     write_map(output_dir / "run_class001.mrc", 0.5 * (halves[0] + halves[1]), pixel_size_A)
 
