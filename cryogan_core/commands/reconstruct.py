@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from loguru import logger
 
-from cryogan_core.commands._common import map_for_particles, select_device
+from cryogan_core.commands._common import available_memory_bytes, map_for_particles, select_device
 from cryogan_core.commands.backproject import half_set_labels
 from cryogan_core.commands.options import options_from_mapping
 from cryogan_core.commands.reconstruct_checkpoint import CHECKPOINT, checkpoint_meta, read_checkpoint
@@ -49,6 +49,7 @@ from cryogan_core.commands.reconstruct_inputs import (
     check_star,
     estimate_snr,
     load_images,
+    max_particles_in_memory,
     origins_outside_prior,
     training_boxes,
 )
@@ -155,6 +156,14 @@ def run_reconstruct(
     if 0 < opts.max_particles < len(df):
         use = np.sort(rng.choice(len(df), opts.max_particles, replace=False))
         logger.info(f"Using a random subset of {opts.max_particles} of {len(df)} particles (--max_particles)")
+    box_max = max(s.box for s in samplings)
+    cap = max_particles_in_memory(box_max, available_memory_bytes())
+    if cap is not None and len(use) > cap:
+        logger.warning(
+            f"Using a random subset of {cap} of {len(use)} particles: at the training box {box_max} px more would take over a "
+            "quarter of this machine's memory (--max_particles sets the subset; a smaller --box_train fits more)"
+        )
+        use = np.sort(rng.choice(use, cap, replace=False))
     s0 = samplings[0]
     schedule = ""
     if len(samplings) > 1:

@@ -53,6 +53,27 @@ class HalfData:
 #: Bytes of particles read at their own box for the SNR estimate and the noise source.
 NOISE_SOURCE_BYTES = 200 * 2**20
 
+#: Fraction of the memory the particles held for training (both half sets) may take.
+PARTICLE_MEMORY_FRACTION = 0.25
+
+
+def max_particles_in_memory(box: int, memory_bytes: int | None) -> int | None:
+    """The most particles whose float32 images of ``box²`` pixels fit in ``PARTICLE_MEMORY_FRACTION``
+    of ``memory_bytes`` (CryoGAN holds every particle it trains on, at the training box).
+
+    Args:
+        box: the largest training box of the run (px; ``box_final`` when given).
+        memory_bytes: the memory available (:func:`~cryogan_core.commands._common.available_memory_bytes`),
+            or None.
+
+    Returns:
+        The number of particles (1,000,000 of 38 px take 5.8 GB; of 128 px, 66 GB), or None
+        when ``memory_bytes`` is None.
+    """
+    if memory_bytes is None:
+        return None
+    return int(PARTICLE_MEMORY_FRACTION * memory_bytes // (4 * box * box))
+
 
 def load_images(images: ParticleImages, rows: np.ndarray, box_out: int, radius_px: float,
                 should_stop: Callable[[], None] | None = None, on_batch: Callable[[int], None] | None = None) -> torch.Tensor:

@@ -67,7 +67,7 @@ class ReconstructOptions:
     pad_factor: float = option(1.5, "Padding of the Fourier-slice projector during training (1 = fastest, 2 = RELION's).")
     eval_minutes: float = option(5.0, "Minutes between half-map FSC evaluations and snapshots during training (0 = only at the end).")
     log_seconds: float = option(30.0, "Seconds between progress lines.")
-    max_particles: int = option(0, "Use at most this many particles (random subset; 0 = all).")
+    max_particles: int = option(0, "Use at most this many particles (random subset; 0 = all). CryoGAN holds them all at the training box: a set that would take more than a quarter of the memory is subsampled to what fits, with a warning.")
     in_parts_passthrough: str = in_parts_passthrough_option()
     cs_project_dir: str = cs_project_dir_option()
     seed: int = option(0, "Random seed (half sets when absent, initialisation, every random draw).")
