@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import cryogan_core.commands.denoise as denoise_command
+import cryogan_core.commands.denoise_outputs as denoise_outputs
 import cryogan_core.commands.reconstruct as reconstruct_command
 from cryogan_core.commands.denoise import DenoiseInputs, run_denoise
 from cryogan_core.commands.reconstruct import run_reconstruct
@@ -92,3 +93,13 @@ def test_cryogan_reports_its_reading_and_an_abort_there_stops_it(sim: Path, tmp_
                         should_stop=abort_after_half_set_1)
     assert any(m.startswith("Reading particles: 20/40 particles (") for m in log_messages)
     assert not (tmp_path / "rec/checkpoint.pt").exists()
+
+
+def test_denoising_every_particle_reports_within_each_stack(sim: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            log_messages: list[str]) -> None:
+    monkeypatch.setattr(denoise_outputs, "ProgressLog", functools.partial(ProgressLog, every_s=0.0))
+    run_denoise(DenoiseInputs(sim / "sim/particles.star", tmp_path / "den", sim / "sim/ground_truth_map.mrc", project_dir=sim),
+                {"n_steps": 1, "batch_size": 4, "base_channels": 4, "depth": 2, "validation_fraction": 0, "n_report": 20,
+                 "no_bias_controls": True, "no_scores": True, "stack_size": 30})
+    lines = [m.split(" (")[0] for m in log_messages if m.startswith("Denoising into ")]
+    assert lines == ["Denoising into particles_000001.mrcs: 30/30 particles", "Denoising into particles_000002.mrcs: 10/10 particles"]

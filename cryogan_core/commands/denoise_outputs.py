@@ -29,6 +29,7 @@ from cryogan_core.io.mrc import StackWriter
 from cryogan_core.io.star import ParticleStar, format_image_name, read_particles
 from cryogan_core.io.star_write import write_particles
 from cryogan_core.metrics.images import circular_mask, masked_pearson
+from cryogan_core.report.progress import ProgressLog
 from cryogan_core.train.pairs import PairSettings, input_transform, predictions, train_box_ctf
 from cryogan_core.train.pix2pix import denoise_images
 
@@ -117,6 +118,8 @@ def denoise_all(
                 s = np.load(scores_path)
                 cc_raw[rows], cc_den[rows] = s[0], s[1]
             continue
+        # a stack of 10,000 takes minutes at large boxes (scores: 17 projections/s at 256 px): lines within it too
+        progress = ProgressLog(f"Denoising into {stack_path.name}", len(rows))
         with StackWriter(stack_path, len(rows), tb, float(df["rlnImagePixelSize"].iloc[0]) * settings.box / tb, dtype=dtype) as writer:
             for b in range(0, len(rows), 256):
                 if should_stop is not None:
@@ -136,6 +139,7 @@ def denoise_all(
                     cc_den[idx] = masked_pearson(y, transform.crop(pred), mask_train).cpu().numpy()
                     t_scores += time.time() - t_score0
                 done += len(idx)
+                progress.advance(len(idx))
                 elapsed = time.time() - t0
                 if score and not advised and elapsed > ADVISE_AFTER_S:
                     advised = True
