@@ -1,18 +1,15 @@
 """The denoiser's advice when training, or the agreement scores of denoising every particle, would
-take hours, and the callbacks that give it once."""
+take hours, and the callback that gives the training advice once (the scores' pace is judged in
+tests/test_progress.py's job)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 import cryogan_core.commands.denoise as denoise_command
-import cryogan_core.commands.denoise_outputs as denoise_outputs
-from cryogan_core.commands.denoise import DenoiseInputs, run_denoise
 from cryogan_core.commands.denoise_pace import ADVISE_ABOVE_S, pace_advice, scores_advice, train_box_for_time
-from cryogan_core.commands.simulate import run_simulate
 
 
 @pytest.mark.parametrize(
@@ -77,23 +74,3 @@ def test_the_scores_advice_gives_the_time_with_and_without_them() -> None:
     assert scores_advice(100_000, 10.0, 0.2) is None  # the scores are not what makes it long
     with pytest.raises(ValueError, match="must be positive"):
         scores_advice(10, 0.0, 0.5)
-
-
-def test_denoising_all_particles_judges_the_scores_pace_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                             log_messages: list[str]) -> None:
-    run_simulate(tmp_path / "sim", n=40, snr_db=0.0, seed=4, box=16, pixel_size_A=8.0, project_dir=tmp_path)
-    seen: list[tuple[int, float, float]] = []
-
-    def advise(n_left: int, rate: float, share: float) -> str:
-        seen.append((n_left, rate, share))
-        return "SCORES ADVICE"
-
-    monkeypatch.setattr(denoise_outputs, "ADVISE_AFTER_S", 0.0)
-    monkeypatch.setattr(denoise_outputs, "scores_advice", advise)
-    run_denoise(DenoiseInputs(tmp_path / "sim/particles.star", tmp_path / "den", tmp_path / "sim/ground_truth_map.mrc",
-                              project_dir=tmp_path),
-                {"n_steps": 1, "batch_size": 4, "base_channels": 4, "depth": 2, "validation_fraction": 0, "n_report": 20,
-                 "no_bias_controls": True, "stack_size": 10})
-    # judged after the first batch (10 particles: the stack size), 30 left; the scores take part of the time
-    assert len(seen) == 1 and seen[0][0] == 30 and seen[0][1] > 0 and 0 < seen[0][2] < 1
-    assert sum("SCORES ADVICE" in m for m in log_messages) == 1

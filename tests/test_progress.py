@@ -66,16 +66,33 @@ def test_reading_particles_reports_each_batch_and_stops_between_batches(sim: Pat
     assert len(calls) == 2
 
 
-def test_the_denoiser_reports_its_pair_preparation(sim: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                   log_messages: list[str]) -> None:
+def test_the_denoiser_reports_its_pairs_each_stack_and_the_pace_of_its_scores(
+    sim: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_messages: list[str]
+) -> None:
+    """One small job: lines while the pairs are prepared and within each output stack, and the
+    scores' pace judged once, after the first batch (``scores_advice`` records what it is given)."""
     monkeypatch.setattr(denoise_command, "ProgressLog", functools.partial(ProgressLog, every_s=0.0))
+    monkeypatch.setattr(denoise_outputs, "ProgressLog", functools.partial(ProgressLog, every_s=0.0))
+    monkeypatch.setattr(denoise_outputs, "ADVISE_AFTER_S", 0.0)
+    seen: list[tuple[int, float, float]] = []
+
+    def advise(n_left: int, rate: float, share: float) -> str:
+        seen.append((n_left, rate, share))
+        return "SCORES ADVICE"
+
+    monkeypatch.setattr(denoise_outputs, "scores_advice", advise)
     run_denoise(DenoiseInputs(sim / "sim/particles.star", tmp_path / "den", sim / "sim/ground_truth_map.mrc", project_dir=sim),
                 {"n_steps": 1, "batch_size": 4, "base_channels": 4, "depth": 2, "validation_fraction": 0, "n_report": 20,
-                 "no_bias_controls": True, "no_scores": True})
-    lines = [m.strip() for m in log_messages if m.startswith("Preparing training/validation/report pairs: ")]
+                 "no_bias_controls": True, "stack_size": 30})
+    pairs = [m.split(" (")[0] for m in log_messages if m.startswith("Preparing training/validation/report pairs: ")]
     # 20 training particles of half set 1, then the 20 of half set 2 reported on
-    assert [line.split(" (")[0] for line in lines] == [
-        "Preparing training/validation/report pairs: 20/40 particles", "Preparing training/validation/report pairs: 40/40 particles"]
+    assert pairs == ["Preparing training/validation/report pairs: 20/40 particles",
+                     "Preparing training/validation/report pairs: 40/40 particles"]
+    stacks = [m.split(" (")[0] for m in log_messages if m.startswith("Denoising into ")]
+    assert stacks == ["Denoising into particles_000001.mrcs: 30/30 particles", "Denoising into particles_000002.mrcs: 10/10 particles"]
+    # judged once, after the first batch (the 30 of the first stack): 10 left; the scores take part of the time
+    assert len(seen) == 1 and seen[0][0] == 10 and seen[0][1] > 0 and 0 < seen[0][2] < 1
+    assert sum("SCORES ADVICE" in m for m in log_messages) == 1
 
 
 def test_cryogan_reports_its_reading_and_an_abort_there_stops_it(sim: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -93,13 +110,3 @@ def test_cryogan_reports_its_reading_and_an_abort_there_stops_it(sim: Path, tmp_
                         should_stop=abort_after_half_set_1)
     assert any(m.startswith("Reading particles: 20/40 particles (") for m in log_messages)
     assert not (tmp_path / "rec/checkpoint.pt").exists()
-
-
-def test_denoising_every_particle_reports_within_each_stack(sim: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                            log_messages: list[str]) -> None:
-    monkeypatch.setattr(denoise_outputs, "ProgressLog", functools.partial(ProgressLog, every_s=0.0))
-    run_denoise(DenoiseInputs(sim / "sim/particles.star", tmp_path / "den", sim / "sim/ground_truth_map.mrc", project_dir=sim),
-                {"n_steps": 1, "batch_size": 4, "base_channels": 4, "depth": 2, "validation_fraction": 0, "n_report": 20,
-                 "no_bias_controls": True, "no_scores": True, "stack_size": 30})
-    lines = [m.split(" (")[0] for m in log_messages if m.startswith("Denoising into ")]
-    assert lines == ["Denoising into particles_000001.mrcs: 30/30 particles", "Denoising into particles_000002.mrcs: 10/10 particles"]
