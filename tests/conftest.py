@@ -1,5 +1,6 @@
 """Shared pytest fixtures: the location of ../shared/data (real data, optional), the
-loguru messages of a test, synthetic micrographs, and tiny CryoGAN jobs shared by tests."""
+loguru messages of a test, synthetic micrographs, tiny CryoGAN jobs shared by tests, and an
+abort hook that fires at a given call."""
 
 from __future__ import annotations
 
@@ -23,6 +24,23 @@ def shared_path(*parts: str) -> Path:
     if not p.exists():
         pytest.skip(f"real data not available: {p}")
     return p
+
+
+class StopAtCall:
+    """A ``should_stop`` hook that raises :class:`StopAtCall.Stop` at its ``n``-th call (an
+    abort at a known point); ``calls`` counts the calls so far."""
+
+    class Stop(Exception):
+        """Raised by the hook, as RELION's abort file makes the job raise."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.calls = 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.calls == self.n:
+            raise StopAtCall.Stop
 
 
 @pytest.fixture

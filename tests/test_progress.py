@@ -20,10 +20,7 @@ from cryogan_core.commands.simulate import run_simulate
 from cryogan_core.io.images import ParticleImages
 from cryogan_core.io.star import read_particles
 from cryogan_core.report.progress import ProgressLog
-
-
-class Stop(Exception):
-    """Raised by the tests' ``should_stop``."""
+from conftest import StopAtCall
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +51,10 @@ def test_reading_particles_reports_each_batch_and_stops_between_batches(sim: Pat
     counts: list[int] = []
     out = load_images(images, rows, 12, 4.0, on_batch=counts.append)
     assert out.shape == (40, 12, 12) and counts == [40]
-    calls = []
-
-    def stop_on_second_batch() -> None:
-        calls.append(1)
-        if len(calls) == 2:
-            raise Stop
-
-    with pytest.raises(Stop):
-        load_images(images, np.concatenate([rows] * 13), 12, 4.0, should_stop=stop_on_second_batch)  # 520: two batches of 512
-    assert len(calls) == 2
+    stop = StopAtCall(2)
+    with pytest.raises(StopAtCall.Stop):
+        load_images(images, np.concatenate([rows] * 13), 12, 4.0, should_stop=stop)  # 520: two batches of 512
+    assert stop.calls == 2
 
 
 def test_the_denoiser_reports_its_pairs_each_stack_and_the_pace_of_its_scores(
@@ -98,15 +89,8 @@ def test_the_denoiser_reports_its_pairs_each_stack_and_the_pace_of_its_scores(
 def test_cryogan_reports_its_reading_and_an_abort_there_stops_it(sim: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                  log_messages: list[str]) -> None:
     monkeypatch.setattr(reconstruct_command, "ProgressLog", functools.partial(ProgressLog, every_s=0.0))
-    calls = []
-
-    def abort_after_half_set_1() -> None:
-        calls.append(1)
-        if len(calls) == 2:
-            raise Stop
-
-    with pytest.raises(Stop):
+    with pytest.raises(StopAtCall.Stop):  # the second call: before half set 2 is read
         run_reconstruct(sim / "sim/particles.star", tmp_path / "rec", {"box_train": 16, "symmetry": "C1"}, project_dir=sim,
-                        should_stop=abort_after_half_set_1)
+                        should_stop=StopAtCall(2))
     assert any(m.startswith("Reading particles: 20/40 particles (") for m in log_messages)
     assert not (tmp_path / "rec/checkpoint.pt").exists()

@@ -13,10 +13,7 @@ from cryogan_core.commands.reconstruct import run_reconstruct
 from cryogan_core.commands.reconstruct_inputs import max_particles_in_memory
 from cryogan_core.commands.simulate import run_simulate
 from cryogan_core.report.progress import ProgressLog
-
-
-class Stop(Exception):
-    """Raised by the test's ``should_stop`` once the particles are read."""
+from conftest import StopAtCall
 
 
 def test_particles_per_memory_follow_the_training_box() -> None:
@@ -32,15 +29,8 @@ def test_the_job_reads_a_random_subset_when_the_set_would_not_fit(tmp_path: Path
     run_simulate(tmp_path / "sim", n=40, snr_db=0.0, seed=4, box=16, pixel_size_A=8.0, project_dir=tmp_path)
     monkeypatch.setattr(reconstruct_command, "available_memory_bytes", lambda: 4 * 30 * 4 * 16 * 16)  # room for 30 particles
     monkeypatch.setattr(reconstruct_command, "ProgressLog", functools.partial(ProgressLog, every_s=0.0))
-    calls: list[int] = []
-
-    def stop_after_half_set_1() -> None:
-        calls.append(1)
-        if len(calls) == 2:
-            raise Stop
-
-    with pytest.raises(Stop):
+    with pytest.raises(StopAtCall.Stop):  # the second call: before half set 2 is read
         run_reconstruct(tmp_path / "sim/particles.star", tmp_path / "rec", {"box_train": 16, "symmetry": "C1"}, project_dir=tmp_path,
-                        should_stop=stop_after_half_set_1)
+                        should_stop=StopAtCall(2))
     assert any("Using a random subset of 30 of 40 particles: at the training box 16 px" in m for m in log_messages)
     assert any(m.startswith("Reading particles: ") and "/30 particles (" in m for m in log_messages)
