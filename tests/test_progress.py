@@ -33,7 +33,7 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_lines_come_every_interval_with_the_rate_and_the_time_left(log_messages: list[str]) -> None:
     now = [0.0]
-    progress = ProgressLog("Reading particles", 1000, every_s=20.0, clock=lambda: now[0])
+    progress = ProgressLog("Reading particles:", 1000, every_s=20.0, clock=lambda: now[0])
     now[0] = 10.0
     progress.advance(100)  # 10 s in: no line yet
     assert log_messages == []

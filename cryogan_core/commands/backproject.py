@@ -107,7 +107,7 @@ def run_backproject(
         logger.info(f"Reconstructing half set {h} from {len(rows)} particles")
         # streamed from disk: memory is the padded 3-D grid and one batch, whatever the set's size
         acc = FourierAccumulator(images.box, device)
-        progress = ProgressLog(f"Back-projecting half set {h}", len(rows))
+        progress = ProgressLog(f"Back-projecting half set {h}:", len(rows))
         for start in range(0, len(rows), BATCH_SIZE):
             chunk = rows[start : start + BATCH_SIZE]
             sub = df.iloc[chunk]

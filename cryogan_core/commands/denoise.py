@@ -58,9 +58,9 @@ from cryogan_core.io.summary import write_summary
 from cryogan_core.models.symmetry_average import symmetry_averaged
 from cryogan_core.models.unet import UNetGenerator
 from cryogan_core.report.denoise_report import write_denoise_report
-from cryogan_core.report.progress import ProgressLog
+from cryogan_core.report.progress import ProgressLog, eta_seconds
 from cryogan_core.train.pairs import PairSettings, build_pairs, default_bg_radius_px
-from cryogan_core.train.pix2pix import Pix2PixConfig, Pix2PixTrainer, eta_seconds, reconstruction_loss, train_pix2pix
+from cryogan_core.train.pix2pix import Pix2PixConfig, Pix2PixTrainer, reconstruction_loss, train_pix2pix
 from cryogan_core.train.selection import BestWeights
 
 # the API, with what it re-exports from denoise_model, denoise_pairs and denoise_scores
@@ -282,7 +282,7 @@ def _train_and_report(
     )
     t0 = time.time()
     # one projection of the map per particle: ~58 particles/s at 128 px on 2 CPU threads, so minutes for a large set
-    progress = ProgressLog("Preparing training/validation/report pairs", len(train_rows) + len(val_rows) + len(heldout_rows))
+    progress = ProgressLog("Preparing training/validation/report pairs:", len(train_rows) + len(val_rows) + len(heldout_rows))
     prepare = functools.partial(build_pairs, images, df, volume_for_pixel=volume_for_pixel, settings=settings, device=device,
                                 should_stop=should_stop, on_batch=progress.advance)
     train = prepare(train_rows)

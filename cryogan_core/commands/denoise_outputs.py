@@ -9,6 +9,7 @@ stacks when the same network made them (:func:`~cryogan_core.commands.denoise_mo
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -103,23 +104,28 @@ def denoise_all(
     names: list[str] = []
     mask_full = circular_mask(settings.box, settings.mask_radius_px, device=device)
     mask_train = settings.train_mask(device)
-    t0 = time.time()
-    done = 0
-    t_scores = 0.0
-    advised = False
+    chunks = []  # (rows, stack, its scores, kept from an earlier run)
     for chunk_start in range(0, n, stack_size):
-        rows = np.arange(chunk_start, min(chunk_start + stack_size, n))
         stack_path = den_dir / f"particles_{chunk_start // stack_size + 1:06d}.mrcs"
         scores_path = den_dir / f".scores_{chunk_start // stack_size + 1:06d}.npy"
+        kept = resume and stack_path.is_file() and (scores_path.is_file() or not score)
+        chunks.append((np.arange(chunk_start, min(chunk_start + stack_size, n)), stack_path, scores_path, kept))
+    n_kept = sum(len(rows) for rows, _, _, kept in chunks if kept)
+    if n_kept:
+        logger.info(f"Keeping the {n_kept} particles of the finished stacks of an earlier run")
+    overall = ProgressLog("Denoised", n - n_kept, every_s=math.inf)  # a line at the end of each stack
+    t_scores = 0.0
+    advised = False
+    for rows, stack_path, scores_path, kept in chunks:
         rel = os.path.relpath(stack_path.resolve(), project_dir.resolve())
         names.extend(format_image_name(i + 1, rel) for i in range(len(rows)))
-        if resume and stack_path.is_file() and (scores_path.is_file() or not score):
+        if kept:
             if score:
                 s = np.load(scores_path)
                 cc_raw[rows], cc_den[rows] = s[0], s[1]
             continue
         # a stack of 10,000 takes minutes at large boxes (scores: 17 projections/s at 256 px): lines within it too
-        progress = ProgressLog(f"Denoising into {stack_path.name}", len(rows))
+        progress = ProgressLog(f"Denoising into {stack_path.name}:", len(rows))
         with StackWriter(stack_path, len(rows), tb, float(df["rlnImagePixelSize"].iloc[0]) * settings.box / tb, dtype=dtype) as writer:
             for b in range(0, len(rows), 256):
                 if should_stop is not None:
@@ -138,21 +144,19 @@ def denoise_all(
                     cc_raw[idx] = masked_pearson(raw, pred_ctf, mask_full).cpu().numpy()
                     cc_den[idx] = masked_pearson(y, transform.crop(pred), mask_train).cpu().numpy()
                     t_scores += time.time() - t_score0
-                done += len(idx)
                 progress.advance(len(idx))
-                elapsed = time.time() - t0
+                overall.advance(len(idx))
+                elapsed = overall.elapsed_s()
                 if score and not advised and elapsed > ADVISE_AFTER_S:
                     advised = True
-                    line = scores_advice(n - chunk_start - b - len(idx), done / elapsed, min(1.0, t_scores / elapsed))
+                    line = scores_advice(overall.total - overall.done, overall.done / elapsed, min(1.0, t_scores / elapsed))
                     if line:
                         logger.warning(line)
         if score:
             with atomic_path(scores_path) as tmp:
                 with open(tmp, "wb") as fh:
                     np.save(fh, np.stack([cc_raw[rows], cc_den[rows]]))
-        rate = done / max(time.time() - t0, 1e-9)
-        left = f", {(n - chunk_start - len(rows)) / rate / 60:.1f} min left" if done else ""
-        logger.info(f"Denoised {chunk_start + len(rows)}/{n} particles ({rate:.0f} particles/s{left})")
+        overall.log()
     out = df.copy()
     if "rlnImageOriginalName" in out:
         logger.info("rlnImageOriginalName is replaced by the names of the particles given to this job")
@@ -170,11 +174,11 @@ def denoise_all(
     write_particles(out_dir / "particles.star", star.with_particles(out), version=version)
     export = write_cryosparc_particles(read_particles(out_dir / "particles.star", require_ctf=False, require_images=True), out_dir, project_dir)
     logger.info(f"For cryoSPARC: Import Result Group with {export.csg_path} (slots: {', '.join(export.slots)})")
-    elapsed = time.time() - t0
+    elapsed = overall.elapsed_s()
     result: dict[str, Any] = {
         "summary": {
             "n_particles_written": int(n),
-            "denoise_particles_per_s": done / elapsed if done else None,
+            "denoise_particles_per_s": overall.done / elapsed if overall.done else None,
             "star_version_written": version,
             "cryosparc_import": {"job": "Import Result Group", "csg": str(export.csg_path.absolute()), "cs": str(export.cs_path.absolute()),
                                  "steps": import_instructions(export.csg_path, out_dir.absolute().name)},

@@ -233,7 +233,7 @@ def run_reconstruct(
             )
             logger.info(f"{len(mics_windows)} background windows of {box} px cut from the micrographs of {mics_path}")
         out: list[HalfData] = []
-        progress = ProgressLog(f"Reading particles (Fourier-cropped to {s.box} px)" if s.box < box else "Reading particles", len(use))
+        progress = ProgressLog(f"Reading particles (Fourier-cropped to {s.box} px):" if s.box < box else "Reading particles:", len(use))
         for h in (1, 2):
             rows = use[labels[use] == h]
             if len(rows) < opts.batch_size:

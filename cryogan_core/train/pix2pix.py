@@ -18,7 +18,6 @@ particle's known defocus.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Mapping
 
@@ -343,11 +342,4 @@ def denoise_images(generator: nn.Module, images: torch.Tensor, batch_size: int |
     return out
 
 
-def eta_seconds(steps_done: int, steps_total: int, elapsed_s: float) -> float:
-    """Estimated time left from the mean step time so far (inf before the first step)."""
-    if steps_done <= 0:
-        return math.inf
-    return elapsed_s / steps_done * max(0, steps_total - steps_done)
-
-
-__all__ = ["Pix2PixConfig", "Pix2PixTrainer", "train_pix2pix", "denoise_images", "eta_seconds", "inference_batch_size"]
+__all__ = ["Pix2PixConfig", "Pix2PixTrainer", "train_pix2pix", "denoise_images", "inference_batch_size"]
