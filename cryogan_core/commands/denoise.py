@@ -61,6 +61,7 @@ from cryogan_core.report.denoise_report import write_denoise_report
 from cryogan_core.report.progress import ProgressLog, eta_seconds
 from cryogan_core.train.pairs import PairSettings, build_pairs, default_bg_radius_px
 from cryogan_core.train.pix2pix import Pix2PixConfig, Pix2PixTrainer, reconstruction_loss, train_pix2pix
+from cryogan_core.train.reference_maps import MapsForPixel
 from cryogan_core.train.selection import BestWeights
 
 # the API, with what it re-exports from denoise_model, denoise_pairs and denoise_scores
@@ -177,13 +178,9 @@ def run_denoise(
         logger.info(f"{len(pixel_sizes)} pixel sizes among the optics groups: the map is resampled for each")
     logger.info(f"{len(df)} particles, box {box} px, {pixel_size_A:.3f} Å/px, {len(star.optics)} optics group(s)")
 
-    volumes: dict[float, torch.Tensor] = {}
-
-    def volume_for_pixel(p: float) -> torch.Tensor:
-        """The map resampled to pixel size ``p`` (Å) and the particles' box, cached per optics group."""
-        if p not in volumes:
-            volumes[p] = map_for_particles(inputs.map_path, p, box, device)
-        return volumes[p]
+    # the map resampled to each optics group's pixel size at the particles' box (and its
+    # crops to the training box), each made once
+    volume_for_pixel = MapsForPixel(lambda p: map_for_particles(inputs.map_path, p, box, device))
 
     if opts.mask_radius_px:
         mask_radius = opts.mask_radius_px

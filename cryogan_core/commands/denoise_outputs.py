@@ -30,6 +30,7 @@ from cryogan_core.io.mrc import StackWriter
 from cryogan_core.io.star import ParticleStar, format_image_name, read_particles
 from cryogan_core.io.star_write import write_particles
 from cryogan_core.metrics.images import circular_mask, masked_pearson
+from cryogan_core.physics.resample import fourier_crop_images
 from cryogan_core.report.progress import ProgressLog
 from cryogan_core.train.pairs import PairSettings, input_transform, predictions, train_box_ctf
 from cryogan_core.train.pix2pix import denoise_images
@@ -75,7 +76,11 @@ def denoise_all(
         ``summary``: ``n_particles_written``, ``denoise_particles_per_s``,
         ``star_version_written``, ``cryosparc_import`` and, with scores, ``mean_cc_raw_all`` /
         ``mean_cc_denoised_all``; with scores also ``scores``: ``cc_raw`` and ``cc_denoised``,
-        float32 ``(n,)`` masked CCs with the reference (NaN where not computed).
+        float32 ``(n,)`` masked CCs with the reference (NaN where not computed). The
+        reference is made at the training box (``predictions(..., box_out=train_box)``);
+        ``cc_raw`` compares the raw particle at its box with it Fourier-padded to that box
+        (the reference up to the training box's Nyquist), ``cc_denoised`` the denoised
+        particle with it at the training box.
 
     Raises:
         InputError: an image holds NaN or infinite values.
@@ -139,10 +144,12 @@ def denoise_all(
                 writer.write(b, y.cpu().numpy().astype(dtype))
                 if score:
                     t_score0 = time.time()
-                    pred_ctf = predictions(df.iloc[idx], volume_for_pixel, True, device)
-                    pred = pred_ctf if settings.ctf_targets else predictions(df.iloc[idx], volume_for_pixel, False, device)
-                    cc_raw[idx] = masked_pearson(raw, pred_ctf, mask_full).cpu().numpy()
-                    cc_den[idx] = masked_pearson(y, transform.crop(pred), mask_train).cpu().numpy()
+                    # predictions at the training box: (box / train_box)² or more cheaper than at the box
+                    pred_ctf = predictions(df.iloc[idx], volume_for_pixel, True, device, box_out=tb)
+                    pred = pred_ctf if settings.ctf_targets else predictions(df.iloc[idx], volume_for_pixel, False, device, box_out=tb)
+                    pred_ctf_full = pred_ctf if tb == settings.box else fourier_crop_images(pred_ctf, settings.box)
+                    cc_raw[idx] = masked_pearson(raw, pred_ctf_full, mask_full).cpu().numpy()
+                    cc_den[idx] = masked_pearson(y, pred, mask_train).cpu().numpy()
                     t_scores += time.time() - t_score0
                 progress.advance(len(idx))
                 overall.advance(len(idx))

@@ -38,7 +38,10 @@ def estimated_snr(opts: DenoiseOptions, pair_sets: list[dict[str, torch.Tensor]]
     Signal: each particle's scaled CTF'd prediction; noise: the particle minus it; both over
     the whole box (:func:`cryogan_core.metrics.images.snr_db`, the definition ``cryogan
     simulate`` uses, so a simulation at -10 dB reads about -10 dB). Pose, CTF or map errors
-    count as noise, so it is a lower bound on the particles' true SNR.
+    count as noise, so it is a lower bound on the particles' true SNR; with a training box
+    smaller than the particles' box, the prediction is made up to its Nyquist
+    (:func:`~cryogan_core.train.pairs.train_box_pairs`), so the signal beyond it counts as
+    noise too (-0.35 dB on 512 real β-gal particles at 64 -> 32 px).
 
     Args:
         opts: the job options (the advice depends on ``gan_weight``).
@@ -51,7 +54,8 @@ def estimated_snr(opts: DenoiseOptions, pair_sets: list[dict[str, torch.Tensor]]
     noise = torch.cat([p["noise_var"] for p in pair_sets])
     value = snr_db(signal, noise)
     logger.info(f"Particle SNR {value:.1f} dB ({len(signal)} particles; signal: the map's CTF'd projection at each pose, "
-                "scaled by least squares; noise: the particle minus it; whole box, as `cryogan simulate` defines it)")
+                "scaled by least squares; noise: the particle minus it; whole box, as `cryogan simulate` defines it"
+                + ("; the signal up to the training box's Nyquist)" if opts.train_box else ")"))
     if value < LOW_SNR_DB and opts.gan_weight > 0:
         logger.warning(f"Particle SNR {value:.1f} dB is below {LOW_SNR_DB:g} dB: there the adversarial term paints the reference "
                        "over what the map lacks and lowers the CC; --recon_loss l2 --gan_weight 0 is advised (README), "

@@ -16,6 +16,7 @@ map at the particle's pose, modulated by the particle's CTF. Here:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -29,6 +30,7 @@ from cryogan_core.metrics.images import circular_mask, least_squares_scale, sign
 from cryogan_core.physics.ctf import CtfParams, compute_ctf
 from cryogan_core.physics.projection import forward_model
 from cryogan_core.physics.resample import fourier_crop_images
+from cryogan_core.train.reference_maps import cropped_map
 
 
 @dataclass(frozen=True)
@@ -234,7 +236,8 @@ def build_pairs(
     should_stop: Callable[[], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Read particles and compute their training targets and reference images.
+    """Read particles and compute their training targets and reference images
+    (:func:`train_box_pairs`: the map is projected at the training box).
 
     Args:
         images: lazy particle images.
@@ -250,7 +253,8 @@ def build_pairs(
     Returns:
         Dict of CPU float32 tensors: ``inputs`` and ``targets`` ``(n, train_box, train_box)``,
         ``reference_ctf`` (the scaled CTF'd prediction, what the particle should look like
-        without noise, at ``train_box``), ``slope (n,)``, and ``signal_var`` / ``noise_var``
+        without noise, at ``train_box``), ``slope (n,)`` (in the units of the normalisation at
+        the particles' box), and ``signal_var`` / ``noise_var``
         ``(n,)``: the variance over the whole particle box (before any crop) of the scaled
         CTF'd prediction and of the particle minus it
         (:func:`~cryogan_core.metrics.images.signal_and_noise_variance`; for the SNR); with
@@ -261,21 +265,19 @@ def build_pairs(
     out = {k: torch.empty((n, tb, tb), dtype=torch.float32) for k in ("inputs", "targets", "reference_ctf")}
     for k in ("slope", "signal_var", "noise_var"):
         out[k] = torch.empty(n, dtype=torch.float32)
-    mask = circular_mask(settings.box, settings.mask_radius_px, device=device)
     for start in range(0, n, batch_size):
         if should_stop is not None:
             should_stop()
         idx = rows[start : start + batch_size]
         raw = torch.from_numpy(images.read(idx)).to(device)
-        transform, x_full, ref_ctf, target, slope = full_box_pairs(raw, df.iloc[idx], volume_for_pixel, settings, mask)
+        batch = train_box_pairs(raw, df.iloc[idx], volume_for_pixel, settings)
         stop = start + len(idx)
-        out["inputs"][start:stop] = transform.crop(x_full).cpu()
-        out["targets"][start:stop] = transform.crop(target).cpu()
-        out["reference_ctf"][start:stop] = transform.crop(ref_ctf).cpu()
-        out["slope"][start:stop] = slope.cpu()
-        signal_var, noise_var = signal_and_noise_variance(x_full, ref_ctf)
-        out["signal_var"][start:stop] = signal_var.cpu()
-        out["noise_var"][start:stop] = noise_var.cpu()
+        out["inputs"][start:stop] = batch.inputs.cpu()
+        out["targets"][start:stop] = batch.targets.cpu()
+        out["reference_ctf"][start:stop] = batch.reference_ctf.cpu()
+        out["slope"][start:stop] = batch.slope.cpu()
+        out["signal_var"][start:stop] = batch.signal_var.cpu()
+        out["noise_var"][start:stop] = batch.noise_var.cpu()
         if on_batch is not None:
             on_batch(len(idx))
     if settings.ctf_aware:
@@ -288,9 +290,22 @@ def predictions(
     volume_for_pixel: Callable[[float], torch.Tensor],
     with_ctf: bool = True,
     device: torch.device | str = "cpu",
+    box_out: int | None = None,
 ) -> torch.Tensor:
     """RELION's noise-free prediction of each particle: the map projected at its pose,
     shifted by ``-origin``, multiplied by its CTF (:func:`~cryogan_core.physics.projection.forward_model`).
+
+    With ``box_out`` smaller than the map's box ``D``, the result is the Fourier crop of
+    the prediction at ``D`` (``fourier_crop_images(predictions(...), box_out)``) made at a
+    fraction of its cost: by the Fourier slice theorem only the map's frequencies within
+    the rotated ``box_out`` square are needed, and those lie within a cube of side
+    ``√2·box_out``. So the map Fourier-cropped to ``m = min(D, ⌈√2·box_out⌉)`` (pixel
+    ``p·D/m``) is projected with the CTF on that grid, scaled by ``D/m`` (a projection sums
+    the voxels along the beam) and cropped to ``box_out``; it agrees with the crop of the
+    full-box prediction as closely as that agrees with a finer projection
+    (``tests/test_pairs_train_box.py``), and costs about ``(m/D)²`` as much. Cropped maps
+    are cached by a :class:`~cryogan_core.train.reference_maps.MapsForPixel`; any other
+    callable is cropped per call.
 
     Args:
         df: ``n`` particle rows (angles, origins in Å, CTF columns, ``rlnImagePixelSize``).
@@ -298,17 +313,33 @@ def predictions(
             (particles of several optics groups are projected from their own resampling).
         with_ctf: False: the projection without the CTF.
         device: torch device of the projections.
+        box_out: the box of the predictions (px, at most the map's box); None: the map's box.
 
     Returns:
-        ``(n, box, box)`` float32 on ``device``.
+        ``(n, box, box)`` float32 on ``device`` (``(n, box_out, box_out)`` with ``box_out``).
+
+    Raises:
+        ValueError: ``box_out`` larger than the map's box or below 1.
     """
     angles, origins, ctf, pix = particle_arrays(df, device)
     out: torch.Tensor | None = None
     for p in torch.unique(pix):
         sel = torch.nonzero(pix == p).squeeze(1)
         vol = volume_for_pixel(float(p))
+        d = vol.shape[-1]
+        scale = 1.0
+        if box_out is not None and box_out != d:
+            if not 1 <= box_out < d:
+                raise ValueError(f"box_out {box_out} must be between 1 and the map's box {d}")
+            m = min(d, math.ceil(math.sqrt(2.0) * box_out))
+            vol = cropped_map(volume_for_pixel, float(p), m)
+            scale = d / m
         with torch.no_grad():
-            images = forward_model(vol, angles[sel], origins[sel], float(p), ctf=ctf[sel] if with_ctf else None)
+            images = forward_model(vol, angles[sel], origins[sel], float(p) * scale, ctf=ctf[sel] if with_ctf else None)
+            if scale != 1.0:
+                images = images * scale
+            if box_out is not None and images.shape[-1] != box_out:
+                images = fourier_crop_images(images, box_out)
         if out is None:
             out = torch.empty((len(df),) + tuple(images.shape[1:]), dtype=images.dtype, device=images.device)
         out[sel.to(out.device)] = images
@@ -347,3 +378,75 @@ def full_box_pairs(
         pred_free = predictions(df, volume_for_pixel, False, raw.device)
         target = make_targets(x_full, pred_ctf, pred_free, mask, settings.scale_mode)[0]
     return transform, x_full, ref_ctf, target, slope
+
+
+@dataclass
+class BatchPairs:
+    """One batch of training pairs at the training box (:func:`train_box_pairs`).
+
+    Attributes:
+        transform: the particles' input normalisation (:func:`input_transform`).
+        inputs: ``(n, train_box, train_box)`` the network inputs (``transform(raw)``).
+        reference_ctf: ``(n, train_box, train_box)`` the scaled CTF'd prediction, in input units.
+        targets: ``(n, train_box, train_box)`` the training targets (``reference_ctf``, or the
+            scaled CTF-free prediction), in input units.
+        slope: ``(n,)`` the particle/prediction scale in the units of RELION's
+            normalisation at the particles' box (what :func:`full_box_pairs` returns).
+        signal_var, noise_var: ``(n,)`` the whole-box variances of the scaled CTF'd
+            prediction and of the normalised particle minus it, at the particles' box
+            (:func:`~cryogan_core.metrics.images.signal_and_noise_variance`).
+    """
+
+    transform: InputTransform
+    inputs: torch.Tensor
+    reference_ctf: torch.Tensor
+    targets: torch.Tensor
+    slope: torch.Tensor
+    signal_var: torch.Tensor
+    noise_var: torch.Tensor
+
+
+def train_box_pairs(
+    raw: torch.Tensor,
+    df: pd.DataFrame,
+    volume_for_pixel: Callable[[float], torch.Tensor],
+    settings: PairSettings,
+) -> BatchPairs:
+    """One batch of training pairs, with the predictions made at the training box.
+
+    The particles are normalised and cropped (:func:`input_transform`); the map's
+    predictions are made at the training box (``predictions(..., box_out=train_box)``,
+    the crop of the full-box prediction at a fraction of its cost) and put in the inputs'
+    units by least squares inside the training box's mask (:func:`make_targets`). With
+    ``train_box == box`` this is :func:`full_box_pairs` exactly. With a smaller training
+    box, the scale fit sees only the frequencies the network sees, and for the SNR the
+    prediction is Fourier-padded back to the particles' box, so signal beyond the training
+    box's Nyquist counts as noise (one more way the SNR is a lower bound).
+
+    Args:
+        raw: ``(n, box, box)`` float32 raw particles.
+        df: their ``n`` rows (poses, origins, CTF, pixel size).
+        volume_for_pixel: pixel size (Å) -> map at that pixel size and the particles' box
+            (a :class:`~cryogan_core.train.reference_maps.MapsForPixel` caches its crops).
+        settings: the pair settings.
+
+    Returns:
+        The :class:`BatchPairs`.
+    """
+    box, tb = settings.box, settings.train_box
+    transform = input_transform(raw, settings)
+    x_full = transform.normalise(raw)
+    x = transform.crop(x_full)
+    mask = settings.train_mask(raw.device)
+    pred_ctf = predictions(df, volume_for_pixel, True, raw.device, box_out=tb)
+    ref_ctf, slope = make_targets(x, pred_ctf, pred_ctf, mask, settings.scale_mode)
+    target = ref_ctf
+    if not settings.ctf_targets:
+        pred_free = predictions(df, volume_for_pixel, False, raw.device, box_out=tb)
+        target = make_targets(x, pred_ctf, pred_free, mask, settings.scale_mode)[0]
+    if tb == box:
+        ref_full = ref_ctf
+    else:  # undo the crop's normalisation (T2), then pad back to the particles' box
+        ref_full = fourier_crop_images(ref_ctf * transform.std2[:, None, None] + transform.mean2[:, None, None], box)
+    signal_var, noise_var = signal_and_noise_variance(x_full, ref_full)
+    return BatchPairs(transform, x, ref_ctf, target, slope * transform.std2, signal_var, noise_var)
