@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from cryogan_core.commands._common import map_for_particles
 from cryogan_core.commands.denoise import DenoiseInputs, load_model, run_denoise
 from cryogan_core.commands.simulate import run_simulate
 from cryogan_core.errors import InputError
@@ -23,8 +24,10 @@ from cryogan_core.physics.ctf_filters import ctf_modulate, phase_flip
 from cryogan_core.physics.phantom import procedural_volume
 from cryogan_core.physics.ctf import CtfParams
 from cryogan_core.physics.projection import forward_model
+from cryogan_core.physics.resample import fourier_crop_images
 from cryogan_core.train.evaluate import HeldoutSimulation, highres_control
-from cryogan_core.train.pairs import PairSettings, default_bg_radius_px, input_transform, make_targets, prepare_inputs, train_box_ctf
+from cryogan_core.train.pairs import (PairSettings, default_bg_radius_px, input_transform, make_targets, predictions,
+                                      prepare_inputs, train_box_ctf)
 
 SMALL = {"base_channels": 8, "depth": 2, "batch_size": 8, "n_report": 60, "stack_size": 100}
 
@@ -204,6 +207,30 @@ def test_train_box_float16_and_ctf_free_outputs(sim: Path) -> None:
         by_hand = gen(input_transform(raw, settings)(raw).unsqueeze(1))[:, 0]
     written = np.asarray(open_stack(out / "Denoised/particles_000001.mrcs"), dtype=np.float32)
     np.testing.assert_allclose(written, by_hand.numpy(), atol=2e-2 * float(by_hand.abs().max()))
+
+
+def test_scores_at_a_smaller_training_box_match_scores_from_full_box_predictions(sim: Path) -> None:
+    out = sim / "run_scores_tb"
+    run_denoise(DenoiseInputs(sim / "sim/particles.star", out, sim / "sim/ground_truth_map.mrc", project_dir=sim),
+                {**SMALL, "n_steps": 2, "train_box": 20, "no_bias_controls": True})
+    written = read_particles(out / "particles.star").particles
+    df = read_particles(sim / "sim/particles.star").particles.reset_index(drop=True)
+    rows = np.arange(100)
+    raw = torch.from_numpy(ParticleImages(df, sim, sim / "sim/particles.star").read(rows))
+    _, settings, _ = load_model(out / "model.pt", torch.device("cpu"))
+    volume = map_for_particles(sim / "sim/ground_truth_map.mrc", 7.0, 32)
+    # independent route: the map projected at the particles' box, then Fourier-cropped; both
+    # scores at the training box (the raw particle as the network sees it)
+    reference = fourier_crop_images(predictions(df.iloc[rows], lambda p: volume), 20)
+    cc_raw = masked_pearson(fourier_crop_images(raw, 20), reference, settings.train_mask())
+    denoised = torch.from_numpy(np.asarray(open_stack(out / "Denoised/particles_000001.mrcs"), dtype=np.float32))
+    cc_den = masked_pearson(denoised, reference, settings.train_mask())
+    # at the particles' box the raw particle carries the noise beyond the training box's
+    # Nyquist: its CC there is lower, which made the denoiser's gain look larger than it is
+    cc_raw_full = masked_pearson(raw, predictions(df.iloc[rows], lambda p: volume), circular_mask(32, settings.mask_radius_px))
+    assert float(cc_raw_full.mean()) < float(cc_raw.mean()) - 0.02
+    np.testing.assert_allclose(written["rlnCryoganCCRaw"].to_numpy()[rows], cc_raw.numpy(), atol=0.01)
+    np.testing.assert_allclose(written["rlnCryoganCCDenoised"].to_numpy()[rows], cc_den.numpy(), atol=0.01)
 
 
 def test_bad_inputs_are_one_line_errors(sim: Path, tmp_path: Path) -> None:

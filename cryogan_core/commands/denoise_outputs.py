@@ -29,8 +29,7 @@ from cryogan_core.io.images import ParticleImages
 from cryogan_core.io.mrc import StackWriter
 from cryogan_core.io.star import ParticleStar, format_image_name, read_particles
 from cryogan_core.io.star_write import write_particles
-from cryogan_core.metrics.images import circular_mask, masked_pearson
-from cryogan_core.physics.resample import fourier_crop_images
+from cryogan_core.metrics.images import masked_pearson
 from cryogan_core.report.progress import ProgressLog
 from cryogan_core.train.pairs import PairSettings, input_transform, predictions, train_box_ctf
 from cryogan_core.train.pix2pix import denoise_images
@@ -77,10 +76,11 @@ def denoise_all(
         ``star_version_written``, ``cryosparc_import`` and, with scores, ``mean_cc_raw_all`` /
         ``mean_cc_denoised_all``; with scores also ``scores``: ``cc_raw`` and ``cc_denoised``,
         float32 ``(n,)`` masked CCs with the reference (NaN where not computed). The
-        reference is made at the training box (``predictions(..., box_out=train_box)``);
-        ``cc_raw`` compares the raw particle at its box with it Fourier-padded to that box
-        (the reference up to the training box's Nyquist), ``cc_denoised`` the denoised
-        particle with it at the training box.
+        reference is made at the training box (``predictions(..., box_out=train_box)``),
+        and both are taken there: ``cc_raw`` with the particle as the network sees it
+        (normalised, Fourier-cropped), ``cc_denoised`` with its output, so that the two
+        compare like with like (before stop 41, ``cc_raw`` was taken at the particles' box,
+        where the noise beyond the training box's Nyquist lowered it).
 
     Raises:
         InputError: an image holds NaN or infinite values.
@@ -107,7 +107,6 @@ def denoise_all(
     cc_raw = np.full(n, np.nan, dtype=np.float32)
     cc_den = np.full(n, np.nan, dtype=np.float32)
     names: list[str] = []
-    mask_full = circular_mask(settings.box, settings.mask_radius_px, device=device)
     mask_train = settings.train_mask(device)
     chunks = []  # (rows, stack, its scores, kept from an earlier run)
     for chunk_start in range(0, n, stack_size):
@@ -147,8 +146,7 @@ def denoise_all(
                     # predictions at the training box: (box / train_box)² or more cheaper than at the box
                     pred_ctf = predictions(df.iloc[idx], volume_for_pixel, True, device, box_out=tb)
                     pred = pred_ctf if settings.ctf_targets else predictions(df.iloc[idx], volume_for_pixel, False, device, box_out=tb)
-                    pred_ctf_full = pred_ctf if tb == settings.box else fourier_crop_images(pred_ctf, settings.box)
-                    cc_raw[idx] = masked_pearson(raw, pred_ctf_full, mask_full).cpu().numpy()
+                    cc_raw[idx] = masked_pearson(x, pred_ctf, mask_train).cpu().numpy()
                     cc_den[idx] = masked_pearson(y, pred, mask_train).cpu().numpy()
                     t_scores += time.time() - t_score0
                 progress.advance(len(idx))
