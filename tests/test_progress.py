@@ -12,6 +12,7 @@ import pytest
 
 import cryogan_core.commands.denoise as denoise_command
 import cryogan_core.commands.denoise_outputs as denoise_outputs
+import cryogan_core.commands.denoise_pairs as denoise_pairs
 import cryogan_core.commands.reconstruct as reconstruct_command
 from cryogan_core.commands.denoise import DenoiseInputs, run_denoise
 from cryogan_core.commands.reconstruct import run_reconstruct
@@ -64,6 +65,7 @@ def test_the_denoiser_reports_its_pairs_each_stack_and_the_pace_of_its_scores(
     scores' pace judged once, after the first batch (``scores_advice`` records what it is given)."""
     monkeypatch.setattr(denoise_command, "ProgressLog", functools.partial(ProgressLog, every_s=0.0))
     monkeypatch.setattr(denoise_outputs, "ProgressLog", functools.partial(ProgressLog, every_s=0.0))
+    monkeypatch.setattr(denoise_pairs, "ProgressLog", functools.partial(ProgressLog, every_s=0.0))
     monkeypatch.setattr(denoise_outputs, "ADVISE_AFTER_S", 0.0)
     seen: list[tuple[int, float, float]] = []
 
@@ -74,11 +76,15 @@ def test_the_denoiser_reports_its_pairs_each_stack_and_the_pace_of_its_scores(
     monkeypatch.setattr(denoise_outputs, "scores_advice", advise)
     run_denoise(DenoiseInputs(sim / "sim/particles.star", tmp_path / "den", sim / "sim/ground_truth_map.mrc", project_dir=sim),
                 {"n_steps": 1, "batch_size": 4, "base_channels": 4, "depth": 2, "validation_fraction": 0, "n_report": 20,
-                 "no_bias_controls": True, "stack_size": 30})
+                 "stack_size": 30, "synthetic_pairs": 12})
     pairs = [m.split(" (")[0] for m in log_messages if m.startswith("Preparing training/validation/report pairs: ")]
     # 20 training particles of half set 1, then the 20 of half set 2 reported on
     assert pairs == ["Preparing training/validation/report pairs: 20/40 particles",
                      "Preparing training/validation/report pairs: 40/40 particles"]
+    assert [m.split(" (")[0] for m in log_messages if m.startswith("Making synthetic")] == ["Making synthetic training pairs: 12/12 pairs"]
+    # the bias controls say what they are doing before the minutes they can take
+    start = next(i for i, m in enumerate(log_messages) if m.startswith("Reference-bias controls on 20 held-out particles"))
+    assert log_messages[start + 1].startswith("Bias controls: ")
     stacks = [m.split(" (")[0] for m in log_messages if m.startswith("Denoising into ")]
     assert stacks == ["Denoising into particles_000001.mrcs: 30/30 particles", "Denoising into particles_000002.mrcs: 10/10 particles"]
     # judged once, after the first batch (the 30 of the first stack): 10 left; the scores take part of the time

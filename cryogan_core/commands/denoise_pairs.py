@@ -20,6 +20,7 @@ from loguru import logger
 
 from cryogan_core.commands.denoise_options import DenoiseOptions
 from cryogan_core.io.images import ParticleImages
+from cryogan_core.report.progress import ProgressLog
 from cryogan_core.train.pairs import PairSettings
 from cryogan_core.train.synthetic_pairs import synthetic_pairs
 
@@ -160,8 +161,9 @@ def synthetic_training_pairs(
         return None
     t0 = time.time()
     slope = float(train["slope"].median())
+    progress = ProgressLog("Making synthetic training pairs:", n_pairs, unit="pairs")
     pairs, _ = synthetic_pairs(images, df, train_rows, volume_for_pixel, settings, n_pairs, slope, opts.seed,
-                               device=device, should_stop=should_stop)
+                               device=device, should_stop=should_stop, on_batch=progress.advance)
     logger.info(f"Made {n_pairs} synthetic training pairs in {time.time() - t0:.0f} s: the map at new poses with the CTFs "
                 f"and the noise (residuals) of the {len(train_rows)} training particles, signal scale {slope:.3f}")
     return pairs

@@ -51,6 +51,7 @@ def synthetic_pairs(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     should_stop: Callable[[], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], pd.DataFrame]:
     """Make ``n`` training pairs from the map at new poses and the training particles' noise.
 
@@ -67,6 +68,7 @@ def synthetic_pairs(
         batch_size: synthetic particles made at a time.
         device: torch device of the projections.
         should_stop: called between batches (raises to abort).
+        on_batch: called after each batch with its number of pairs (progress lines).
 
     Returns:
         ``(pairs, table)``: ``pairs`` a dict of CPU float32 tensors, ``inputs`` and
@@ -114,6 +116,8 @@ def synthetic_pairs(
         out["inputs"][start : start + b] = transform.crop(x_syn).cpu()
         out["targets"][start : start + b] = transform.crop(target).cpu()
         tables.append(table)
+        if on_batch is not None:
+            on_batch(b)
     table = pd.concat(tables, ignore_index=True) if tables else df.iloc[:0].copy()
     if settings.ctf_aware:
         out["ctf"] = train_box_ctf(table, settings) if n else torch.empty((0, tb, tb // 2 + 1), dtype=torch.float32)
