@@ -256,7 +256,7 @@ def build_pairs(
         without noise, at ``train_box``), ``slope (n,)`` (in the units of the normalisation at
         the particles' box), and ``signal_var`` / ``noise_var``
         ``(n,)``: the variance over the whole particle box (before any crop) of the scaled
-        CTF'd prediction and of the particle minus it
+        CTF'd prediction (up to the training box's Nyquist) and of the particle minus it
         (:func:`~cryogan_core.metrics.images.signal_and_noise_variance`; for the SNR); with
         ``settings.ctf_aware`` also ``ctf`` ``(n, train_box, train_box//2+1)`` (:func:`train_box_ctf`).
     """
@@ -393,7 +393,8 @@ class BatchPairs:
         slope: ``(n,)`` the particle/prediction scale in the units of RELION's
             normalisation at the particles' box (what :func:`full_box_pairs` returns).
         signal_var, noise_var: ``(n,)`` the whole-box variances of the scaled CTF'd
-            prediction and of the normalised particle minus it, at the particles' box
+            prediction (up to the training box's Nyquist) and of the normalised particle
+            minus it, at the particles' box
             (:func:`~cryogan_core.metrics.images.signal_and_noise_variance`).
     """
 
