@@ -223,7 +223,7 @@ def test_scores_at_a_smaller_training_box_match_scores_from_full_box_predictions
     # scores at the training box (the raw particle as the network sees it)
     reference = fourier_crop_images(predictions(df.iloc[rows], lambda p: volume), 20)
     cc_raw = masked_pearson(fourier_crop_images(raw, 20), reference, settings.train_mask())
-    denoised = torch.from_numpy(np.asarray(open_stack(out / "Denoised/particles_000001.mrcs"), dtype=np.float32))
+    denoised = torch.from_numpy(np.array(open_stack(out / "Denoised/particles_000001.mrcs"), dtype=np.float32))
     cc_den = masked_pearson(denoised, reference, settings.train_mask())
     # at the particles' box the raw particle carries the noise beyond the training box's
     # Nyquist: its CC there is lower, which made the denoiser's gain look larger than it is
