@@ -111,3 +111,20 @@ def test_pairs_at_a_smaller_training_box_match_the_cropped_full_box_pairs(simula
     assert snr == pytest.approx(snr_db(*signal_and_noise_variance(x_full, low_passed)), abs=0.1)
     assert snr_db(*signal_and_noise_variance(x_full, ref_ctf)) - 0.5 < snr < snr_db(*signal_and_noise_variance(x_full, ref_ctf)) + 0.05
     assert snr == pytest.approx(-5.0, abs=0.5)
+
+
+def test_each_optics_group_is_predicted_from_its_own_map_at_the_smaller_box(simulated: dict) -> None:
+    s = simulated
+    df = s["df"].iloc[:12].copy()
+    df.loc[df.index[6:], "rlnImagePixelSize"] = 4.4  # a second optics group, its map resampled for it
+    maps = {4.0: s["volume"], 4.4: 0.5 * s["volume"]}
+    made: list[float] = []
+    cache = MapsForPixel(lambda p: made.append(round(p, 3)) or maps[round(p, 3)])
+    tb = s["box"] // 2
+    both = predictions(df, cache, box_out=tb)
+    for rows in (slice(0, 6), slice(6, 12)):
+        part = df.iloc[rows]
+        alone = fourier_crop_images(predictions(part, lambda p: maps[round(p, 3)]), tb)
+        assert _relative_difference(both[rows], alone) < 0.03
+    predictions(df, cache, box_out=tb)
+    assert sorted(made) == [4.0, 4.4]  # each group's map made once, however often it is cropped and projected
