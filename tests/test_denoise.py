@@ -303,6 +303,37 @@ def test_highres_control_tells_painted_detail_from_recovered_detail() -> None:
     assert math.isnan(highres_control(lambda x: x, vol, coarse_held)["bias_highres_frc_lowpass_map"])
 
 
+def test_the_controls_simulate_at_a_smaller_training_box_as_the_crop_of_full_box_particles() -> None:
+    box, train_box, pix, n = 32, 24, 4.0, 40  # training Nyquist 10.7 Å: the 20-10 Å band is there
+    vol = torch.from_numpy(procedural_volume(box))
+    g = torch.Generator().manual_seed(0)
+    angles = torch.stack([torch.rand(n, generator=g) * 360, torch.rand(n, generator=g) * 180, torch.rand(n, generator=g) * 360], 1)
+    origins = torch.zeros(n, 2)
+    f = lambda v: torch.full((n,), float(v))  # noqa: E731
+    ctf = CtfParams(f(8000), f(8000), f(0), f(300), f(2.7), f(0.1), f(0), f(0), f(1))
+    settings = PairSettings(box, train_box, default_bg_radius_px(box), 0.45 * box)
+    full = forward_model(vol, angles, origins, pix, ctf=ctf)
+    held = HeldoutSimulation(angles, origins, ctf, pix, 1.0, settings, noise_std=3.0)
+    clean = held.predict(vol)
+    # the images the network would get from full-box particles: the crop of the full-box prediction ...
+    cropped = fourier_crop_images(full, train_box)
+    assert clean.shape == (n, train_box, train_box)
+    assert float((clean - cropped).norm() / cropped.norm()) < 0.03
+    # ... and white noise of std 3 at the box, cropped: std 3 * 24 / 32
+    assert float(held.noise(clean, seed=1).std()) == pytest.approx(3.0 * train_box / box, rel=0.02)
+    # normalised as particles of the training box: background mean 0, std 1
+    x = held.input_transform(clean + held.noise(clean, seed=1))(clean + held.noise(clean, seed=1))
+    bg = ~circular_mask(train_box, default_bg_radius_px(box) * train_box / box)
+    assert torch.allclose(x[:, bg].mean(1), torch.zeros(n), atol=1e-4)
+    assert torch.allclose(x[:, bg].std(1, unbiased=False), torch.ones(n), atol=1e-4)
+    # the high-resolution control still tells an honest denoiser from a painter there
+    quiet = HeldoutSimulation(angles, origins, ctf, pix, 1.0, settings, noise_std=0.02 * float(full.std()))
+    honest = highres_control(lambda x: x, vol, quiet)
+    assert honest["bias_highres_band_A"] == pytest.approx([20.0, 2 * pix * box / train_box])
+    assert honest["bias_highres_frc_full_map"] > 0.8 and abs(honest["bias_highres_frc_lowpass_map"]) < 0.1
+    assert highres_control(lambda x: cropped, vol, quiet)["bias_highres_frc_lowpass_map"] > 0.95
+
+
 def test_max_cc_with_library_matches_pairwise_pearson() -> None:
     g = torch.Generator().manual_seed(4)
     out = torch.randn(6, 16, 16, generator=g)

@@ -148,7 +148,7 @@ def heldout_report(
                 return denoise_images(generator, x.cpu(), ctf=c)
             return denoise
 
-        # four projections of each report particle at the particles' box: minutes at large boxes
+        # four projections of each report particle (at the training box): a minute or more at large boxes
         logger.info(f"Reference-bias controls on {len(held_df)} held-out particles: pure noise, a map with an extra "
                     "domain, a low-passed map (each simulated at their poses and CTFs and denoised)")
         # pure-noise inputs get the held-out particles' CTFs (a CTF-aware network needs one)

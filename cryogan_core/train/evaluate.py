@@ -8,7 +8,7 @@ the particle's pose, with or without the CTF, scaled to the particle by least sq
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -18,8 +18,7 @@ from cryogan_core.metrics.bias import add_extra_domain, lowpass_volume, max_cc_w
 from cryogan_core.metrics.fsc import fsc_2d, mean_fsc_in_band
 from cryogan_core.metrics.images import masked_pearson, psnr
 from cryogan_core.physics.ctf import CtfParams
-from cryogan_core.physics.projection import forward_model
-from cryogan_core.train.pairs import PairSettings, input_transform
+from cryogan_core.train.pairs import InputTransform, PairSettings, input_transform, project_at_box
 from cryogan_core.train.pix2pix import denoise_images
 
 
@@ -126,6 +125,14 @@ class HeldoutSimulation:
     and CTFs, in the units of the normalised real particles (``slope`` × prediction + white
     noise of ``noise_std``).
 
+    The particles are made at the training box, where the network sees them: the
+    predictions are the Fourier crops of the full-box ones
+    (:func:`~cryogan_core.train.pairs.project_at_box`, several times cheaper at large
+    boxes) and the noise is white noise of ``noise_std`` Fourier-cropped the same way (std
+    ``noise_std · train_box / box``); they are then normalised as particles of the training
+    box (:meth:`input_transform`). With ``train_box == box`` this is the simulation at the
+    particles' box.
+
     Attributes:
         angles_deg: ``(n, 3)`` RELION Euler angles ``[rot, tilt, psi]`` of the held-out
             particles (degrees).
@@ -146,10 +153,11 @@ class HeldoutSimulation:
     noise_std: float = 1.0
 
     def predict(self, volume: torch.Tensor, with_ctf: bool = True) -> torch.Tensor:
-        """Noise-free images ``(n, box, box)`` of ``volume`` ``(box, box, box)`` at the
-        held-out poses (:func:`~cryogan_core.physics.projection.forward_model`), CTF'd or not."""
+        """Noise-free images ``(n, train_box, train_box)`` of ``volume`` ``(box, box, box)`` at
+        the held-out poses (:func:`~cryogan_core.train.pairs.project_at_box`), CTF'd or not."""
         with torch.no_grad():
-            return forward_model(volume, self.angles_deg, self.origins_A, self.pixel_size_A, ctf=self.ctf if with_ctf else None)
+            return project_at_box(volume, self.angles_deg, self.origins_A, self.pixel_size_A,
+                                  self.ctf if with_ctf else None, box_out=self.settings.train_box)
 
     def target(self, volume: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
         """The model's training target for ``volume``: ``predicted`` (its CTF'd images) for
@@ -157,9 +165,19 @@ class HeldoutSimulation:
         return predicted if self.settings.ctf_targets else self.predict(volume, with_ctf=False)
 
     def noise(self, like: torch.Tensor, seed: int) -> torch.Tensor:
-        """White Gaussian noise of ``noise_std``, shaped and placed as ``like``."""
+        """White Gaussian noise shaped and placed as ``like`` (training-box images): std
+        ``noise_std`` at the particles' box, so ``noise_std · train_box / box`` after the crop."""
         g = torch.Generator().manual_seed(seed)
-        return self.noise_std * torch.randn(like.shape, generator=g).to(like.device)
+        std = self.noise_std * self.settings.train_box / self.settings.box
+        return std * torch.randn(like.shape, generator=g).to(like.device)
+
+    def input_transform(self, raw: torch.Tensor) -> InputTransform:
+        """The normalisation of simulated ``(n, train_box, train_box)`` particles: RELION's, with
+        the background radius scaled to the training box (:func:`~cryogan_core.train.pairs.input_transform`)."""
+        s = self.settings
+        scale = s.train_box / s.box
+        at_train_box = replace(s, box=s.train_box, bg_radius_px=s.bg_radius_px * scale, mask_radius_px=s.mask_radius_px * scale)
+        return input_transform(raw, s if s.train_box == s.box else at_train_box)
 
 
 def extra_domain_control(
@@ -194,7 +212,7 @@ def extra_domain_control(
     results = {}
     mask = held.settings.train_mask(ctf_b.device)
     noisy = held.slope * ctf_b + held.noise(ctf_b, seed + 1)
-    transform = input_transform(noisy, held.settings)  # the normalisation the noisy particles get
+    transform = held.input_transform(noisy)  # the normalisation the noisy particles get
     ref_a, ref_b = transform(held.slope * tgt_a), transform(held.slope * tgt_b)
     for label, raw in (("bias_extra_domain_recovery_r", noisy), ("bias_extra_domain_r_noise_free", held.slope * ctf_b)):
         out = denoise(transform(raw)).to(raw.device)
@@ -247,7 +265,7 @@ def highres_control(
     mask = settings.train_mask(ref_a.device)
     for key, clean in pred.items():
         raw = held.slope * clean + noise
-        transform = input_transform(raw, settings)
+        transform = held.input_transform(raw)
         est = denoise(transform(raw)).to(raw.device)
         scores = image_scores(est, transform(held.slope * ref_a), mask, pixel_train, band_A=band)
         out[f"bias_highres_frc_{key}_map"] = float(np.mean(scores["fsc_band"]))

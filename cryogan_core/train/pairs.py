@@ -29,7 +29,7 @@ from cryogan_core.io.star import pose_angles_deg
 from cryogan_core.metrics.images import circular_mask, least_squares_scale, signal_and_noise_variance
 from cryogan_core.physics.ctf import CtfParams, compute_ctf
 from cryogan_core.physics.projection import forward_model
-from cryogan_core.physics.resample import fourier_crop_images
+from cryogan_core.physics.resample import fourier_crop_images, fourier_crop_or_pad_map
 from cryogan_core.train.reference_maps import cropped_map
 
 
@@ -285,6 +285,70 @@ def build_pairs(
     return out
 
 
+def prediction_box(box: int, box_out: int) -> int:
+    """The box ``m = min(box, ⌈√2·box_out⌉)`` of the map that a ``box_out`` prediction needs.
+
+    By the Fourier slice theorem a ``box_out`` image holds the map's frequencies on a
+    rotated ``box_out`` square, whose corners reach ``box_out/√2`` along each axis: a cube of
+    side ``√2·box_out`` holds every orientation's.
+
+    Args:
+        box: the map's box (px).
+        box_out: the predictions' box (px, ``1 <= box_out <= box``).
+
+    Returns:
+        ``m`` (px).
+    """
+    return min(box, math.ceil(math.sqrt(2.0) * box_out))
+
+
+def project_at_box(
+    volume: torch.Tensor,
+    angles_deg: torch.Tensor,
+    origins_A: torch.Tensor,
+    pixel_size_A: float,
+    ctf: CtfParams | None = None,
+    box_out: int | None = None,
+    volume_cropped: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """RELION's prediction (:func:`~cryogan_core.physics.projection.forward_model`) at the
+    map's box ``D``, or its Fourier crop to ``box_out`` at a fraction of the cost.
+
+    For ``box_out < D`` the map Fourier-cropped to ``m =`` :func:`prediction_box` (pixel
+    ``pixel_size_A·D/m``) is projected with the CTF on that grid, scaled by ``D/m`` (a
+    projection sums the voxels along the beam) and Fourier-cropped to ``box_out``: the same
+    as ``fourier_crop_images(forward_model(volume, ...), box_out)`` within the projector's
+    interpolation error (``tests/test_pairs_train_box.py``), at about ``(m/D)²`` of its cost.
+
+    Args:
+        volume: ``(D, D, D)`` map at ``pixel_size_A``.
+        angles_deg: ``(n, 3)`` RELION ``[rot, tilt, psi]`` (degrees).
+        origins_A: ``(n, 2)`` ``[rlnOriginXAngst, rlnOriginYAngst]`` (Å).
+        pixel_size_A: the map's pixel size (Å).
+        ctf: the n CTFs, or None for no CTF.
+        box_out: the predictions' box (px); None: ``D``.
+        volume_cropped: ``volume`` already Fourier-cropped to ``(m, m, m)`` (a cache's), or None.
+
+    Returns:
+        ``(n, box_out, box_out)`` float32 on the volume's device (``(n, D, D)`` without ``box_out``).
+
+    Raises:
+        ValueError: ``box_out`` above ``D`` or below 1; ``volume_cropped`` not ``(m, m, m)``.
+    """
+    d = volume.shape[-1]
+    if box_out is None or box_out == d:
+        return forward_model(volume, angles_deg, origins_A, pixel_size_A, ctf=ctf)
+    if not 1 <= box_out < d:
+        raise ValueError(f"box_out {box_out} must be between 1 and the map's box {d}")
+    m = prediction_box(d, box_out)
+    if volume_cropped is None:
+        volume_cropped = volume if m == d else fourier_crop_or_pad_map(volume, m)
+    if tuple(volume_cropped.shape) != (m, m, m):
+        raise ValueError(f"volume_cropped must be ({m}, {m}, {m}), got {tuple(volume_cropped.shape)}")
+    images = forward_model(volume_cropped, angles_deg, origins_A, pixel_size_A * d / m, ctf=ctf) * (d / m)
+    return fourier_crop_images(images, box_out)
+
+
 def predictions(
     df: pd.DataFrame,
     volume_for_pixel: Callable[[float], torch.Tensor],
@@ -297,14 +361,9 @@ def predictions(
 
     With ``box_out`` smaller than the map's box ``D``, the result is the Fourier crop of
     the prediction at ``D`` (``fourier_crop_images(predictions(...), box_out)``) made at a
-    fraction of its cost: by the Fourier slice theorem only the map's frequencies within
-    the rotated ``box_out`` square are needed, and those lie within a cube of side
-    ``√2·box_out``. So the map Fourier-cropped to ``m = min(D, ⌈√2·box_out⌉)`` (pixel
-    ``p·D/m``) is projected with the CTF on that grid, scaled by ``D/m`` (a projection sums
-    the voxels along the beam) and cropped to ``box_out``; it agrees with the crop of the
-    full-box prediction as closely as that agrees with a finer projection
-    (``tests/test_pairs_train_box.py``), and costs about ``(m/D)²`` as much. Cropped maps
-    are cached by a :class:`~cryogan_core.train.reference_maps.MapsForPixel`; any other
+    fraction of its cost (:func:`project_at_box`: it agrees with the crop of the full-box
+    prediction as closely as that agrees with a finer projection). The cropped maps are
+    cached by a :class:`~cryogan_core.train.reference_maps.MapsForPixel`; any other
     callable is cropped per call.
 
     Args:
@@ -327,19 +386,11 @@ def predictions(
         sel = torch.nonzero(pix == p).squeeze(1)
         vol = volume_for_pixel(float(p))
         d = vol.shape[-1]
-        scale = 1.0
-        if box_out is not None and box_out != d:
-            if not 1 <= box_out < d:
-                raise ValueError(f"box_out {box_out} must be between 1 and the map's box {d}")
-            m = min(d, math.ceil(math.sqrt(2.0) * box_out))
-            vol = cropped_map(volume_for_pixel, float(p), m)
-            scale = d / m
+        cropped = None
+        if box_out is not None and 1 <= box_out < d:
+            cropped = cropped_map(volume_for_pixel, float(p), prediction_box(d, box_out))
         with torch.no_grad():
-            images = forward_model(vol, angles[sel], origins[sel], float(p) * scale, ctf=ctf[sel] if with_ctf else None)
-            if scale != 1.0:
-                images = images * scale
-            if box_out is not None and images.shape[-1] != box_out:
-                images = fourier_crop_images(images, box_out)
+            images = project_at_box(vol, angles[sel], origins[sel], float(p), ctf[sel] if with_ctf else None, box_out, cropped)
         if out is None:
             out = torch.empty((len(df),) + tuple(images.shape[1:]), dtype=images.dtype, device=images.device)
         out[sel.to(out.device)] = images
