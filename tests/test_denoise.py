@@ -277,14 +277,18 @@ def test_lowpass_volume_removes_every_component_past_the_cutoff(box: int) -> Non
         lowpass_volume(a, 4.0, 0.0)
 
 
-def test_highres_control_tells_painted_detail_from_recovered_detail() -> None:
-    box, pix, n = 32, 4.0, 40
+def _control_particles(box: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, CtfParams]:
+    """The built-in volume at ``box`` and ``n`` random poses, centred, with one 8,000-Å-defocus CTF."""
     vol = torch.from_numpy(procedural_volume(box))
     g = torch.Generator().manual_seed(0)
     angles = torch.stack([torch.rand(n, generator=g) * 360, torch.rand(n, generator=g) * 180, torch.rand(n, generator=g) * 360], 1)
-    origins = torch.zeros(n, 2)
     f = lambda v: torch.full((n,), float(v))  # noqa: E731
-    ctf = CtfParams(f(8000), f(8000), f(0), f(300), f(2.7), f(0.1), f(0), f(0), f(1))
+    return vol, angles, torch.zeros(n, 2), CtfParams(f(8000), f(8000), f(0), f(300), f(2.7), f(0.1), f(0), f(0), f(1))
+
+
+def test_highres_control_tells_painted_detail_from_recovered_detail() -> None:
+    box, pix, n = 32, 4.0, 40
+    vol, angles, origins, ctf = _control_particles(box, n)
     settings = PairSettings(box, box, default_bg_radius_px(box), 0.45 * box)
     noise_std = 0.02 * float(forward_model(vol, angles, origins, pix, ctf=ctf).std())
     # a denoiser that returns its input: nothing past 20 Å in, nothing past 20 Å out
@@ -305,12 +309,7 @@ def test_highres_control_tells_painted_detail_from_recovered_detail() -> None:
 
 def test_the_controls_simulate_at_a_smaller_training_box_as_the_crop_of_full_box_particles() -> None:
     box, train_box, pix, n = 32, 24, 4.0, 40  # training Nyquist 10.7 Å: the 20-10 Å band is there
-    vol = torch.from_numpy(procedural_volume(box))
-    g = torch.Generator().manual_seed(0)
-    angles = torch.stack([torch.rand(n, generator=g) * 360, torch.rand(n, generator=g) * 180, torch.rand(n, generator=g) * 360], 1)
-    origins = torch.zeros(n, 2)
-    f = lambda v: torch.full((n,), float(v))  # noqa: E731
-    ctf = CtfParams(f(8000), f(8000), f(0), f(300), f(2.7), f(0.1), f(0), f(0), f(1))
+    vol, angles, origins, ctf = _control_particles(box, n)
     settings = PairSettings(box, train_box, default_bg_radius_px(box), 0.45 * box)
     full = forward_model(vol, angles, origins, pix, ctf=ctf)
     held = HeldoutSimulation(angles, origins, ctf, pix, 1.0, settings, noise_std=3.0)
