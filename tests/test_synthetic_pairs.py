@@ -14,6 +14,7 @@ from cryogan_core.io.particles import load_particles
 from cryogan_core.metrics.images import circular_mask, masked_pearson
 from cryogan_core.train.pairs import PairSettings, build_pairs, default_bg_radius_px, predictions, train_box_ctf
 from cryogan_core.physics.noise import random_dihedral
+from cryogan_core.physics.resample import fourier_crop_images
 from cryogan_core.train.synthetic_pairs import synthetic_pairs
 
 
@@ -142,3 +143,20 @@ def test_the_residuals_symmetries_are_per_image_rotations_and_flips() -> None:
         assert len(matches) == 1
         seen.add(matches[0])
     assert len(seen) >= 6  # not one symmetry for the whole batch
+
+
+def test_at_a_smaller_training_box_the_pairs_are_made_there_and_look_like_real_ones(particles: dict) -> None:
+    p = particles
+    box = p["box"]
+    settings = PairSettings(box, 24, default_bg_radius_px(box), 0.45 * box)
+    pairs, table = _make(p, n=60, settings=settings)
+    assert pairs["inputs"].shape == pairs["targets"].shape == (60, 24, 24)
+    # the targets are the crop of the map's CTF'd prediction at each new pose
+    reference = fourier_crop_images(predictions(table, p["volume_for_pixel"]), 24)
+    assert masked_pearson(pairs["targets"], reference, circular_mask(24, 0.4 * 24)).min() > 0.999
+    # normalised as the real inputs at the training box, with their noise level
+    real = build_pairs(p["images"], p["df"], p["train_rows"], p["volume_for_pixel"], settings)
+    bg = ~circular_mask(24, default_bg_radius_px(box) * 24 / box)
+    assert torch.allclose(pairs["inputs"][:, bg].std(1, unbiased=False), torch.ones(60), atol=1e-4)
+    ratio = float((pairs["inputs"] - pairs["targets"]).flatten(1).var(1).mean() / (real["inputs"] - real["targets"]).flatten(1).var(1).mean())
+    assert 0.8 < ratio < 1.25

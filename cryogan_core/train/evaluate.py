@@ -8,7 +8,7 @@ the particle's pose, with or without the CTF, scaled to the particle by least sq
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -174,10 +174,7 @@ class HeldoutSimulation:
     def input_transform(self, raw: torch.Tensor) -> InputTransform:
         """The normalisation of simulated ``(n, train_box, train_box)`` particles: RELION's, with
         the background radius scaled to the training box (:func:`~cryogan_core.train.pairs.input_transform`)."""
-        s = self.settings
-        scale = s.train_box / s.box
-        at_train_box = replace(s, box=s.train_box, bg_radius_px=s.bg_radius_px * scale, mask_radius_px=s.mask_radius_px * scale)
-        return input_transform(raw, s if s.train_box == s.box else at_train_box)
+        return input_transform(raw, self.settings.at_train_box())
 
 
 def extra_domain_control(

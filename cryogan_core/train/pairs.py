@@ -17,7 +17,7 @@ map at the particle's pose, modulated by the particle's CTF. Here:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -63,6 +63,15 @@ class PairSettings:
     def to_dict(self) -> dict:
         """Plain-dict form (for checkpoints loaded with ``weights_only=True``)."""
         return dict(self.__dict__)
+
+    def at_train_box(self) -> PairSettings:
+        """The settings for particles already at the training box: ``box = train_box`` and the
+        radii scaled to it (``self`` when the boxes are equal). Normalising a Fourier-cropped
+        particle with them is RELION's normalisation at the training box."""
+        if self.train_box == self.box:
+            return self
+        scale = self.train_box / self.box
+        return replace(self, box=self.train_box, bg_radius_px=self.bg_radius_px * scale, mask_radius_px=self.mask_radius_px * scale)
 
     def train_mask(self, device: torch.device | str | None = None) -> torch.Tensor:
         """The circular mask of the scores at the training box: ``(train_box, train_box)``
@@ -405,7 +414,9 @@ def full_box_pairs(
     settings: PairSettings,
     mask: torch.Tensor,
 ) -> tuple[InputTransform, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One batch of training pairs at the particles' box (before any crop).
+    """One batch of training pairs at the particles' box (before any crop): the full-box
+    route, which the job no longer takes (:func:`train_box_pairs` projects at the training
+    box) and which the tests compare it with.
 
     Args:
         raw: ``(n, box, box)`` float32 raw particles.

@@ -18,7 +18,12 @@ projected at any pose. A synthetic particle here is
   real pairs, whose target is the map's projection).
 
 The synthetic particle then goes through the same normalisation and scale fit as a real
-one (:func:`~cryogan_core.train.pairs.full_box_pairs`), so its pair looks like a real pair.
+one (:func:`~cryogan_core.train.pairs.train_box_pairs`), so its pair looks like a real pair.
+All of it is made at the training box: the predictions at the training box
+(:func:`~cryogan_core.train.pairs.predictions` with ``box_out``), the residual of the
+Fourier-cropped particle, and RELION's normalisation at the training box
+(:meth:`~cryogan_core.train.pairs.PairSettings.at_train_box`), which is how the
+Fourier-cropped synthetic particle of the particles' box would come out.
 Only training particles (half set 1, less the validation particles) are used: the
 validation and held-out particles stay unseen. This is data augmentation by simulation
 (noise re-pairing); it shows the network more of the reference, so read the job's
@@ -34,9 +39,8 @@ import pandas as pd
 import torch
 
 from cryogan_core.io.images import ParticleImages
-from cryogan_core.metrics.images import circular_mask
 from cryogan_core.physics.noise import random_dihedral
-from cryogan_core.train.pairs import PairSettings, full_box_pairs, predictions, train_box_ctf
+from cryogan_core.train.pairs import PairSettings, predictions, train_box_ctf, train_box_pairs
 
 
 def synthetic_pairs(
@@ -89,7 +93,6 @@ def synthetic_pairs(
     rng = np.random.default_rng([seed, 20261206])
     tb = settings.train_box
     out = {k: torch.empty((n, tb, tb), dtype=torch.float32) for k in ("inputs", "targets")}
-    mask = circular_mask(settings.box, settings.mask_radius_px, device=device)
     rows = np.asarray(rows)
     tables = []
     for start in range(0, n, batch_size):
@@ -103,18 +106,19 @@ def synthetic_pairs(
 
         noise_rows = df.iloc[donor_noise]
         raw = torch.from_numpy(images.read(donor_noise)).to(device)
-        _, x_full, ref_ctf, _, _ = full_box_pairs(raw, noise_rows, volume_for_pixel, settings, mask)
+        donor = train_box_pairs(raw, noise_rows, volume_for_pixel, settings)
         turns = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
-        residual = random_dihedral(x_full - ref_ctf, turns).to(device)
+        # the residual in the units of RELION's normalisation at the box, Fourier-cropped (undo T2's scale)
+        residual = random_dihedral((donor.inputs - donor.reference_ctf) * donor.transform.std2[:, None, None], turns).to(device)
 
         table = df.iloc[donor_ctf].copy().reset_index(drop=True)
         table["rlnAngleRot"] = df["rlnAngleRot"].to_numpy()[donor_view]
         table["rlnAngleTilt"] = df["rlnAngleTilt"].to_numpy()[donor_view]
         table["rlnAnglePsi"] = psi
-        synthetic = slope * predictions(table, volume_for_pixel, True, device) + residual
-        transform, x_syn, _, target, _ = full_box_pairs(synthetic, table, volume_for_pixel, settings, mask)
-        out["inputs"][start : start + b] = transform.crop(x_syn).cpu()
-        out["targets"][start : start + b] = transform.crop(target).cpu()
+        synthetic = slope * predictions(table, volume_for_pixel, True, device, box_out=tb) + residual
+        made = train_box_pairs(synthetic, table, volume_for_pixel, settings.at_train_box())
+        out["inputs"][start : start + b] = made.inputs.cpu()
+        out["targets"][start : start + b] = made.targets.cpu()
         tables.append(table)
         if on_batch is not None:
             on_batch(b)
