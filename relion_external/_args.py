@@ -18,7 +18,7 @@ from relion_external._reporting import EXIT_FAILURE, print_error_line
 
 T = TypeVar("T")
 
-__all__ = ["RelionArgs", "parse_relion_args", "parse_relion_args_or_exit"]
+__all__ = ["RelionArgs", "input_file", "parse_relion_args", "parse_relion_args_or_exit"]
 
 # Arguments that RELION's getCommandsExternalJob emits itself (protocol §1.2).
 _INPUT_KEYS = ("in_movies", "in_mics", "in_parts", "in_coords", "in_3dref", "in_mask")
@@ -250,3 +250,27 @@ def parse_relion_args_or_exit(argv: Sequence[str]) -> RelionArgs:
             except OSError:
                 pass
         raise SystemExit(1) from None
+
+
+def input_file(value: str | None, flag: str, what: str) -> str | None:
+    """Return ``value`` if it names an existing file (relative to the project directory).
+
+    The jobs check their input files first, before their options (whose checks import
+    torch, ~4 s), so a mistyped path in the GUI fails at once.
+
+    Args:
+        value: the path given with ``--flag``, or None when the flag was not given.
+        flag: the RELION flag's name without dashes (``in_parts``), for the message.
+        what: what the file is (``the particles``), for the message.
+
+    Returns:
+        ``value`` unchanged (None stays None).
+
+    Raises:
+        InputError: ``--flag value: file not found (what; paths are relative to the project directory)``.
+    """
+    if value is None:
+        return None
+    if not Path(value).is_file():
+        raise InputError(f"--{flag} {value}: file not found ({what}; paths are relative to the project directory)")
+    return value

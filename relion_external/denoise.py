@@ -21,6 +21,7 @@ from typing import Sequence
 
 from cryogan_core.commands.denoise_options import DenoiseOptions
 from cryogan_core.errors import InputError
+from relion_external._args import input_file
 from relion_external._job import Node, RelionJob, configure_logging, parse_relion_args_or_exit
 
 
@@ -29,9 +30,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_relion_args_or_exit(list(sys.argv[1:] if argv is None else argv))
     configure_logging()
     with RelionJob(args.o, project_dir=Path.cwd(), name="cryogan-denoise") as job:
-        options = args.options(DenoiseOptions)
         if not args.in_parts:
             raise InputError("no input particles: fill 'Input particles' (--in_parts) with a refined particles STAR")
+        input_file(args.in_parts, "in_parts", "the particles")
+        input_file(args.in_3dref, "in_3dref", "the reference map")
+        input_file(args.in_mask, "in_mask", "the mask")
+        options = args.options(DenoiseOptions)  # after the files: its checks import torch
         from cryogan_core.commands._common import set_threads  # torch and the science: after the quick checks
         from cryogan_core.commands.denoise import DenoiseInputs, run_denoise
 

@@ -26,22 +26,10 @@ from loguru import logger
 
 from cryogan_core.commands.reconstruct_options import ReconstructOptions
 from cryogan_core.errors import InputError
+from relion_external._args import input_file
 from relion_external._job import Node, RelionJob, configure_logging, parse_relion_args_or_exit
 
 __all__ = ["main"]
-
-
-def _input_file(value: str | None, flag: str, what: str) -> str | None:
-    """Return ``value`` if it names an existing file (relative to the project dir).
-
-    Raises:
-        InputError: the file does not exist.
-    """
-    if value is None:
-        return None
-    if not Path(value).is_file():
-        raise InputError(f"--{flag} {value}: file not found ({what}; paths are relative to the project directory)")
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -54,13 +42,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging()
     args = parse_relion_args_or_exit(list(sys.argv[1:] if argv is None else argv))
     with RelionJob(args.o, project_dir=Path.cwd(), name="cryogan-reconstruct") as job:
-        opts = args.options(ReconstructOptions)
         if args.in_parts is None:
             raise InputError("--in_parts is required (RELION: Input particles, e.g. Extract/job009/particles.star)")
-        star = _input_file(args.in_parts, "in_parts", "the particles")
-        ref = _input_file(args.in_3dref, "in_3dref", "the reference map")
-        mask = _input_file(args.in_mask, "in_mask", "the mask")
-        mics = _input_file(args.in_mics, "in_mics", "the micrographs")
+        star = input_file(args.in_parts, "in_parts", "the particles")
+        ref = input_file(args.in_3dref, "in_3dref", "the reference map")
+        mask = input_file(args.in_mask, "in_mask", "the mask")
+        mics = input_file(args.in_mics, "in_mics", "the micrographs")
+        opts = args.options(ReconstructOptions)  # after the files: its checks import torch
         from cryogan_core.commands._common import set_threads  # torch and the science: after the quick checks
         from cryogan_core.commands.reconstruct import CHECKPOINT, run_reconstruct
 
