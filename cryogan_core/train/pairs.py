@@ -30,7 +30,7 @@ from cryogan_core.metrics.images import circular_mask, least_squares_scale, sign
 from cryogan_core.physics.ctf import CtfParams, compute_ctf
 from cryogan_core.physics.projection import forward_model
 from cryogan_core.physics.resample import fourier_crop_images, fourier_crop_or_pad_map
-from cryogan_core.train.reference_maps import cropped_map
+from cryogan_core.train.reference_maps import MapsForPixel
 
 
 @dataclass(frozen=True)
@@ -390,14 +390,16 @@ def predictions(
         ValueError: ``box_out`` larger than the map's box or below 1.
     """
     angles, origins, ctf, pix = particle_arrays(df, device)
+    # one cache for the maps and their crops: a plain callable's crops are made per call
+    maps = volume_for_pixel if isinstance(volume_for_pixel, MapsForPixel) else MapsForPixel(volume_for_pixel)
     out: torch.Tensor | None = None
     for p in torch.unique(pix):
         sel = torch.nonzero(pix == p).squeeze(1)
-        vol = volume_for_pixel(float(p))
+        vol = maps(float(p))
         d = vol.shape[-1]
         cropped = None
         if box_out is not None and 1 <= box_out < d:
-            cropped = cropped_map(volume_for_pixel, float(p), prediction_box(d, box_out))
+            cropped = maps.cropped(float(p), prediction_box(d, box_out))
         with torch.no_grad():
             images = project_at_box(vol, angles[sel], origins[sel], float(p), ctf[sel] if with_ctf else None, box_out, cropped)
         if out is None:

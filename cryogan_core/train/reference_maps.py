@@ -53,24 +53,3 @@ class MapsForPixel:
             full = self(pixel_size_A)
             self._maps[key] = full if box_out == full.shape[-1] else fourier_crop_or_pad_map(full, int(box_out))
         return self._maps[key]
-
-
-def cropped_map(volume_for_pixel: Callable[[float], torch.Tensor], pixel_size_A: float, box_out: int) -> torch.Tensor:
-    """The map at ``pixel_size_A`` Fourier-cropped to ``box_out``: from the cache of a
-    :class:`MapsForPixel`, or cropped now for any other ``pixel size -> map`` callable.
-
-    Args:
-        volume_for_pixel: pixel size (Å) -> ``(box, box, box)`` map.
-        pixel_size_A: the particles' pixel size (Å/px, at ``box``).
-        box_out: the output box (px, >= 1).
-
-    Returns:
-        ``(box_out, box_out, box_out)`` float32 map (the input map itself when ``box_out == box``).
-
-    Raises:
-        ValueError: ``box_out < 1``.
-    """
-    if isinstance(volume_for_pixel, MapsForPixel):
-        return volume_for_pixel.cropped(pixel_size_A, box_out)
-    full = volume_for_pixel(pixel_size_A)
-    return full if box_out == full.shape[-1] else fourier_crop_or_pad_map(full, int(box_out))
