@@ -21,13 +21,13 @@ from cryogan_core.errors import InputError
 from cryogan_core.io.images import ParticleImages
 from cryogan_core.io.mrc import write_map
 from cryogan_core.io.particles import check_ctf_columns, single_pixel_size_A
-from cryogan_core.io.star import pose_angles_deg, read_particles
+from cryogan_core.io.star import read_particles
 from cryogan_core.io.summary import write_summary
 from cryogan_core.metrics.fsc import fsc, resolution_at, write_fsc_star
-from cryogan_core.physics.ctf import CtfParams
 from cryogan_core.physics.reconstruct import FourierAccumulator
 from cryogan_core.report.plots import fsc_figure, save_figure
 from cryogan_core.report.progress import ProgressLog
+from cryogan_core.train.pairs import particle_arrays
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -110,14 +110,8 @@ def run_backproject(
         progress = ProgressLog(f"Back-projecting half set {h}:", len(rows))
         for start in range(0, len(rows), BATCH_SIZE):
             chunk = rows[start : start + BATCH_SIZE]
-            sub = df.iloc[chunk]
-            acc.add(
-                torch.from_numpy(images.read(chunk)).to(device),
-                torch.tensor(pose_angles_deg(sub), dtype=torch.float32, device=device),
-                torch.tensor(sub[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(), dtype=torch.float32, device=device),
-                pixel_size_A,
-                CtfParams.from_particles(sub, device=device),
-            )
+            angles, origins, ctf, _ = particle_arrays(df.iloc[chunk], device)
+            acc.add(torch.from_numpy(images.read(chunk)).to(device), angles, origins, pixel_size_A, ctf)
             progress.advance(len(chunk))
         halves.append(acc.finish(wiener_constant).cpu().numpy().astype(np.float32))
         write_map(output_dir / f"run_half{h}_class001_unfil.mrc", halves[-1], pixel_size_A)
