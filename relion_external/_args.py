@@ -252,7 +252,7 @@ def parse_relion_args_or_exit(argv: Sequence[str]) -> RelionArgs:
         raise SystemExit(1) from None
 
 
-def input_file(value: str | None, flag: str, what: str) -> str | None:
+def input_file(value: str | None, flag: str, what: str, required: str | None = None) -> str | None:
     """Return ``value`` if it names an existing file (relative to the project directory).
 
     The jobs check their input files first, before their options (whose checks import
@@ -262,14 +262,20 @@ def input_file(value: str | None, flag: str, what: str) -> str | None:
         value: the path given with ``--flag``, or None when the flag was not given.
         flag: the RELION flag's name without dashes (``in_parts``), for the message.
         what: what the file is (``the particles``), for the message.
+        required: for a required file, where to give it (``fill 'Input particles' in the GUI,
+            e.g. Refine3D/job025/run_data.star``): then a missing ``--flag`` is an error;
+            None: the file is optional.
 
     Returns:
-        ``value`` unchanged (None stays None).
+        ``value`` unchanged (None stays None for an optional file).
 
     Raises:
-        InputError: ``--flag value: file not found (what; paths are relative to the project directory)``.
+        InputError: ``--flag value: file not found (what; paths are relative to the project
+            directory)``, or ``--flag: no file given (what; required)`` for a required file.
     """
-    if value is None:
+    if not value:
+        if required is not None:
+            raise InputError(f"--{flag}: no file given ({what}; {required})")
         return None
     if not Path(value).is_file():
         raise InputError(f"--{flag} {value}: file not found ({what}; paths are relative to the project directory)")

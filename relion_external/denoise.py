@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Sequence
 
 from cryogan_core.commands.denoise_options import DenoiseOptions
-from cryogan_core.errors import InputError
 from relion_external._args import input_file
 from relion_external._job import Node, RelionJob, configure_logging, parse_relion_args_or_exit
 
@@ -30,9 +29,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_relion_args_or_exit(list(sys.argv[1:] if argv is None else argv))
     configure_logging()
     with RelionJob(args.o, project_dir=Path.cwd(), name="cryogan-denoise") as job:
-        if not args.in_parts:
-            raise InputError("no input particles: fill 'Input particles' (--in_parts) with a refined particles STAR")
-        input_file(args.in_parts, "in_parts", "the particles")
+        input_file(args.in_parts, "in_parts", "the particles", "fill 'Input particles' in the GUI, e.g. Refine3D/job025/run_data.star")
         input_file(args.in_3dref, "in_3dref", "the reference map")
         input_file(args.in_mask, "in_mask", "the mask")
         options = args.options(DenoiseOptions)  # after the files: its checks import torch

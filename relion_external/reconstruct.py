@@ -25,7 +25,6 @@ from typing import Sequence
 from loguru import logger
 
 from cryogan_core.commands.reconstruct_options import ReconstructOptions
-from cryogan_core.errors import InputError
 from relion_external._args import input_file
 from relion_external._job import Node, RelionJob, configure_logging, parse_relion_args_or_exit
 
@@ -42,9 +41,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging()
     args = parse_relion_args_or_exit(list(sys.argv[1:] if argv is None else argv))
     with RelionJob(args.o, project_dir=Path.cwd(), name="cryogan-reconstruct") as job:
-        if args.in_parts is None:
-            raise InputError("--in_parts is required (RELION: Input particles, e.g. Extract/job009/particles.star)")
-        star = input_file(args.in_parts, "in_parts", "the particles")
+        star = input_file(args.in_parts, "in_parts", "the particles", "fill 'Input particles' in the GUI, e.g. Extract/job009/particles.star")
         ref = input_file(args.in_3dref, "in_3dref", "the reference map")
         mask = input_file(args.in_mask, "in_mask", "the mask")
         mics = input_file(args.in_mics, "in_mics", "the micrographs")

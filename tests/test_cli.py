@@ -74,15 +74,28 @@ def test_reconstruct_demo_simulates_the_builtin_volume_and_scores_against_its_tr
     assert summary["resolution_A_vs_reference_fsc_0.5"] > 0
 
 
-@pytest.mark.parametrize("module", ["denoise", "reconstruct"])
-def test_a_missing_input_file_fails_before_torch_is_imported(tmp_path: Path, module: str) -> None:
-    """A mistyped path in the GUI fails at once: the job checks its files before its options
-    (whose checks import torch, ~4 s), writes one error line and RELION_JOB_EXIT_FAILURE."""
+MISSING_INPUTS = [
+    (["--in_parts", "Refine3D/missing.star"], "denoise",
+     "ERROR: --in_parts Refine3D/missing.star: file not found (the particles; paths are relative to the project directory)"),
+    (["--in_parts", "Refine3D/missing.star"], "reconstruct",
+     "ERROR: --in_parts Refine3D/missing.star: file not found (the particles; paths are relative to the project directory)"),
+    ([], "denoise",
+     "ERROR: --in_parts: no file given (the particles; fill 'Input particles' in the GUI, e.g. Refine3D/job025/run_data.star)"),
+    ([], "reconstruct",
+     "ERROR: --in_parts: no file given (the particles; fill 'Input particles' in the GUI, e.g. Extract/job009/particles.star)"),
+]
+
+
+@pytest.mark.parametrize(("args", "module", "expected"), MISSING_INPUTS)
+def test_a_missing_input_file_fails_before_torch_is_imported(tmp_path: Path, args: list[str], module: str, expected: str) -> None:
+    """A mistyped path, or none, in the GUI fails at once: the job checks its files before its
+    options (whose checks import torch, ~4 s), writes one error line (the same wording in both
+    jobs) and RELION_JOB_EXIT_FAILURE."""
     code = (
         "import sys\n"
         f"from relion_external.{module} import main\n"
         "try:\n"
-        "    main(['--o', 'External/job005/', '--in_parts', 'Refine3D/missing.star'])\n"
+        f"    main(['--o', 'External/job005/'] + {args!r})\n"
         "except SystemExit as exc:\n"
         "    print('EXIT', exc.code)\n"
         "print('TORCH', 'torch' in sys.modules)\n"
@@ -91,7 +104,7 @@ def test_a_missing_input_file_fails_before_torch_is_imported(tmp_path: Path, mod
     assert "EXIT 1" in r.stdout and "TORCH False" in r.stdout, r.stdout + r.stderr
     assert (tmp_path / "External/job005/RELION_JOB_EXIT_FAILURE").exists()
     errors = [line for line in r.stderr.splitlines() if line.startswith("ERROR")]  # RELION sends stderr to run.err
-    assert errors == ["ERROR: --in_parts Refine3D/missing.star: file not found (the particles; paths are relative to the project directory)"]
+    assert errors == [expected]
 
 
 def test_help_and_the_job_entry_points_do_not_import_torch(tmp_path: Path) -> None:
