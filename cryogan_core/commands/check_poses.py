@@ -17,10 +17,11 @@ from loguru import logger
 from cryogan_core.commands._common import map_for_particles
 from cryogan_core.io.images import ParticleImages
 from cryogan_core.io.particles import check_ctf_columns
-from cryogan_core.io.star import pose_angles_deg, read_particles
+from cryogan_core.io.star import read_particles
 from cryogan_core.metrics.images import circular_mask, masked_pearson
 from cryogan_core.physics.ctf import CtfParams
 from cryogan_core.physics.projection import forward_model
+from cryogan_core.train.pairs import particle_arrays
 
 
 def particle_projection_cc(
@@ -107,9 +108,7 @@ def run_check_poses(
         volume = map_for_particles(map_path, float(pixel_size), box, device)
         perm = rng.permutation(len(group))
         sub = df.iloc[group]
-        angles = torch.tensor(pose_angles_deg(sub), dtype=torch.float32)
-        origins = torch.tensor(sub[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(), dtype=torch.float32)
-        ctf_all = CtfParams.from_particles(sub.reset_index(drop=True))
+        angles, origins, ctf_all, _ = particle_arrays(sub)
         for start in range(0, len(group), batch_size):
             idx = np.arange(start, min(start + batch_size, len(group)))
             imgs = torch.from_numpy(images.read(group[idx])).to(device)
