@@ -14,7 +14,7 @@ from cryogan_core.io.images import ParticleImages
 from cryogan_core.io.mrc import open_stack, read_map
 from cryogan_core.io.star import read_particles
 from cryogan_core.physics.ctf import CtfParams
-from cryogan_core.physics.phantom import procedural_volume
+from cryogan_core.physics.phantom import procedural_volume, splat_gaussians
 from cryogan_core.physics.projection import forward_model
 from cryogan_core.physics.simulator import noise_sigma_for_snr
 
@@ -38,6 +38,34 @@ def test_procedural_volume_is_deterministic_asymmetric_and_positive(box: int) ->
     for flipped in (a[::-1, ::-1, ::-1], a[:, :, ::-1]):
         cc = np.corrcoef(a.ravel(), flipped.ravel())[0, 1]
         assert cc < 0.8
+
+
+@pytest.mark.parametrize("box", [16, 23, 40])
+def test_slab_splatting_equals_the_dense_sum_of_gaussians(box: int) -> None:
+    """The slab-by-slab splat skips atoms far from each slab; the dense sum over every atom and
+    voxel (float64 here) is the reference, with atoms inside, at the edge of and outside the box."""
+    rng = np.random.default_rng(box)
+    xyz = rng.uniform(-0.6 * box, 0.6 * box, size=(300, 3))
+    w = rng.uniform(0.5, 1.5, size=300).astype(np.float32)
+    sigma = 1.3
+    grid = np.arange(box, dtype=np.float64) - box // 2
+    g = [np.exp(-((grid[None, :] - xyz[:, i:i + 1]) ** 2) / (2 * sigma**2)) for i in range(3)]
+    dense = np.einsum("a,az,ay,ax->zyx", w.astype(np.float64), g[2], g[1], g[0])
+    got = splat_gaussians(xyz, w, box, sigma)
+    assert got.shape == (box, box, box) and got.dtype == np.float32
+    np.testing.assert_allclose(got, dense, rtol=0, atol=1e-5 * dense.max())
+    # one atom at the centre: its peak at index box // 2 in each axis
+    one = splat_gaussians(np.zeros((1, 3)), np.ones(1, np.float32), box, sigma)
+    assert np.unravel_index(one.argmax(), one.shape) == (box // 2,) * 3 and one.max() == pytest.approx(1.0)
+
+
+def test_splatting_rejects_bad_atoms() -> None:
+    with pytest.raises(ValueError, match=r"\(n, 3\)"):
+        splat_gaussians(np.zeros((4, 2)), np.ones(4, np.float32), 16, 1.0)
+    with pytest.raises(ValueError, match="weights|\\(n,\\)"):
+        splat_gaussians(np.zeros((4, 3)), np.ones(3, np.float32), 16, 1.0)
+    with pytest.raises(ValueError, match="sigma_vox"):
+        splat_gaussians(np.zeros((4, 3)), np.ones(4, np.float32), 16, 0.0)
 
 
 @pytest.mark.parametrize("box", [24, 25])

@@ -70,13 +70,57 @@ def procedural_volume(box: int = DEFAULT_BOX, seed: int = 0) -> np.ndarray:
     xyz = np.concatenate(atoms, axis=0)
     weights = rng.uniform(0.6, 1.4, size=len(xyz))
 
-    centre = box // 2
-    grid = np.arange(box, dtype=np.float32) - centre
     sigma = 1.1 * max(box / 64.0, 0.5)
-    # separable Gaussian splatting: sum_i w_i gx_i(x) gy_i(y) gz_i(z)
-    gx = np.exp(-((grid[None, :] - xyz[:, 0:1]) ** 2) / (2 * sigma**2)).astype(np.float32)
-    gy = np.exp(-((grid[None, :] - xyz[:, 1:2]) ** 2) / (2 * sigma**2)).astype(np.float32)
-    gz = np.exp(-((grid[None, :] - xyz[:, 2:3]) ** 2) / (2 * sigma**2)).astype(np.float32)
-    vol = np.einsum("a,az,ay,ax->zyx", weights.astype(np.float32), gz, gy, gx, optimize=True)
+    vol = splat_gaussians(xyz, weights.astype(np.float32), box, sigma)
     vol = np.clip(vol, 0.0, None)
     return (vol / vol.max()).astype(np.float32)
+
+
+def splat_gaussians(xyz_vox: np.ndarray, weights: np.ndarray, box: int, sigma_vox: float,
+                    reach_sigmas: float = 7.0) -> np.ndarray:
+    """Sum of isotropic 3D Gaussians on a voxel grid, slab by slab.
+
+    ``vol[z, y, x] = Σ_a w_a · gz_a(z) · gy_a(y) · gx_a(x)`` with
+    ``g_a(u) = exp(-(u - u_a)² / (2σ²))`` on the grid ``u = index - box // 2``. Each z slab
+    sums only the atoms within ``reach_sigmas · σ`` of it in z (one matrix product per slab),
+    so the cost grows as ``box³ · n_atoms · reach / box`` rather than ``box³ · n_atoms``:
+    a 256-px built-in volume takes seconds instead of about an hour. Atoms left out of a slab
+    contribute less than ``exp(-reach_sigmas² / 2)`` (2e-11 at 7σ) of their weight there.
+
+    Args:
+        xyz_vox: ``(n, 3)`` float atom positions ``(x, y, z)`` in voxels relative to the
+            box centre (index ``box // 2``).
+        weights: ``(n,)`` float32 atom weights.
+        box: edge of the cubic grid (voxels).
+        sigma_vox: Gaussian standard deviation (voxels), > 0.
+        reach_sigmas: atoms farther than this many σ from a slab are skipped there.
+
+    Returns:
+        float32 array ``(box, box, box)`` = ``(z, y, x)``.
+
+    Raises:
+        ValueError: ``xyz_vox`` not ``(n, 3)``, ``weights`` not ``(n,)`` or ``sigma_vox <= 0``.
+    """
+    xyz_vox = np.asarray(xyz_vox, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float32)
+    if xyz_vox.ndim != 2 or xyz_vox.shape[1] != 3 or weights.shape != (len(xyz_vox),):
+        raise ValueError(f"atoms must be (n, 3) with (n,) weights, got {xyz_vox.shape} and {weights.shape}")
+    if not sigma_vox > 0:
+        raise ValueError(f"sigma_vox must be > 0, got {sigma_vox}")
+    grid = np.arange(box, dtype=np.float32) - box // 2
+
+    def profile(coord: np.ndarray) -> np.ndarray:  # (n,) -> (n, box) float32
+        return np.exp(-((grid[None, :] - coord[:, None]) ** 2) / (2 * sigma_vox**2)).astype(np.float32)
+
+    gx, gy, gz = profile(xyz_vox[:, 0]), profile(xyz_vox[:, 1]), profile(xyz_vox[:, 2])
+    order = np.argsort(xyz_vox[:, 2], kind="stable")
+    z_sorted = xyz_vox[order, 2]
+    reach = reach_sigmas * sigma_vox
+    vol = np.zeros((box, box, box), dtype=np.float32)
+    for iz, z in enumerate(grid):
+        lo, hi = (int(i) for i in np.searchsorted(z_sorted, [z - reach, z + reach]))
+        if hi <= lo:
+            continue
+        near = order[lo:hi]
+        vol[iz] = ((weights[near] * gz[near, iz])[:, None] * gy[near]).T @ gx[near]
+    return vol
