@@ -14,6 +14,7 @@ import cryogan_core.commands.denoise as denoise_command
 import cryogan_core.commands.denoise_outputs as denoise_outputs
 import cryogan_core.commands.denoise_pairs as denoise_pairs
 import cryogan_core.commands.reconstruct as reconstruct_command
+import cryogan_core.commands.simulate as simulate_command
 from cryogan_core.commands.denoise import DenoiseInputs, run_denoise
 from cryogan_core.commands.reconstruct import run_reconstruct
 from cryogan_core.commands.reconstruct_inputs import load_images
@@ -100,3 +101,12 @@ def test_cryogan_reports_its_reading_and_an_abort_there_stops_it(sim: Path, tmp_
                         should_stop=StopAtCall(2))
     assert any(m.startswith("Reading particles: 20/40 particles (") for m in log_messages)
     assert not (tmp_path / "rec/checkpoint.pt").exists()
+
+
+def test_simulate_reports_its_projections(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_messages: list[str]) -> None:
+    """``cryogan simulate`` projects in batches of 256 with a line after each (every_s 0 here):
+    5,000 particles of 256 px take minutes on a CPU."""
+    monkeypatch.setattr(simulate_command, "ProgressLog", functools.partial(ProgressLog, every_s=0.0))
+    run_simulate(tmp_path / "sim", n=300, snr_db=0.0, seed=1, box=16, pixel_size_A=8.0, project_dir=tmp_path)
+    lines = [m.split(" (")[0] for m in log_messages if m.startswith("Projecting: ")]
+    assert lines == ["Projecting: 256/300 particles", "Projecting: 300/300 particles"]

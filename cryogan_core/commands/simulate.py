@@ -25,6 +25,7 @@ from cryogan_core.physics.ctf import CtfParams
 from cryogan_core.physics.euler import random_euler_deg
 from cryogan_core.physics.phantom import DEFAULT_BOX, DEFAULT_PIXEL_SIZE_A, procedural_volume
 from cryogan_core.physics.simulator import random_ctf_params, simulate_particles, uniform_shifts_px
+from cryogan_core.report.progress import ProgressLog
 
 OPTICS_KEYS = ["rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast"]
 
@@ -198,7 +199,8 @@ def run_simulate(
         ctf = random_ctf_params(n, generator=gen)
     origins_A = uniform_shifts_px(n, shift_px, generator=gen) * pixel_size_A
 
-    sim = simulate_particles(volume, pixel_size_A, angles, origins_A, ctf, snr_db, generator=gen)
+    progress = ProgressLog("Projecting:", n)
+    sim = simulate_particles(volume, pixel_size_A, angles, origins_A, ctf, snr_db, generator=gen, on_batch=progress.advance)
 
     subset = np.ones(n, dtype=int)
     subset[rng.permutation(n)[: n // 2]] = 2

@@ -10,6 +10,7 @@ in the paper's experiments: ``SNR_dB = 10 log10( var(clean) / var(noise) )`` wit
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -121,6 +122,7 @@ def simulate_particles(
     generator: torch.Generator | None = None,
     batch_size: int = 256,
     pad_factor: float = 2.0,
+    on_batch: Callable[[int], None] | None = None,
 ) -> SimulatedParticles:
     """Simulate particle images of a map at given poses, origins and CTFs, plus white noise.
 
@@ -139,6 +141,7 @@ def simulate_particles(
         generator: torch random generator for the noise (CPU).
         batch_size: projections computed per batch (memory only).
         pad_factor: oversampling of the Fourier-slice projector.
+        on_batch: called after each batch with its number of particles (progress lines).
 
     Returns:
         A :class:`SimulatedParticles`; its tensors are on the CPU whatever the volume's device.
@@ -163,6 +166,8 @@ def simulate_particles(
                 ctf=sub_ctf,
                 pad_factor=pad_factor,
             ).cpu()
+            if on_batch is not None:
+                on_batch(stop - start)
     sigma = noise_sigma_for_snr(clean, snr_db)
     noisy = clean + sigma * torch.randn(clean.shape, generator=generator)
     return SimulatedParticles(
