@@ -93,6 +93,54 @@ def test_fourier_crop_images(h: int, box_out: int) -> None:
     np.testing.assert_allclose(out, gaussian_images(2, box_out, px * h / box_out, 4.5, shift_A=3.0), atol=2e-3)
 
 
+def _centred_resize_reference(x: np.ndarray, n_out: int, axes: tuple[int, ...]) -> np.ndarray:
+    """numpy reference of the module's convention on centred spectra (DC at n//2): a crop keeps
+    frequencies -n_out//2 .. (n_out-1)//2 and folds +n_out/2 into the output's Nyquist bin
+    (even n_out); a pad puts the spectrum in the middle of zeros and shares the one-sided
+    -n/2 coefficient half/half with +n/2 (even n); back to a centre at n_out//2, values kept."""
+    n = x.shape[axes[0]]
+    spec = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(x, axes=axes), axes=axes), axes=axes)
+    for ax in axes:
+        first = [slice(None)] * x.ndim
+        first[ax] = slice(0, 1)
+        if n_out <= n:
+            start = n // 2 - n_out // 2
+            out = np.take(spec, np.arange(start, start + n_out), axis=ax)
+            if n_out % 2 == 0 and n_out < n:
+                out[tuple(first)] += np.take(spec, [n // 2 + n_out // 2], axis=ax)
+        else:
+            shape = list(spec.shape)
+            shape[ax] = n_out
+            out = np.zeros(shape, dtype=complex)
+            offset = n_out // 2 - n // 2
+            where = [slice(None)] * x.ndim
+            where[ax] = slice(offset, offset + n)
+            out[tuple(where)] = spec
+            if n % 2 == 0:
+                lo, hi = list(first), list(first)
+                lo[ax] = slice(offset, offset + 1)
+                hi[ax] = slice(offset + n, offset + n + 1)
+                out[tuple(lo)] *= 0.5
+                out[tuple(hi)] = out[tuple(lo)]
+        spec = out
+    back = np.fft.fftshift(np.fft.ifftn(np.fft.ifftshift(spec, axes=axes), axes=axes), axes=axes).real
+    return back * (n_out / n) ** len(axes)
+
+
+@pytest.mark.parametrize("h,box_out", [(16, 8), (17, 8), (16, 9), (17, 9), (64, 47), (63, 32), (5, 2), (4, 1),
+                                       (8, 16), (8, 17), (9, 16), (9, 17), (16, 33), (2, 5)])
+def test_resizing_noise_matches_the_centred_spectrum_reference(h: int, box_out: int) -> None:
+    """White noise fills every frequency up to Nyquist, so the even-size Nyquist rules and the
+    centre's phase (odd and even boxes, cropped and padded) are all checked, images and maps."""
+    rng = np.random.default_rng(h * 100 + box_out)
+    imgs = rng.standard_normal((3, h, h))
+    got = fourier_crop_images(torch.tensor(imgs, dtype=torch.float32), box_out).numpy()
+    np.testing.assert_allclose(got, _centred_resize_reference(imgs, box_out, (-2, -1)), atol=2e-5)
+    vol = rng.standard_normal((h, h, h))
+    got3 = fourier_crop_or_pad_map(torch.tensor(vol, dtype=torch.float32), box_out).numpy()
+    np.testing.assert_allclose(got3, _centred_resize_reference(vol, box_out, (-3, -2, -1)), atol=2e-5)
+
+
 def test_bad_inputs() -> None:
     v = torch.zeros(8, 8, 8)
     with pytest.raises(InputError):
