@@ -2,8 +2,8 @@
 
 The U-Net and PatchGAN are convolutional, so a training step costs in proportion to the
 number of pixels: measured on 2 CPU threads (default network, batch 16), 50–60 and 12–13
-particles/s at train box 64 and 128 px (stop 42; 83 / 22 when first measured, before the
-CTF-aware default), i.e. about (128/64)² = 4× the time for twice the box.
+particles/s at train box 64 and 128 px (stop 42; an earlier measurement read 83 / 22, for
+reasons not traced), i.e. about (128/64)² = 4× the time for twice the box.
 A particle set extracted at 256–400 px (the usual RELION box at ~1 Å/px) would train for
 hours on a CPU at its own box; Fourier-cropping to a smaller one (the ``--train_box``
 option) trades resolution the denoised images rarely carry (their SNR is lowest there) for
