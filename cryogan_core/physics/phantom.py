@@ -108,11 +108,8 @@ def splat_gaussians(xyz_vox: np.ndarray, weights: np.ndarray, box: int, sigma_vo
     if not sigma_vox > 0:
         raise ValueError(f"sigma_vox must be > 0, got {sigma_vox}")
     grid = np.arange(box, dtype=np.float32) - box // 2
-
-    def profile(coord: np.ndarray) -> np.ndarray:  # (n,) -> (n, box) float32
-        return np.exp(-((grid[None, :] - coord[:, None]) ** 2) / (2 * sigma_vox**2)).astype(np.float32)
-
-    gx, gy, gz = profile(xyz_vox[:, 0]), profile(xyz_vox[:, 1]), profile(xyz_vox[:, 2])
+    # each atom's 1D Gaussian along x, y and z: (3, n, box) float32
+    gx, gy, gz = np.exp(-((grid[None, None, :] - xyz_vox.T[:, :, None]) ** 2) / (2 * sigma_vox**2)).astype(np.float32)
     order = np.argsort(xyz_vox[:, 2], kind="stable")
     z_sorted = xyz_vox[order, 2]
     reach = reach_sigmas * sigma_vox
