@@ -1,4 +1,4 @@
-"""``cryogan-reconstruct`` run exactly as RELION 3.1 / 4.0 / 5.0 run an External job.
+"""``cryogan-reconstruct`` run exactly as RELION 3.1 and 5.0 run an External job.
 
 The harness (tests/relion_harness.py) writes the project and job.star, builds the command
 line byte for byte and reads back the exit files and RELION_OUTPUT_NODES.star; it does not
@@ -29,7 +29,6 @@ from cryogan_core.errors import InputError
 from cryogan_core.io.cryosparc import write_cryosparc_particles
 from cryogan_core.io.star import read_particles
 from relion_harness import (
-    VERSIONS,
     assert_nodes_valid,
     exit_status,
     make_relion_project,
@@ -75,7 +74,10 @@ def _err_lines(proj) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+# 3.1 (integer node types, cryoSPARC input) and 5.0; RELION 4.0's node file and version
+# detection are tested with a stand-in job in tests/test_job_protocol.py (each whole job here
+# takes about 20 s)
+@pytest.mark.parametrize("version", ["3.1", "5.0"])
 def test_job_succeeds_with_files_nodes_and_labels(tmp_path, sim_dir, version):
     # RELION 3.1 gets the cryoSPARC .cs of the same particles (any version could)
     parts = "Simulate/cs/particles.cs" if version == "3.1" else "Simulate/particles.star"
