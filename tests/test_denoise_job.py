@@ -1,4 +1,4 @@
-"""cryogan-denoise as RELION runs it: 3.1/4.0/5.0 projects, exact command, exit files, nodes, abort, continue."""
+"""cryogan-denoise as RELION runs it: 3.1 and 5.0 projects, exact command, exit files, nodes, abort, continue."""
 
 from __future__ import annotations
 
