@@ -201,6 +201,24 @@ def test_stack_writer_streams_and_sets_header(tmp_path, dtype):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mrcs"]
 
 
+def test_stack_writer_reads_back_what_it_wrote_and_only_that(tmp_path):
+    images = np.arange(5 * 4 * 4, dtype=np.float32).reshape(5, 4, 4)
+    with StackWriter(tmp_path / "out.mrcs", 5, 4, 1.0) as writer:
+        writer.write(0, images[:3])
+        got = writer.read(1, 3)
+        np.testing.assert_array_equal(got, images[1:3])
+        got[:] = -1.0  # a copy: the stack keeps its images
+        np.testing.assert_array_equal(writer.read(0, 3), images[:3])
+        with pytest.raises(ValueError, match="not all written"):
+            writer.read(2, 4)
+        with pytest.raises(ValueError, match="outside"):
+            writer.read(3, 6)
+        writer.write(3, images[3:])
+    with pytest.raises(ValueError, match="outside the 'with' block"):
+        writer.read(0, 1)
+    np.testing.assert_array_equal(open_stack(tmp_path / "out.mrcs"), images)
+
+
 def test_stack_writer_overwrite_recomputes_stats(tmp_path):
     path = tmp_path / "out.mrcs"
     with StackWriter(path, 2, 4, 1.0) as writer:

@@ -9,14 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from cryogan_core.commands.simulate import run_simulate
+from cryogan_core.commands.simulate import NOISE_BATCH, run_simulate, write_simulated_stacks
 from cryogan_core.io.images import ParticleImages
 from cryogan_core.io.mrc import open_stack, read_map
 from cryogan_core.io.star import read_particles
 from cryogan_core.physics.ctf import CtfParams
 from cryogan_core.physics.phantom import procedural_volume, splat_gaussians
 from cryogan_core.physics.projection import forward_model
-from cryogan_core.physics.simulator import noise_sigma_for_snr
+from cryogan_core.physics.euler import random_euler_deg
+from cryogan_core.physics.simulator import (
+    noise_sigma_for_snr,
+    random_ctf_params,
+    simulate_particles,
+    uniform_shifts_px,
+)
 
 
 def test_noise_sigma_matches_the_snr_definition() -> None:
@@ -26,6 +32,35 @@ def test_noise_sigma_matches_the_snr_definition() -> None:
     mean_var = float(np.mean([c.var().item() for c in clean]))
     assert sigma**2 == pytest.approx(10.0 * mean_var, rel=1e-5)  # -10 dB: noise variance = 10 x signal
     assert noise_sigma_for_snr(clean, 0.0) ** 2 == pytest.approx(mean_var, rel=1e-5)
+
+
+@pytest.mark.parametrize("box", [16, 17])
+def test_streamed_stacks_equal_the_in_memory_simulation(tmp_path: Path, box: int) -> None:
+    """cryogan simulate writes its stacks batch by batch: the same numbers, bit for bit, as
+    simulate_particles with the same generator (more particles than one batch of
+    projections and of noise, a last partial batch, odd and even boxes)."""
+    n = NOISE_BATCH + 45
+    vol = torch.from_numpy(procedural_volume(box, seed=1))
+    g = torch.Generator().manual_seed(11)
+    angles, shifts, ctf = random_euler_deg(n, generator=g), uniform_shifts_px(n, 1.5, generator=g) * 4.0, random_ctf_params(n, generator=g)
+    state = g.get_state()
+    ref = simulate_particles(vol, 4.0, angles, shifts, ctf, -10.0, generator=g)
+    g.set_state(state)
+    sigma = write_simulated_stacks(tmp_path, vol, 4.0, angles, shifts, ctf, -10.0, g)
+    assert sigma == ref.noise_sigma
+    for name, images in (("particles.mrcs", ref.noisy), ("clean.mrcs", ref.clean)):
+        stack = open_stack(tmp_path / name)
+        assert stack.shape == (n, box, box)
+        np.testing.assert_array_equal(stack, images.numpy())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clean.mrcs", "particles.mrcs"]
+
+
+def test_streamed_stacks_of_an_empty_map_fail_and_leave_no_file(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="zero variance"):
+        write_simulated_stacks(tmp_path, torch.zeros(12, 12, 12), 4.0, random_euler_deg(5, generator=g),
+                               torch.zeros(5, 2), None, -10.0, g)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("box", [32, 33])

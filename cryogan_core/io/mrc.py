@@ -407,6 +407,24 @@ class StackWriter:
             self._sum += float(b64.sum())
             self._sumsq += float(np.square(b64).sum())
 
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """A copy of the images already written at positions ``start..stop-1``.
+
+        Returns:
+            ``(stop - start, box, box)`` array of the stack's dtype.
+
+        Raises:
+            ValueError: outside the ``with`` block, a slice outside the stack, or positions
+                not written yet.
+        """
+        if self._mrc is None:
+            raise ValueError("StackWriter.read called outside the 'with' block")
+        if not 0 <= start <= stop <= self.n_images:
+            raise ValueError(f"StackWriter.read: images {start}..{stop - 1} outside 0..{self.n_images - 1}")
+        if not self._written[start:stop].all():
+            raise ValueError(f"StackWriter.read: {self.path}: images {start}..{stop - 1} are not all written yet")
+        return np.array(self._mrc.data[start:stop])
+
     def _finalise_header(self) -> None:
         """Set dmin/dmax/dmean/rms from the running sums (or recompute after overwrites)."""
         mrc = self._mrc

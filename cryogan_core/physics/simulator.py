@@ -10,7 +10,7 @@ in the paper's experiments: ``SNR_dB = 10 log10( var(clean) / var(noise) )`` wit
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -56,7 +56,36 @@ def noise_sigma_for_snr(clean: torch.Tensor, snr_db: float) -> float:
     Raises:
         ValueError: if the clean images have zero variance.
     """
-    signal_var = clean.reshape(clean.shape[0], -1).var(dim=1).mean().item()
+    return noise_sigma_from_variances(image_variances(clean), snr_db)
+
+
+def image_variances(clean: torch.Tensor) -> torch.Tensor:
+    """Each image's variance over its whole box (unbiased), the signal term of the SNR.
+
+    Args:
+        clean: ``(n, H, W)`` float tensor.
+
+    Returns:
+        ``(n,)`` tensor of the input's dtype; an image's value does not depend on the
+        others, so a set can be measured batch by batch (:func:`noise_sigma_from_variances`).
+    """
+    return clean.reshape(clean.shape[0], -1).var(dim=1)
+
+
+def noise_sigma_from_variances(variances: torch.Tensor, snr_db: float) -> float:
+    """:func:`noise_sigma_for_snr` from the images' variances (:func:`image_variances`).
+
+    Args:
+        variances: ``(n,)`` variance of each clean image.
+        snr_db: signal-to-noise ratio in decibels.
+
+    Returns:
+        ``sqrt(mean(variances) / 10**(snr_db / 10))``.
+
+    Raises:
+        ValueError: if the mean variance is not positive.
+    """
+    signal_var = variances.mean().item()
     if signal_var <= 0.0:
         raise ValueError("clean images have zero variance: cannot set an SNR")
     return float((signal_var / 10.0 ** (snr_db / 10.0)) ** 0.5)
@@ -112,6 +141,57 @@ def random_ctf_params(
     )
 
 
+def clean_batches(
+    volume: torch.Tensor,
+    pixel_size_A: float,
+    angles_deg: torch.Tensor,
+    origins_A: torch.Tensor,
+    ctf: CtfParams | None,
+    batch_size: int = 256,
+    pad_factor: float = 2.0,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """The noise-free particle images, batch by batch (the clean half of :func:`simulate_particles`).
+
+    Each image is RELION's predicted particle
+    (:func:`cryogan_core.physics.projection.forward_model`): the projection at the pose,
+    multiplied by the CTF and shifted by ``-origin``.
+
+    Args:
+        volume: ``(D, D, D)`` float32 map, ``(z, y, x)``, centre at ``D // 2``.
+        pixel_size_A: pixel size of the map and images in Å.
+        angles_deg: ``(n, 3)`` RELION Euler angles [rot, tilt, psi] in degrees.
+        origins_A: ``(n, 2)`` RELION origins [x, y] in Å.
+        ctf: CTF parameters (length n) or None for no CTF.
+        batch_size: images per batch (> 0).
+        pad_factor: oversampling of the Fourier-slice projector.
+
+    Yields:
+        ``(start, images)``: the index of the batch's first particle and its ``(b, D, D)``
+        float32 CPU images, in order.
+
+    Raises:
+        ValueError: if the lengths of poses, origins and CTF differ, or ``batch_size`` < 1.
+    """
+    n = angles_deg.shape[0]
+    if origins_A.shape[0] != n or (ctf is not None and len(ctf) != n):
+        raise ValueError("angles, origins and CTF must have the same number of particles")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = volume.device
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            sub_ctf = ctf[start:stop].to(device) if ctf is not None else None
+            yield start, forward_model(
+                volume,
+                angles_deg[start:stop].to(device),
+                origins_A[start:stop].to(device),
+                pixel_size_A,
+                ctf=sub_ctf,
+                pad_factor=pad_factor,
+            ).cpu()
+
+
 def simulate_particles(
     volume: torch.Tensor,
     pixel_size_A: float,
@@ -149,25 +229,11 @@ def simulate_particles(
     Raises:
         ValueError: if the lengths of poses, origins and CTF differ.
     """
-    n = angles_deg.shape[0]
-    if origins_A.shape[0] != n or (ctf is not None and len(ctf) != n):
-        raise ValueError("angles, origins and CTF must have the same number of particles")
-    device = volume.device
-    clean = torch.empty((n, volume.shape[-1], volume.shape[-1]), dtype=torch.float32)
-    with torch.no_grad():
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
-            sub_ctf = ctf[start:stop].to(device) if ctf is not None else None
-            clean[start:stop] = forward_model(
-                volume,
-                angles_deg[start:stop].to(device),
-                origins_A[start:stop].to(device),
-                pixel_size_A,
-                ctf=sub_ctf,
-                pad_factor=pad_factor,
-            ).cpu()
-            if on_batch is not None:
-                on_batch(stop - start)
+    clean = torch.empty((angles_deg.shape[0], volume.shape[-1], volume.shape[-1]), dtype=torch.float32)
+    for start, batch in clean_batches(volume, pixel_size_A, angles_deg, origins_A, ctf, batch_size, pad_factor):
+        clean[start : start + batch.shape[0]] = batch
+        if on_batch is not None:
+            on_batch(batch.shape[0])
     sigma = noise_sigma_for_snr(clean, snr_db)
     noisy = clean + sigma * torch.randn(clean.shape, generator=generator)
     return SimulatedParticles(
