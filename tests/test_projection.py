@@ -14,6 +14,7 @@ from conftest import shared_path
 from cryogan_core.physics.ctf import CtfParams, compute_ctf
 from cryogan_core.physics.euler import euler_to_matrix
 from cryogan_core.physics.projection import (
+    Projector,
     backproject,
     forward_model,
     fourier_filter_images,
@@ -201,6 +202,10 @@ def test_forward_model_equals_ctf_times_shifted_projection(d: int) -> None:
         [14000.0, 9000.0], [11000.0, 9500.0], [25.0, -80.0], [300.0, 200.0], [2.7, 1.4],
         [0.1, 0.07], [0.0, 0.0], [0.0, 0.0], [1.0, 1.0]]])
     got = forward_model(v, angles, origins, px, ctf).numpy()
+    # a Projector made once gives the same images (its own pad factor, not the argument's)
+    np.testing.assert_array_equal(forward_model(Projector(v), angles, origins, px, ctf).numpy(), got)
+    np.testing.assert_array_equal(forward_model(Projector(v, 3.0), angles, origins, px, ctf, pad_factor=2.0).numpy(),
+                                  forward_model(v, angles, origins, px, ctf, pad_factor=3.0).numpy())
     proj = project(v, euler_to_matrix(angles)).numpy().astype(np.float64)
     k = np.fft.fftfreq(d)
     for i in range(2):

@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import torch
 
 from cryogan_core.physics.ctf import CtfParams
-from cryogan_core.physics.projection import forward_model
+from cryogan_core.physics.projection import Projector, forward_model
 
 
 @dataclass
@@ -178,18 +178,18 @@ def clean_batches(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = volume.device
+    # no_grad around each step, not around the yields: the caller's code between batches
+    # keeps its own grad mode
     with torch.no_grad():
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)
-            sub_ctf = ctf[start:stop].to(device) if ctf is not None else None
-            yield start, forward_model(
-                volume,
-                angles_deg[start:stop].to(device),
-                origins_A[start:stop].to(device),
-                pixel_size_A,
-                ctf=sub_ctf,
-                pad_factor=pad_factor,
+        projector = Projector(volume, pad_factor)  # the map's padded FFT, once for all batches
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        sub_ctf = ctf[start:stop].to(device) if ctf is not None else None
+        with torch.no_grad():
+            images = forward_model(
+                projector, angles_deg[start:stop].to(device), origins_A[start:stop].to(device), pixel_size_A, ctf=sub_ctf
             ).cpu()
+        yield start, images
 
 
 def simulate_particles(
