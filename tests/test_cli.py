@@ -51,6 +51,32 @@ def test_bad_input_gives_one_error_line_and_exit_1(tmp_path: Path, args: list[st
     assert "Traceback" not in result.output
 
 
+# values no particle set can be made from or measured with: each is named in one line before
+# any file is read or any folder made (they raised tracebacks, or ran on with NaN, before)
+BAD_VALUES = [
+    (["simulate", "--n", "0"], "--n 0: must be >= 1"),
+    (["simulate", "--snr-db", "nan"], "--snr-db nan: must be a finite number of dB"),
+    (["simulate", "--shift-px", "-1"], "--shift-px -1.0: must be >= 0"),
+    (["simulate", "--box", "8"], "--box 8: the built-in volume needs a box of at least 16 px"),
+    (["simulate", "--pixel-size", "0"], "--pixel-size 0.0: must be > 0"),
+    (["check-poses", "--i", "p.star", "--map", "m.mrc", "--n", "-3"], "--n -3: must be >= 0"),
+    (["check-poses", "--i", "p.star", "--map", "m.mrc", "--mask-radius-px", "nan"], "--mask-radius-px nan: must be > 0"),
+    (["backproject", "--i", "p.star", "--wiener-constant", "-1"], "--wiener-constant -1.0: must be >= 0"),
+    (["backproject", "--i", "p.star", "--wiener-constant", "inf"], "--wiener-constant inf: must be >= 0"),
+]
+
+
+@pytest.mark.parametrize("args, expected", BAD_VALUES)
+def test_a_bad_value_is_one_error_line_naming_the_flag(tmp_path: Path, args: list[str], expected: str) -> None:
+    if args[0] != "check-poses":
+        args = [*args, "--o", str(tmp_path / "out")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
+    assert len(errors) == 1 and errors[0].startswith(f"ERROR: {expected}") and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_reconstruct_demo_simulates_the_builtin_volume_and_scores_against_its_truth(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,6 +9,7 @@ follow RELION's Refine3D: ``run_half1_class001_unfil.mrc``, ``run_half2_class001
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -89,8 +90,11 @@ def run_backproject(
 
     Raises:
         InputError: for unusable inputs, particles with several pixel sizes, or particles
-            premultiplied by their CTF or phase-flipped, or CTF columns in another unit (:func:`~cryogan_core.io.particles.check_ctf_columns`).
+            premultiplied by their CTF or phase-flipped, or CTF columns in another unit (:func:`~cryogan_core.io.particles.check_ctf_columns`);
+            a negative or non-finite ``wiener_constant``.
     """
+    if not (math.isfinite(wiener_constant) and wiener_constant >= 0):
+        raise InputError(f"--wiener-constant {wiener_constant}: must be >= 0 (0: no regularisation)")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     project_dir = Path(project_dir) if project_dir is not None else Path.cwd()

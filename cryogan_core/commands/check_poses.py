@@ -8,6 +8,7 @@ the chance level. A ten-second test of conventions and of map/particle agreement
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 from loguru import logger
 
 from cryogan_core.commands._common import map_for_particles
+from cryogan_core.errors import InputError
 from cryogan_core.io.images import ParticleImages
 from cryogan_core.io.particles import check_ctf_columns
 from cryogan_core.io.star import read_particles
@@ -73,7 +75,7 @@ def run_check_poses(
         map_path: the map (resampled to the particles' pixel size/box if needed).
         project_dir: directory rlnImageName is relative to (default: cwd).
         n_max: use at most this many particles (a random subset, seeded), 0 = all.
-        mask_radius_px: radius of the circular mask; default 0.45 × box.
+        mask_radius_px: radius of the circular mask (pixels); None or 0: 0.45 × box.
         seed: seed of the subset and of the shuffle.
         batch_size: particles per batch.
         device: torch device.
@@ -85,8 +87,13 @@ def run_check_poses(
 
     Raises:
         InputError: for unreadable or incomplete inputs, or particles premultiplied by their
-            CTF or phase-flipped, or CTF columns in another unit (:func:`~cryogan_core.io.particles.check_ctf_columns`).
+            CTF or phase-flipped, or CTF columns in another unit (:func:`~cryogan_core.io.particles.check_ctf_columns`);
+            a negative ``n_max``, or a negative or non-finite ``mask_radius_px``.
     """
+    if n_max < 0:
+        raise InputError(f"--n {n_max}: must be >= 0 (the most particles used; 0 = all)")
+    if mask_radius_px is not None and not (math.isfinite(mask_radius_px) and mask_radius_px >= 0):
+        raise InputError(f"--mask-radius-px {mask_radius_px}: must be > 0 (pixels; unset or 0: 0.45 × box)")
     project_dir = Path(project_dir) if project_dir is not None else Path.cwd()
     star = read_particles(star_path, require_ctf=True, require_images=True, require_poses=True)
     df = star.particles

@@ -8,6 +8,7 @@ and ``summary.json``.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Callable
@@ -17,6 +18,7 @@ import pandas as pd
 import torch
 from loguru import logger
 
+from cryogan_core.errors import InputError
 from cryogan_core.io.mrc import StackWriter, read_map, write_map
 from cryogan_core.io.particles import check_ctf_values
 from cryogan_core.io.star import ParticleStar, format_image_name, pose_angles_deg, read_particles
@@ -188,6 +190,31 @@ def write_simulated_stacks(
     return sigma
 
 
+def check_simulate_values(n: int, snr_db: float, shift_px: float, box: int | None, pixel_size_A: float | None) -> None:
+    """Refuse values ``cryogan simulate`` cannot make a particle set from, naming the flag.
+
+    Args:
+        n: number of particles (>= 1).
+        snr_db: SNR in dB (finite).
+        shift_px: maximum origin shift in pixels (finite, >= 0).
+        box: box of the built-in volume (>= 16), or None with ``--map``.
+        pixel_size_A: pixel size of the built-in volume in Å (finite, > 0), or None with ``--map``.
+
+    Raises:
+        InputError: one line such as ``--n 0: must be >= 1 (the number of particles)``.
+    """
+    if n < 1:
+        raise InputError(f"--n {n}: must be >= 1 (the number of particles)")
+    if not math.isfinite(snr_db):
+        raise InputError(f"--snr-db {snr_db}: must be a finite number of dB (e.g. -10)")
+    if not (math.isfinite(shift_px) and shift_px >= 0):
+        raise InputError(f"--shift-px {shift_px}: must be >= 0 (the largest origin shift, pixels)")
+    if box is not None and box < 16:
+        raise InputError(f"--box {box}: the built-in volume needs a box of at least 16 px")
+    if pixel_size_A is not None and not (math.isfinite(pixel_size_A) and pixel_size_A > 0):
+        raise InputError(f"--pixel-size {pixel_size_A}: must be > 0 (Å per pixel)")
+
+
 def run_simulate(
     output_dir: Path,
     n: int,
@@ -229,9 +256,12 @@ def run_simulate(
         The summary dict (also written to ``summary.json``).
 
     Raises:
-        InputError: on unreadable maps or STAR files, missing columns, or ``ctf_from`` CTF
-            columns in another unit (:func:`~cryogan_core.io.particles.check_ctf_values`).
+        InputError: values :func:`check_simulate_values` refuses; unreadable maps or STAR
+            files, missing columns, or ``ctf_from`` CTF columns in another unit
+            (:func:`~cryogan_core.io.particles.check_ctf_values`).
     """
+    check_simulate_values(n, snr_db, shift_px, None if map_path is not None else box,
+                          None if map_path is not None else pixel_size_A)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     project_dir = Path(project_dir) if project_dir is not None else Path.cwd()
