@@ -55,7 +55,7 @@ def main(verbose: bool) -> None:
 _device = click.option("--device", default="auto", show_default=True, help="torch device: auto (CUDA if present), cpu, cuda, cuda:1 ...")
 _threads = click.option("--j", "threads", default=2, show_default=True, help="CPU threads (as RELION's --j).")
 _project = click.option(
-    "--project-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    "--project-dir", "--project_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Directory that rlnImageName paths are relative to (RELION's project directory). Default: current directory.",
 )
 
@@ -140,9 +140,9 @@ DEMO_N_STEPS = 400
 
 
 @main.command()
-@click.option("--i", "star_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Refined particles (STAR: RELION 3.0-5.0).")
-@click.option("--map", "map_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="The refined map the poses refer to.")
-@click.option("--mask", "mask_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Optional 3D mask (sets the 2D mask radius).")
+@click.option("--i", "--in_parts", "star_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Refined particles (STAR: RELION 3.0-5.0).")
+@click.option("--map", "--in_3dref", "map_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="The refined map the poses refer to.")
+@click.option("--mask", "--in_mask", "mask_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Optional 3D mask (sets the 2D mask radius).")
 @click.option("--o", "output_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
 @click.option("--demo", is_flag=True, help=f"Simulate {DEMO_N_PARTICLES} particles of the built-in volume at {DEMO_SNR_DB:g} dB into <o>/demo_data and denoise them ({DEMO_N_STEPS} steps unless --n-steps is given).")
 @_project

@@ -77,6 +77,22 @@ def test_a_bad_value_is_one_error_line_naming_the_flag(tmp_path: Path, args: lis
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("command", ["denoise", "reconstruct"])
+def test_both_jobs_take_the_relion_and_the_short_names_of_their_files(command: str) -> None:
+    """A command line copied from an External job's note.txt (``--in_parts`` ...) runs
+    standalone, and the short names work for both commands."""
+    cmd = main.commands[command]
+    relion = ["--in_parts", "p.star", "--in_mask", "m.mrc", "--project_dir", "proj", "--o", "out"]
+    short = ["--i", "p.star", "--mask", "m.mrc", "--project-dir", "proj", "--o", "out"]
+    if command == "denoise":
+        relion += ["--in_3dref", "ref.mrc"]
+        short += ["--map", "ref.mrc"]
+    keys = ("star_path", "mask_path", "project_dir") + (("map_path",) if command == "denoise" else ())
+    for args in (relion, short):
+        params = cmd.make_context(command, list(args)).params
+        assert [params[k] for k in keys] == [Path("p.star"), Path("m.mrc"), Path("proj")] + [Path("ref.mrc")] * (command == "denoise")
+
+
 def test_reconstruct_demo_simulates_the_builtin_volume_and_scores_against_its_truth(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

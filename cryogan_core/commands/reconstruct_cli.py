@@ -24,12 +24,12 @@ DEMO_SETTINGS = {"box_train": 32, "max_minutes": 5.0}
 
 
 @click.command("reconstruct")
-@click.option("--in_parts", "star_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Particle STAR with CTF, or a cryoSPARC particle .cs (poses are ignored).")
+@click.option("--in_parts", "--i", "star_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Particle STAR with CTF, or a cryoSPARC particle .cs (poses are ignored).")
 @click.option("--o", "output_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
 @click.option("--in_3dref", "ref_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Reference map for alignment and FSC after training (never used in training).")
-@click.option("--in_mask", "mask_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Mask multiplied into the volume (default: a sphere of the particle diameter).")
+@click.option("--in_mask", "--mask", "mask_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Mask multiplied into the volume (default: a sphere of the particle diameter).")
 @click.option("--in_mics", "mics_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Micrograph STAR: noise windows are cut from the micrographs.")
-@click.option("--project_dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Directory rlnImageName paths are relative to (default: current directory).")
+@click.option("--project_dir", "--project-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Directory rlnImageName paths are relative to (default: current directory).")
 @click.option("--restart", is_flag=True, help="Ignore an existing checkpoint.pt in --o and start again.")
 @click.option("--demo", is_flag=True, help=(
     f"Simulate {DEMO_N_PARTICLES} particles of the built-in volume at {DEMO_SNR_DB:g} dB into <o>/demo_data and "
