@@ -23,8 +23,12 @@ def test_half_set_labels_from_column_random_split_and_errors() -> None:
     assert sorted(np.bincount(split)[1:]) == [5, 6]
     with pytest.raises(InputError, match="rlnRandomSubset: row 2: value 3"):
         half_set_labels(pd.DataFrame({"rlnRandomSubset": [1, 3]}))
-    with pytest.raises(InputError, match="half set 2"):
+    with pytest.raises(InputError, match=r"^half set 2 \(rlnRandomSubset == 2\) has no particles \(2 in all"):
         half_set_labels(pd.DataFrame({"rlnRandomSubset": [1, 1]}))
+    with pytest.raises(InputError, match=r"^Refine3D/run_data\.star: half set 1 "):
+        half_set_labels(pd.DataFrame({"rlnRandomSubset": [2]}), source="Refine3D/run_data.star")
+    with pytest.raises(InputError, match=r"^p\.star: column rlnRandomSubset: row 2"):
+        half_set_labels(pd.DataFrame({"rlnRandomSubset": [1, 0]}), source="p.star")
 
 
 def test_synthetic_backprojection_recovers_the_map(tmp_path: Path) -> None:

@@ -37,12 +37,13 @@ if TYPE_CHECKING:
 BATCH_SIZE = 256
 
 
-def half_set_labels(df: pd.DataFrame, seed: int = 0) -> np.ndarray:
+def half_set_labels(df: pd.DataFrame, seed: int = 0, source: str | Path | None = None) -> np.ndarray:
     """Half-set label (1/2) of every particle: rlnRandomSubset, or a seeded random split.
 
     Args:
         df: the particle table.
         seed: seed of the random split used when rlnRandomSubset is absent.
+        source: the file the table came from, named in the errors.
 
     Returns:
         ``(n,)`` int array of 1 and 2.
@@ -50,19 +51,21 @@ def half_set_labels(df: pd.DataFrame, seed: int = 0) -> np.ndarray:
     Raises:
         InputError: if rlnRandomSubset has values other than 1 and 2, or a half is empty.
     """
+    where = f"{source}: " if source is not None else ""
     if "rlnRandomSubset" in df:
         labels = df["rlnRandomSubset"].to_numpy().astype(int)
         bad = ~np.isin(labels, (1, 2))
         if bad.any():
             row = int(np.flatnonzero(bad)[0]) + 1
-            raise InputError(f"column rlnRandomSubset: row {row}: value {labels[row - 1]} is not 1 or 2")
+            raise InputError(f"{where}column rlnRandomSubset: row {row}: value {labels[row - 1]} is not 1 or 2")
     else:
         logger.warning("No rlnRandomSubset column: splitting the particles into two random halves")
         labels = np.ones(len(df), dtype=int)
         labels[np.random.default_rng(seed).permutation(len(df))[: len(df) // 2]] = 2
     for h in (1, 2):
         if not (labels == h).any():
-            raise InputError(f"half set {h} (rlnRandomSubset == {h}) has no particles")
+            raise InputError(f"{where}half set {h} (rlnRandomSubset == {h}) has no particles ({len(df)} in all; "
+                             "gold-standard work needs both halves)")
     return labels
 
 
@@ -103,7 +106,7 @@ def run_backproject(
     check_ctf_columns(star_path, df)
     pixel_size_A = single_pixel_size_A(star_path, df, "backproject")
     images = ParticleImages(df, project_dir, star_path)
-    labels = half_set_labels(df, seed)
+    labels = half_set_labels(df, seed, star_path)
 
     halves = []
     for h in (1, 2):

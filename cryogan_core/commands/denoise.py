@@ -253,7 +253,7 @@ def _train_and_report(
 ) -> tuple[UNetGenerator, list[dict[str, float]], dict[str, Any]]:
     """Build pairs, train on half 1 (resuming from a checkpoint), score half 2, bias controls."""
     pixel_size_train_A = float(df["rlnImagePixelSize"].iloc[0]) * settings.box / settings.train_box
-    labels = half_set_labels(df, opts.seed)
+    labels = half_set_labels(df, opts.seed, inputs.star_path)
     half1 = np.flatnonzero(labels == 1)
     n_train = opts.max_train_particles
     cap = max_pairs_in_memory(settings.train_box, settings.ctf_aware, available_memory_bytes())

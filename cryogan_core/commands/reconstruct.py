@@ -150,7 +150,7 @@ def run_reconstruct(
         if s.radius_px < 2:
             raise InputError(f"--particle_diameter_A {diameter_A:g}: smaller than 4 training pixels ({s.pixel_A:.2f} Å each)")
 
-    labels = half_set_labels(df, opts.seed)
+    labels = half_set_labels(df, opts.seed, star_path)
     rng = np.random.default_rng(opts.seed)
     use = np.arange(len(df))
     if 0 < opts.max_particles < len(df):
