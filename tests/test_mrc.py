@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import mrcfile
 import numpy as np
 import pytest
@@ -70,6 +72,18 @@ def test_read_map_errors(tmp_path):
         mrc.voxel_size = 1.0
     with pytest.raises(InputError, match="not cubic"):
         read_map(noncubic)
+
+    for bad in (np.nan, np.inf):
+        holes = tmp_path / "holes.mrc"
+        data = np.ones((6, 6, 6), np.float32)
+        data[2, 3, 4] = data[5, 0, 0] = bad
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # mrcfile warns of NaN when writing
+            with mrcfile.new(holes, overwrite=True) as mrc:
+                mrc.set_data(data)
+                mrc.voxel_size = 1.0
+        with pytest.raises(InputError, match=r"holes\.mrc: 2 voxels are NaN or infinite \(the first at z, y, x = 2, 3, 4\)"):
+            read_map(holes)
 
     image = tmp_path / "image.mrc"
     with mrcfile.new(image) as mrc:

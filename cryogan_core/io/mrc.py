@@ -166,8 +166,8 @@ def read_map(
         not 1, 2, 3); ``voxel_size_A`` is the header's x voxel size in Å.
 
     Raises:
-        InputError: file missing or not MRC; not 3-D; not cubic; voxel size 0 (unless
-            ``allow_missing_voxel_size``).
+        InputError: file missing or not MRC; not 3-D; not cubic; NaN or infinite voxels;
+            voxel size 0 (unless ``allow_missing_voxel_size``).
     """
     path = Path(path)
     _check_file(path)
@@ -189,6 +189,12 @@ def read_map(
         data = data.transpose(axes)
     if not (data.shape[0] == data.shape[1] == data.shape[2]):
         raise InputError(f"{path}: the map is not cubic (z, y, x = {data.shape}); resize it to a cube")
+    finite = np.isfinite(data)
+    if not finite.all():
+        z, y, x = (int(i) for i in np.argwhere(~finite)[0])
+        n_bad = int((~finite).sum())
+        raise InputError(f"{path}: {n_bad} voxel{'s are' if n_bad > 1 else ' is'} NaN or infinite (the first at z, y, x = "
+                         f"{z}, {y}, {x}); a map to use as a reference or a mask must be finite everywhere")
     if vs[0] <= 0.0:
         if not allow_missing_voxel_size:
             raise InputError(
