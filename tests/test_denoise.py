@@ -178,7 +178,8 @@ def test_a_model_saved_before_the_ctf_aware_option_loads_as_plain(trained: tuple
 def test_model_of_another_box_is_refused(trained: tuple[Path, dict], tmp_path: Path) -> None:
     out, _ = trained
     run_simulate(tmp_path / "other", n=10, snr_db=0.0, seed=1, box=24, pixel_size_A=7.0, project_dir=tmp_path)
-    with pytest.raises(InputError, match="trained on box 32"):
+    with pytest.raises(InputError, match=r"trained on box 32 at (\d+\.\d{3}) Å/px; these particles are box 24 at 7\.000 Å/px "
+                                         r"\(re-extract or rescale them to box 32 at \1 Å/px, or train a model on them\)"):
         run_denoise(DenoiseInputs(tmp_path / "other/particles.star", tmp_path / "o", None, project_dir=tmp_path),
                     {"model": str(out / "model.pt"), "no_scores": True, "stack_size": 100})
 

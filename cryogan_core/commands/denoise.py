@@ -207,11 +207,12 @@ def run_denoise(
         pixel_size_train = pixel_size_A * box / train_box
     else:
         generator, settings, pixel_size_train = load_model(Path(opts.model), device)
-        expected = round(box * pixel_size_A / pixel_size_train)
-        if settings.box != box or abs(pixel_size_A - pixel_size_train * settings.train_box / settings.box) > 1e-3 * pixel_size_A:
+        model_pixel_A = pixel_size_train * settings.train_box / settings.box
+        if settings.box != box or abs(pixel_size_A - model_pixel_A) > 1e-3 * pixel_size_A:
             raise InputError(
-                f"--model {opts.model}: trained on box {settings.box} at {pixel_size_train * settings.train_box / settings.box:.3f} Å/px; "
-                f"these particles are box {box} at {pixel_size_A:.3f} Å/px (re-extract or rescale them to match; expected box {expected})"
+                f"--model {opts.model}: trained on box {settings.box} at {model_pixel_A:.3f} Å/px; these particles are "
+                f"box {box} at {pixel_size_A:.3f} Å/px (re-extract or rescale them to box {settings.box} at "
+                f"{model_pixel_A:.3f} Å/px, or train a model on them)"
             )
         logger.info(f"Loaded {opts.model}: no training, denoising only (train box {settings.train_box})")
         summary["model_from"] = opts.model
