@@ -13,7 +13,15 @@ from cryogan_core.io.images import ParticleImages
 from cryogan_core.io.particles import load_particles
 from cryogan_core.metrics.images import circular_mask, signal_and_noise_variance, snr_db
 from cryogan_core.physics.resample import fourier_crop_images
-from cryogan_core.train.pairs import PairSettings, build_pairs, full_box_pairs, predictions, train_box_pairs
+from cryogan_core.train.pairs import (
+    PairSettings,
+    build_pairs,
+    full_box_pairs,
+    prediction_box,
+    predictions,
+    project_at_box,
+    train_box_pairs,
+)
 from cryogan_core.train.reference_maps import MapsForPixel
 
 
@@ -67,9 +75,24 @@ def test_maps_for_pixel_makes_each_map_and_crop_once(simulated: dict) -> None:
     assert maps.cropped(4.0, simulated["box"]) is a
     maps(2.0)
     assert made == [4.0, 2.0]
-    # the cached crops give the same predictions as cropping on each call
+    # one Projector per map and box, made once
+    p1 = maps.projector(4.0, 24)
+    assert maps.projector(4.0, 24) is p1 and p1.box == 24 and maps.projector(4.0, simulated["box"]).box == simulated["box"]
+    # the cached crops and projectors give the same predictions, bit for bit, as making them on each call
     df = simulated["df"].iloc[:6]
-    assert torch.allclose(predictions(df, maps, box_out=24), predictions(df, lambda p: make(p), box_out=24))
+    for box_out in (24, None):
+        assert torch.equal(predictions(df, maps, box_out=box_out), predictions(df, lambda p: make(p), box_out=box_out))
+
+
+def test_a_projector_of_another_box_is_refused(simulated: dict) -> None:
+    s = simulated
+    angles, origins = torch.zeros(2, 3), torch.zeros(2, 2)
+    maps = MapsForPixel(lambda p: s["volume"])
+    with pytest.raises(ValueError, match=f"the projector's map is 24 px; this prediction projects a {s['box']}-px map"):
+        project_at_box(s["volume"], angles, origins, 4.0, projector=maps.projector(4.0, 24))
+    m = prediction_box(s["box"], 20)
+    with pytest.raises(ValueError, match=f"this prediction projects a {m}-px map"):
+        project_at_box(s["volume"], angles, origins, 4.0, box_out=20, projector=maps.projector(4.0, s["box"]))
 
 
 def test_pairs_at_the_particles_box_are_the_full_box_pairs(simulated: dict) -> None:

@@ -28,7 +28,7 @@ from cryogan_core.io.images import ParticleImages
 from cryogan_core.io.star import pose_angles_deg
 from cryogan_core.metrics.images import circular_mask, least_squares_scale, signal_and_noise_variance
 from cryogan_core.physics.ctf import CtfParams, compute_ctf
-from cryogan_core.physics.projection import forward_model
+from cryogan_core.physics.projection import Projector, forward_model
 from cryogan_core.physics.resample import fourier_crop_images, fourier_crop_or_pad_map
 from cryogan_core.train.reference_maps import MapsForPixel
 
@@ -319,6 +319,7 @@ def project_at_box(
     ctf: CtfParams | None = None,
     box_out: int | None = None,
     volume_cropped: torch.Tensor | None = None,
+    projector: Projector | None = None,
 ) -> torch.Tensor:
     """RELION's prediction (:func:`~cryogan_core.physics.projection.forward_model`) at the
     map's box ``D``, or its Fourier crop to ``box_out`` at a fraction of the cost.
@@ -337,16 +338,21 @@ def project_at_box(
         ctf: the n CTFs, or None for no CTF.
         box_out: the predictions' box (px); None: ``D``.
         volume_cropped: ``volume`` already Fourier-cropped to ``(m, m, m)`` (a cache's), or None.
+        projector: a :class:`~cryogan_core.physics.projection.Projector` of the map this
+            projects (``volume`` at ``D``, or its crop at ``m``), kept by a cache; None:
+            made here.
 
     Returns:
         ``(n, box_out, box_out)`` float32 on the volume's device (``(n, D, D)`` without ``box_out``).
 
     Raises:
-        ValueError: ``box_out`` above ``D`` or below 1; ``volume_cropped`` not ``(m, m, m)``.
+        ValueError: ``box_out`` above ``D`` or below 1; ``volume_cropped`` not ``(m, m, m)``;
+            ``projector`` of another box.
     """
     d = volume.shape[-1]
     if box_out is None or box_out == d:
-        return forward_model(volume, angles_deg, origins_A, pixel_size_A, ctf=ctf)
+        _check_projector_box(projector, d)
+        return forward_model(projector or volume, angles_deg, origins_A, pixel_size_A, ctf=ctf)
     if not 1 <= box_out < d:
         raise ValueError(f"box_out {box_out} must be between 1 and the map's box {d}")
     m = prediction_box(d, box_out)
@@ -354,8 +360,15 @@ def project_at_box(
         volume_cropped = volume if m == d else fourier_crop_or_pad_map(volume, m)
     if tuple(volume_cropped.shape) != (m, m, m):
         raise ValueError(f"volume_cropped must be ({m}, {m}, {m}), got {tuple(volume_cropped.shape)}")
-    images = forward_model(volume_cropped, angles_deg, origins_A, pixel_size_A * d / m, ctf=ctf) * (d / m)
+    _check_projector_box(projector, m)
+    images = forward_model(projector or volume_cropped, angles_deg, origins_A, pixel_size_A * d / m, ctf=ctf) * (d / m)
     return fourier_crop_images(images, box_out)
+
+
+def _check_projector_box(projector: Projector | None, box: int) -> None:
+    """ValueError unless ``projector`` is None or projects a ``(box, box, box)`` map."""
+    if projector is not None and projector.box != box:
+        raise ValueError(f"the projector's map is {projector.box} px; this prediction projects a {box}-px map")
 
 
 def predictions(
@@ -398,10 +411,13 @@ def predictions(
         vol = maps(float(p))
         d = vol.shape[-1]
         cropped = None
+        m = d
         if box_out is not None and 1 <= box_out < d:
-            cropped = maps.cropped(float(p), prediction_box(d, box_out))
+            m = prediction_box(d, box_out)
+            cropped = maps.cropped(float(p), m)
         with torch.no_grad():
-            images = project_at_box(vol, angles[sel], origins[sel], float(p), ctf[sel] if with_ctf else None, box_out, cropped)
+            images = project_at_box(vol, angles[sel], origins[sel], float(p), ctf[sel] if with_ctf else None, box_out, cropped,
+                                    projector=maps.projector(float(p), m))
         if out is None:
             out = torch.empty((len(df),) + tuple(images.shape[1:]), dtype=images.dtype, device=images.device)
         out[sel.to(out.device)] = images
