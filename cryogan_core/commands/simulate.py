@@ -132,7 +132,7 @@ def build_particle_star(
 
 # images per batch of noise: a multiple of 16, so batches draw the same numbers as one
 # torch.randn call for the whole set (torch fills normals 16 at a time); checked against
-# simulate_particles in tests/test_simulate_command.py
+# simulate_particles in tests/test_simulator.py
 NOISE_BATCH = 256
 
 
