@@ -97,6 +97,11 @@ def test_from_mapping_rejects_unknown_names_and_bad_values():
     (DenoiseOptions, {"device": "tpu"}, "tpu"),
     (DenoiseOptions, {"average_symmetries": "3"}, "--average_symmetries 3: must be one of 1, 2, 4, 8"),
     (DenoiseOptions, {"recon_loss": "huber"}, "--recon_loss huber: must be one of l1, l2"),
+    # seeds: numpy refuses negative ones with a traceback; NaN must fail a ">= 0" check too
+    (DenoiseOptions, {"seed": "-1"}, "--seed -1: must be >= 0"),
+    (ReconstructOptions, {"seed": "-1"}, "--seed -1: must be >= 0"),
+    (DenoiseOptions, {"gan_weight": "nan"}, "--gan_weight nan: must be >= 0"),
+    (ReconstructOptions, {"gp_lambda": "nan"}, "--gp_lambda nan: must be >= 0"),
     (ReconstructOptions, {"symmetry": "X3"}, "--symmetry X3"),
     (ReconstructOptions, {"box_train": "8"}, "--box_train 8: must be >= 16"),
 ])

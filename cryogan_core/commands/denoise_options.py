@@ -102,7 +102,7 @@ class DenoiseOptions:
             self,
             positive=("n_steps", "batch_size", "validate_every", "checkpoint_every", "base_channels", "depth", "stack_size", "lr"),
             non_negative=("train_box", "synthetic_pairs", "l1_weight", "gan_weight", "mask_radius_px", "max_train_particles", "n_report",
-                          "n_res_blocks"),
+                          "n_res_blocks", "seed"),
             unit_interval=("beta1", "validation_fraction"),
             choices={"scale_mode": SCALE_MODES, "average_symmetries": SYMMETRY_COUNTS, "recon_loss": RECON_LOSSES},
         )

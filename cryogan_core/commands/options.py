@@ -152,7 +152,7 @@ def check_values(
         if not getattr(opts, name) > 0:
             raise option_error(opts, name, "must be > 0")
     for name in non_negative:
-        if getattr(opts, name) < 0:
+        if not getattr(opts, name) >= 0:  # written so that NaN fails too
             raise option_error(opts, name, "must be >= 0")
     for name in unit_interval:
         if not 0 <= getattr(opts, name) < 1:

@@ -88,7 +88,7 @@ class ReconstructOptions:
             self,
             positive=("lr", "batch_size", "n_critic", "critic_width", "pad_factor", "log_seconds", "n_epochs", "initial_lowpass_A"),
             non_negative=("box_train", "box_final", "critic_warmup", "particle_diameter_A", "max_minutes", "lr_critic", "gp_lambda", "blur_sigma_px",
-                          "shift_px", "eval_minutes", "max_particles", "blur_end"),
+                          "shift_px", "eval_minutes", "max_particles", "blur_end", "seed"),
             unit_interval=("beta1", "beta2"),
             choices={"pose_prior": POSE_PRIORS, "shift_prior": SHIFT_PRIORS, "noise": NOISE_SOURCES},
         )
