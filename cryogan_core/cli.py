@@ -68,7 +68,7 @@ _project = click.option(
 @click.option("--poses-from", type=click.Path(dir_okay=False, path_type=Path), default=None, help="STAR whose rlnAngleRot/Tilt/Psi rows give the poses (default: uniform over SO(3)).")
 @click.option("--ctf-from", type=click.Path(dir_okay=False, path_type=Path), default=None, help="STAR whose CTF rows give the CTFs (default: random defocus 1.0-2.5 µm, 300 kV, Cs 2.7 mm, Q0 0.1).")
 @click.option("--shift-px", default=0.0, show_default=True, help="Maximum origin shift (pixels), uniform on each axis.")
-@click.option("--seed", default=0, show_default=True, help="Random seed.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Random seed.")
 @click.option("--box", default=64, show_default=True, help="Box of the built-in volume (without --map).")
 @click.option("--pixel-size", "pixel_size_A", default=3.54, show_default=True, help="Pixel size (Å) of the built-in volume (without --map).")
 @_project
@@ -93,7 +93,7 @@ def simulate(map_path: Path | None, output_dir: Path, n: int, snr_db: float, pos
 @click.option("--map", "map_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The map the poses refer to.")
 @click.option("--n", "n_max", default=2000, show_default=True, help="Use at most this many particles (random subset; 0 = all).")
 @click.option("--mask-radius-px", default=None, type=float, help="Radius of the circular mask (default 0.45 × box).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the subset and of the shuffle.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the text report.")
 @_project
 @_device
@@ -120,7 +120,7 @@ def check_poses(star_path: Path, map_path: Path, n_max: int, mask_radius_px: flo
 @click.option("--i", "star_path", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Particle STAR with poses and CTF.")
 @click.option("--o", "output_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
 @click.option("--wiener-constant", default=0.1, show_default=True, help="CTF-correction regularisation, relative to the mean CTF² weight.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the half-set split when rlnRandomSubset is absent.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the half-set split when rlnRandomSubset is absent.")
 @_project
 @_device
 @_threads

@@ -77,6 +77,14 @@ def test_a_bad_value_is_one_error_line_naming_the_flag(tmp_path: Path, args: lis
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("args", [["simulate", "--o", "out"], ["check-poses", "--i", "p.star", "--map", "m.mrc"],
+                                  ["backproject", "--i", "p.star", "--o", "out"]])
+def test_a_negative_seed_is_refused_by_the_command_line(args: list[str]) -> None:
+    """numpy's generators refuse negative seeds with a traceback; click names the option."""
+    result = CliRunner().invoke(main, [*args, "--seed", "-1"])
+    assert result.exit_code == 2 and "Invalid value for '--seed': -1 is not in the range x>=0" in result.output
+
+
 @pytest.mark.parametrize("command", ["denoise", "reconstruct"])
 def test_both_jobs_take_the_relion_and_the_short_names_of_their_files(command: str) -> None:
     """A command line copied from an External job's note.txt (``--in_parts`` ...) runs
