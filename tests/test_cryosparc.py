@@ -484,6 +484,10 @@ def test_slots_follow_the_data(tmp_path):
     half = star.with_particles(star.particles.assign(rlnDefocusU=[1.0, np.nan], rlnDefocusV=[1.0, 1.0], rlnVoltage=300.0, rlnSphericalAberration=2.7))
     with pytest.raises(InputError, match=r"row 2: rlnDefocusU is missing while other particles have a CTF"):
         write_cryosparc_particles(half, root / "out2", root)
+    no_u = star.with_particles(star.particles.assign(rlnDefocusU=np.nan, rlnDefocusV=1.0, rlnVoltage=300.0, rlnSphericalAberration=2.7))
+    with pytest.raises(InputError, match=r"p\.star: column rlnDefocusU is missing while rlnDefocusV, rlnVoltage, "
+                                         r"rlnSphericalAberration are given: a CTF needs all of them"):
+        write_cryosparc_particles(no_u, root / "out2", root)
     bad = star.with_particles(star.particles.assign(rlnAngleRot=0.0, rlnAngleTilt=0.0, rlnAnglePsi=0.0, rlnRandomSubset=[1, 3]))
     with pytest.raises(InputError, match=r"row 2: rlnRandomSubset 3 is not 1 or 2"):
         write_cryosparc_particles(bad, root / "out3", root)
