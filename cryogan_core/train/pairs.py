@@ -352,7 +352,7 @@ def project_at_box(
     d = volume.shape[-1]
     if box_out is None or box_out == d:
         _check_projector_box(projector, d)
-        return forward_model(projector or volume, angles_deg, origins_A, pixel_size_A, ctf=ctf)
+        return forward_model(volume if projector is None else projector, angles_deg, origins_A, pixel_size_A, ctf=ctf)
     if not 1 <= box_out < d:
         raise ValueError(f"box_out {box_out} must be between 1 and the map's box {d}")
     m = prediction_box(d, box_out)
@@ -361,7 +361,7 @@ def project_at_box(
     if tuple(volume_cropped.shape) != (m, m, m):
         raise ValueError(f"volume_cropped must be ({m}, {m}, {m}), got {tuple(volume_cropped.shape)}")
     _check_projector_box(projector, m)
-    images = forward_model(projector or volume_cropped, angles_deg, origins_A, pixel_size_A * d / m, ctf=ctf) * (d / m)
+    images = forward_model(volume_cropped if projector is None else projector, angles_deg, origins_A, pixel_size_A * d / m, ctf=ctf) * (d / m)
     return fourier_crop_images(images, box_out)
 
 
