@@ -114,7 +114,7 @@ def run_check_poses(
     for pixel_size in np.unique(pix[rows]):
         group = rows[pix[rows] == pixel_size]
         with torch.no_grad():  # the map's padded FFT once, not twice per batch (5 s each at 256 px)
-            volume = Projector(map_for_particles(map_path, float(pixel_size), box, device))
+            projector = Projector(map_for_particles(map_path, float(pixel_size), box, device))
         perm = rng.permutation(len(group))
         sub = df.iloc[group]
         angles, origins, ctf_all, _ = particle_arrays(sub)
@@ -125,10 +125,10 @@ def run_check_poses(
             t = torch.from_numpy(idx)
             s = torch.from_numpy(perm[idx])
             cc_true.append(
-                particle_projection_cc(imgs, volume, angles[t].to(device), origins[t].to(device), ctf, float(pixel_size), mask).cpu().numpy()
+                particle_projection_cc(imgs, projector, angles[t].to(device), origins[t].to(device), ctf, float(pixel_size), mask).cpu().numpy()
             )
             cc_shuf.append(
-                particle_projection_cc(imgs, volume, angles[s].to(device), origins[s].to(device), ctf, float(pixel_size), mask).cpu().numpy()
+                particle_projection_cc(imgs, projector, angles[s].to(device), origins[s].to(device), ctf, float(pixel_size), mask).cpu().numpy()
             )
     true = np.concatenate(cc_true)
     shuf = np.concatenate(cc_shuf)

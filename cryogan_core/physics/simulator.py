@@ -10,7 +10,7 @@ in the paper's experiments: ``SNR_dB = 10 log10( var(clean) / var(noise) )`` wit
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 
@@ -202,7 +202,6 @@ def simulate_particles(
     generator: torch.Generator | None = None,
     batch_size: int = 256,
     pad_factor: float = 2.0,
-    on_batch: Callable[[int], None] | None = None,
 ) -> SimulatedParticles:
     """Simulate particle images of a map at given poses, origins and CTFs, plus white noise.
 
@@ -221,7 +220,6 @@ def simulate_particles(
         generator: torch random generator for the noise (CPU).
         batch_size: projections computed per batch (memory only).
         pad_factor: oversampling of the Fourier-slice projector.
-        on_batch: called after each batch with its number of particles (progress lines).
 
     Returns:
         A :class:`SimulatedParticles`; its tensors are on the CPU whatever the volume's device.
@@ -232,8 +230,6 @@ def simulate_particles(
     clean = torch.empty((angles_deg.shape[0], volume.shape[-1], volume.shape[-1]), dtype=torch.float32)
     for start, batch in clean_batches(volume, pixel_size_A, angles_deg, origins_A, ctf, batch_size, pad_factor):
         clean[start : start + batch.shape[0]] = batch
-        if on_batch is not None:
-            on_batch(batch.shape[0])
     sigma = noise_sigma_for_snr(clean, snr_db)
     noisy = clean + sigma * torch.randn(clean.shape, generator=generator)
     return SimulatedParticles(
