@@ -18,11 +18,13 @@ from cryogan_core.io.atomic import atomic_path  # noqa: E402
 def save_figure(fig: Figure, path: str | Path, dpi: int = 110, close: bool = True) -> None:
     """Save a figure atomically (temporary name + rename), and close it unless ``close=False``.
 
-    The format follows the suffix of ``path`` (``.png``, ``.pdf``).
+    The format follows the suffix of ``path`` (``.png``, ``.pdf``). The figure is saved at its
+    own size: the figures of this module are laid out when made (``tight_layout``, or sized to
+    their text), so ``bbox_inches="tight"`` is not used (it draws every figure twice).
     """
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png", bbox_inches="tight")
+        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
     if close:
         plt.close(fig)
 
@@ -34,10 +36,13 @@ def text_figure(lines: Sequence[str]) -> Figure:
         lines: the lines, top to bottom.
 
     Returns:
-        The figure (6 × 3 in, taller for more than 16 lines); the caller closes it.
+        The figure (6 × 3 in, wider for lines of more than 68 characters, taller for more than
+        16 lines); the caller closes it.
     """
-    fig = plt.figure(figsize=(6.0, max(3.0, 0.18 * len(lines))))
-    fig.text(0.05, 0.95, "\n".join(lines), va="top", family="monospace", fontsize=9)
+    # 9-pt monospace: a character is 0.6 em = 0.075 in wide, a line ~0.15 in high
+    width_in = max(6.0, 0.075 * max((len(line) for line in lines), default=0) + 0.9)
+    fig = plt.figure(figsize=(width_in, max(3.0, 0.18 * len(lines))))
+    fig.text(0.3 / width_in, 0.95, "\n".join(lines), va="top", family="monospace", fontsize=9)
     return fig
 
 
@@ -138,7 +143,7 @@ def write_pdf(path: str | Path, figures: Sequence[Figure]) -> None:
     with atomic_path(path) as tmp:
         with PdfPages(tmp) as pdf:
             for fig in figures:
-                pdf.savefig(fig, bbox_inches="tight")
+                pdf.savefig(fig)  # laid out when made, as in save_figure
                 plt.close(fig)
 
 
@@ -194,7 +199,8 @@ def histogram_figure(values: Mapping[str, np.ndarray], xlabel: str, title: str =
     hi = max(float(v.max()) for v in finite if v.size) if any(v.size for v in finite) else 1.0
     edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
     for (label, _), v in zip(values.items(), finite):
-        ax.hist(v, bins=edges, alpha=0.5, label=f"{label} (mean {v.mean():.3f})" if v.size else label)
+        # one filled outline per set, not a patch per bin (the same picture, ~50x fewer artists to draw)
+        ax.hist(v, bins=edges, alpha=0.5, histtype="stepfilled", label=f"{label} (mean {v.mean():.3f})" if v.size else label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("particles")
     if title:
