@@ -61,8 +61,9 @@ def test_an_unknown_loss_is_refused() -> None:
 
 
 def test_a_checkpoint_made_before_recon_loss_existed_resumes_as_l1(tmp_path: Path, log_messages: list[str]) -> None:
-    """Older checkpoints store no ``recon_loss`` and log ``loss_g_l1``: Continue resumes them
-    (L1 is what they trained with) instead of starting over, and the report still plots them."""
+    """Older checkpoints store no ``recon_loss``, no discriminator ``base_channels`` and log
+    ``loss_g_l1``: Continue resumes them (L1 and 32 channels are what they trained with) instead
+    of starting over, and the report still plots them."""
     run_simulate(tmp_path / "sim", n=120, snr_db=-10.0, shift_px=1.0, seed=3, box=24, pixel_size_A=7.0, project_dir=tmp_path)
     opts = {"base_channels": 4, "depth": 1, "batch_size": 8, "n_report": 30, "n_steps": 40, "validation_fraction": 0.0,
             "no_bias_controls": True, "no_scores": True}
@@ -72,6 +73,8 @@ def test_a_checkpoint_made_before_recon_loss_existed_resumes_as_l1(tmp_path: Pat
     state = torch.load(ckpt, weights_only=True)
     assert state["config"]["recon_loss"] == "l1"
     del state["config"]["recon_loss"]
+    assert state["config"]["discriminator"]["base_channels"] == 32
+    del state["config"]["discriminator"]["base_channels"]
     state["history"] = [{("loss_g_l1" if k == "loss_g_rec" else k): v for k, v in h.items()} for h in state["history"]]
     torch.save(state, ckpt)
     (tmp_path / "run/logfile.pdf").unlink()
@@ -97,3 +100,15 @@ def test_a_checkpoint_made_before_recon_loss_existed_resumes_as_l1(tmp_path: Pat
     assert any("starting training over" in m for m in messages)
     # L2 at the default adversarial weight is warned about (the adversarial term dominates)
     assert any("--recon_loss l2 with --gan_weight 0.1" in m and "--gan_weight 0 is advised" in m for m in messages)
+
+
+def test_stored_config_completes_network_arguments_with_their_defaults() -> None:
+    """A checkpoint's network arguments compare by value: a missing one is its default, a changed one is not."""
+    from cryogan_core.commands.denoise_model import config_dict, stored_config
+
+    now = config_dict(Pix2PixConfig(discriminator={"n_layers": 3, "base_channels": 32}, generator={"depth": 2}))
+    older = {"config": {**now, "discriminator": {"n_layers": 3}, "generator": {"depth": 2}}}
+    assert stored_config(older) == now
+    assert now["discriminator"]["base_channels"] == 32 and now["generator"]["base_channels"] > 0
+    narrower = config_dict(Pix2PixConfig(discriminator={"n_layers": 3, "base_channels": 16}, generator={"depth": 2}))
+    assert stored_config(older) != narrower

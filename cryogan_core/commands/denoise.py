@@ -305,7 +305,7 @@ def _train_and_report(
         batch_size=opts.batch_size, n_steps=n_steps, seed=opts.seed,
         generator={"base_channels": opts.base_channels, "depth": opts.depth, "n_res_blocks": opts.n_res_blocks},
         # the 70 x 70 PatchGAN (3 layers) needs >= 32 px; smaller training boxes judge 34-px patches
-        discriminator={"n_layers": 3 if settings.train_box >= 32 else 2},
+        discriminator={"n_layers": 3 if settings.train_box >= 32 else 2, "base_channels": opts.disc_channels},
     )
     if opts.recon_loss == "l2" and opts.gan_weight > 0:
         logger.warning(f"--recon_loss l2 with --gan_weight {opts.gan_weight:g}: the squared error is ~10x smaller than L1, so the "

@@ -10,6 +10,7 @@ one; :func:`config_dict` and :func:`stored_config` give the training config as
 from __future__ import annotations
 
 import hashlib
+import inspect
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 
 from cryogan_core.errors import InputError
 from cryogan_core.io.atomic import atomic_path
+from cryogan_core.models.patchgan import PatchGANDiscriminator
 from cryogan_core.models.unet import UNetGenerator
 from cryogan_core.train.pairs import PairSettings
 from cryogan_core.train.pix2pix import Pix2PixConfig
@@ -94,13 +96,28 @@ def model_fingerprint(generator: torch.nn.Module, settings: PairSettings, dtype:
     return h.hexdigest()
 
 
+def _with_defaults(cls: type, kwargs: dict) -> dict:
+    """``kwargs`` completed with the defaults of ``cls.__init__`` (for keys it has a default for)."""
+    defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return {**defaults, **kwargs}
+
+
 def config_dict(config: Pix2PixConfig) -> dict:
-    """The config as stored in checkpoints.
+    """The config as stored in checkpoints, its network keyword arguments completed with their defaults.
+
+    A network argument a checkpoint predates (e.g. the discriminator's ``base_channels``, not
+    stored before ``--disc_channels`` existed) compares equal to its default, which is what
+    that older run trained with.
 
     Returns:
-        ``dataclasses.asdict(config)``: plain values and dicts only.
+        ``dataclasses.asdict(config)`` with ``generator`` and ``discriminator`` completed from
+        :class:`UNetGenerator` and :class:`PatchGANDiscriminator`: plain values and dicts only.
     """
-    return asdict(config)
+    d = asdict(config)
+    d["generator"] = _with_defaults(UNetGenerator, d["generator"])
+    d["discriminator"] = _with_defaults(PatchGANDiscriminator, d["discriminator"])
+    return d
 
 
 def stored_config(state: dict) -> dict | None:
