@@ -29,7 +29,7 @@ from cryogan_core.train.evaluate import HeldoutSimulation, highres_control
 from cryogan_core.train.pairs import (PairSettings, default_bg_radius_px, input_transform, make_targets, predictions,
                                       prepare_inputs, train_box_ctf)
 
-SMALL = {"base_channels": 8, "depth": 2, "batch_size": 8, "n_report": 60, "stack_size": 100}
+SMALL = {"base_channels": 8, "depth": 2, "disc_channels": 8, "batch_size": 8, "n_report": 60, "stack_size": 100}
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,7 @@ from relion_harness import (
 
 EXE = f"{sys.executable} -m relion_external.reconstruct"
 FAST = {"max_minutes": "0.03", "eval_minutes": "0", "log_seconds": "0.5", "box_train": "16"}
+FULL_OUTPUTS = {"symmetry": "C1", "positivity": "yes"}
 EXPECTED_NODES = {
     "run_class001.mrc": (6, "DensityMap.mrc"),
     "run_half1_class001_unfil.mrc": (10, "DensityMap.mrc.halfmap"),
@@ -74,17 +75,8 @@ def _err_lines(proj) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-# 3.1 (integer node types, cryoSPARC input) and 5.0; RELION 4.0's node file and version
-# detection are tested with a stand-in job in tests/test_job_protocol.py (each whole job here
-# takes about 20 s)
-@pytest.mark.parametrize("version", ["3.1", "5.0"])
-def test_job_succeeds_with_files_nodes_and_labels(tmp_path, sim_dir, version):
-    # RELION 3.1 gets the cryoSPARC .cs of the same particles (any version could)
-    parts = "Simulate/cs/particles.cs" if version == "3.1" else "Simulate/particles.star"
-    inputs = {"in_part": parts, "in_3dref": "Simulate/ground_truth_map.mrc"}
-    proj = _project(tmp_path, sim_dir, version, inputs=inputs, params={"symmetry": "C1", "positivity": "yes"})
-    result = run_like_relion(proj, timeout=240)
-    assert result.returncode == 0, (proj.job_path / "run.err").read_text()
+def _assert_succeeded_with_outputs(proj) -> None:
+    """The job ended as RELION expects and wrote every output: maps, nodes, FSCs, report, checks."""
     assert exit_status(proj) == "Succeeded"
     assert_nodes_valid(proj)
     got = {name: (code, label) for name, code, label in read_output_nodes(proj)}
@@ -121,8 +113,22 @@ def test_job_succeeds_with_files_nodes_and_labels(tmp_path, sim_dir, version):
     assert not [line for line in _err_lines(proj) if line.startswith("ERROR")]
 
 
+# A whole job as RELION 3.1 runs it (integer node types, cryoSPARC input) here, and as RELION
+# 5.0 runs it in test_job_abort_saves_a_checkpoint_and_continue_resumes (after a Continue!);
+# RELION 4.0's node file and version detection are tested with a stand-in job in
+# tests/test_job_protocol.py (each whole job here takes about 20 s)
+def test_job_succeeds_with_files_nodes_and_labels_as_relion_3_1_runs_it(tmp_path, sim_dir):
+    inputs = {"in_part": "Simulate/cs/particles.cs", "in_3dref": "Simulate/ground_truth_map.mrc"}
+    proj = _project(tmp_path, sim_dir, "3.1", inputs=inputs, params=FULL_OUTPUTS)
+    result = run_like_relion(proj, timeout=240)
+    assert result.returncode == 0, (proj.job_path / "run.err").read_text()
+    _assert_succeeded_with_outputs(proj)
+
+
+# RELION 5.0's whole job: aborted, continued, and then every output checked
 def test_job_abort_saves_a_checkpoint_and_continue_resumes(tmp_path, sim_dir):
-    proj = _project(tmp_path, sim_dir, "5.0", params={"max_minutes": "10"})
+    inputs = {"in_part": "Simulate/particles.star", "in_3dref": "Simulate/ground_truth_map.mrc"}
+    proj = _project(tmp_path, sim_dir, "5.0", inputs=inputs, params={**FULL_OUTPUTS, "max_minutes": "10"})
     proc = run_like_relion(proj, background=True)
     try:
         run_out = proj.job_path / "run.out"
@@ -141,14 +147,14 @@ def test_job_abort_saves_a_checkpoint_and_continue_resumes(tmp_path, sim_dir):
     assert steps_before >= 1
 
     # RELION "Continue!": same job directory, _rlnJobIsContinue 1; a short extra budget
-    proj = _project(tmp_path, sim_dir, "5.0", is_continue=True,
-                    params={"max_minutes": f"{ckpt['trainers'][0]['elapsed_s'] / 60 + 0.03:.4f}"})
+    proj = _project(tmp_path, sim_dir, "5.0", is_continue=True, inputs=inputs,
+                    params={**FULL_OUTPUTS, "max_minutes": f"{ckpt['trainers'][0]['elapsed_s'] / 60 + 0.03:.4f}"})
     run_like_relion(proj, timeout=240)
     assert exit_status(proj) == "Succeeded", (proj.job_path / "run.err").read_text()
     assert "Continuing from" in (proj.job_path / "run.out").read_text()
     summary = json.loads((proj.job_path / "summary.json").read_text())
     assert summary["steps"] > steps_before
-    assert_nodes_valid(proj)
+    _assert_succeeded_with_outputs(proj)
 
 
 # one case per place bad input is caught: the job's file checks, the options' checks (every
