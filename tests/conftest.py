@@ -43,6 +43,17 @@ class StopAtCall:
             raise StopAtCall.Stop
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Each test starts with the thread count torch started the session with: tests and the
+    commands they run in-process (``set_threads``, RELION's ``--j``) may change it."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def betagal_dir() -> Path:
     """The real beta-gal folder (../shared/data/betagal-relion-tutorial); skips when absent."""
@@ -72,8 +83,6 @@ def tiny_reconstruct(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., 
     Returns a function ``(snr_db, shift_px, **options) -> (summary, log text, output folder)``;
     tests that need the same job share one run.
     """
-    import torch
-
     from cryogan_core.commands.options import options_from_mapping
     from cryogan_core.commands.reconstruct import run_reconstruct
     from cryogan_core.commands.reconstruct_options import ReconstructOptions
@@ -89,14 +98,11 @@ def tiny_reconstruct(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., 
                          project_dir=root)
             messages: list[str] = []
             sink = logger.add(lambda m: messages.append(str(m)), format="{message}")
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
             try:
                 summary = run_reconstruct(root / "Simulate/particles.star", root / "out",
                                           options_from_mapping(ReconstructOptions, {**TINY_RECONSTRUCT, **options}), project_dir=root)
             finally:
                 logger.remove(sink)
-                torch.set_num_threads(threads)
             runs[key] = (summary, "".join(messages), root / "out")
         return runs[key]
 

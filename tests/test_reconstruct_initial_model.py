@@ -49,7 +49,6 @@ def test_the_job_starts_from_the_initial_model(tmp_path: Path, log_messages: lis
     from the Gaussian ball, after the same few steps, they are far from it."""
     run_simulate(tmp_path / "sim", n=120, snr_db=0.0, shift_px=1.0, seed=5, box=24, pixel_size_A=8.0, project_dir=tmp_path)
     star, truth = tmp_path / "sim/particles.star", tmp_path / "sim/ground_truth_map.mrc"
-    torch.set_num_threads(1)
     with_start = run_reconstruct(star, tmp_path / "start", {**TINY, "initial_model": str(truth), "initial_lowpass_A": "30"},
                                  ref_path=truth, project_dir=tmp_path)
     ball = run_reconstruct(star, tmp_path / "ball", TINY, ref_path=truth, project_dir=tmp_path)

@@ -56,7 +56,6 @@ def _run(sim: Path, out: Path, stop_after_calls: int | None = None, with_referen
         if stop_after_calls is not None and calls["n"] > stop_after_calls:
             raise Stop
 
-    torch.set_num_threads(1)
     try:
         return run_reconstruct(sim / "Simulate/particles.star", out, opts, project_dir=sim, should_stop=should_stop,
                                ref_path=sim / "Simulate/ground_truth_map.mrc" if with_reference else None)
