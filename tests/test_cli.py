@@ -112,7 +112,7 @@ def test_reconstruct_demo_simulates_the_builtin_volume_and_scores_against_its_tr
     monkeypatch.setattr(reconstruct_cli, "DEMO_N_PARTICLES", 200)
     runner = CliRunner()
     with runner.isolated_filesystem(temp_dir=tmp_path) as cwd:
-        result = runner.invoke(main, ["reconstruct", "--demo", "--o", "demo", "--max_minutes", "0.05", "--eval_minutes", "0", "--j", "1"])
+        result = runner.invoke(main, ["reconstruct", "--demo", "--o", "demo", "--max_minutes", "0.05", "--eval_minutes", "0", "--j", "2"])
         assert result.exit_code == 0, result.output
         out = Path(cwd) / "demo"
         summary = json.loads((out / "summary.json").read_text())
