@@ -65,8 +65,9 @@ def test_a_checkpoint_made_before_recon_loss_existed_resumes_as_l1(tmp_path: Pat
     ``loss_g_l1``: Continue resumes them (L1 and 32 channels are what they trained with) instead
     of starting over, and the report still plots them."""
     run_simulate(tmp_path / "sim", n=120, snr_db=-10.0, shift_px=1.0, seed=3, box=24, pixel_size_A=7.0, project_dir=tmp_path)
+    # such runs trained a 32-channel discriminator (the job's and PatchGANDiscriminator's default)
     opts = {"base_channels": 4, "depth": 1, "batch_size": 8, "n_report": 30, "n_steps": 40, "validation_fraction": 0.0,
-            "no_bias_controls": True, "no_scores": True}
+            "no_bias_controls": True, "no_scores": True, "disc_channels": 32}
     inputs = DenoiseInputs(tmp_path / "sim/particles.star", tmp_path / "run", tmp_path / "sim/ground_truth_map.mrc", project_dir=tmp_path)
     run_denoise(inputs, opts)
     ckpt = tmp_path / "run/checkpoint.pt"
@@ -95,11 +96,18 @@ def test_a_checkpoint_made_before_recon_loss_existed_resumes_as_l1(tmp_path: Pat
         if any("starting training over" in m for m in messages):
             raise Stop
 
+    older = ckpt.read_bytes()
     with pytest.raises(Stop):
         run_denoise(inputs, {**opts, "recon_loss": "l2"}, should_stop=stop)
     assert any("starting training over" in m for m in messages)
     # L2 at the default adversarial weight is warned about (the adversarial term dominates)
     assert any("--recon_loss l2 with --gan_weight 0.1" in m and "--gan_weight 0 is advised" in m for m in messages)
+    # nor with a narrower discriminator (16 channels) in place of the 32 it trained
+    ckpt.write_bytes(older)
+    messages.clear()
+    with pytest.raises(Stop):
+        run_denoise(inputs, {**opts, "disc_channels": 16}, should_stop=stop)
+    assert any("starting training over" in m for m in messages)
 
 
 def test_stored_config_completes_network_arguments_with_their_defaults() -> None:

@@ -97,7 +97,11 @@ def model_fingerprint(generator: torch.nn.Module, settings: PairSettings, dtype:
 
 
 def _with_defaults(cls: type, kwargs: dict) -> dict:
-    """``kwargs`` completed with the defaults of ``cls.__init__`` (for keys it has a default for)."""
+    """``kwargs`` completed with the defaults of ``cls.__init__`` (for keys it has a default for).
+
+    The network classes' own defaults must therefore never change: they are what a checkpoint
+    that predates an argument trained with (the job's options may change theirs).
+    """
     defaults = {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
                 if p.default is not inspect.Parameter.empty}
     return {**defaults, **kwargs}
