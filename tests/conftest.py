@@ -45,8 +45,9 @@ class StopAtCall:
 
 @pytest.fixture(autouse=True)
 def _torch_threads_restored():
-    """Each test starts with the thread count torch started the session with: tests and the
-    commands they run in-process (``set_threads``, RELION's ``--j``) may change it."""
+    """Each test leaves torch's thread count as it found it: tests and the commands they run
+    in-process (``set_threads``, RELION's ``--j``) may change it, and a change would carry
+    over into every later test."""
     import torch
 
     before = torch.get_num_threads()
