@@ -337,7 +337,8 @@ def project_at_box(
         pixel_size_A: the map's pixel size (Å).
         ctf: the n CTFs, or None for no CTF.
         box_out: the predictions' box (px); None: ``D``.
-        volume_cropped: ``volume`` already Fourier-cropped to ``(m, m, m)`` (a cache's), or None.
+        volume_cropped: ``volume`` already Fourier-cropped to ``(m, m, m)`` (a cache's), or None;
+            not used with a ``projector``.
         projector: a :class:`~cryogan_core.physics.projection.Projector` of the map this
             projects (``volume`` at ``D``, or its crop at ``m``), kept by a cache; None:
             made here.
@@ -356,12 +357,16 @@ def project_at_box(
     if not 1 <= box_out < d:
         raise ValueError(f"box_out {box_out} must be between 1 and the map's box {d}")
     m = prediction_box(d, box_out)
-    if volume_cropped is None:
-        volume_cropped = volume if m == d else fourier_crop_or_pad_map(volume, m)
-    if tuple(volume_cropped.shape) != (m, m, m):
-        raise ValueError(f"volume_cropped must be ({m}, {m}, {m}), got {tuple(volume_cropped.shape)}")
-    _check_projector_box(projector, m)
-    images = forward_model(volume_cropped if projector is None else projector, angles_deg, origins_A, pixel_size_A * d / m, ctf=ctf) * (d / m)
+    if projector is not None:  # it holds the cropped map already
+        _check_projector_box(projector, m)
+        source: torch.Tensor | Projector = projector
+    else:
+        if volume_cropped is None:
+            volume_cropped = volume if m == d else fourier_crop_or_pad_map(volume, m)
+        if tuple(volume_cropped.shape) != (m, m, m):
+            raise ValueError(f"volume_cropped must be ({m}, {m}, {m}), got {tuple(volume_cropped.shape)}")
+        source = volume_cropped
+    images = forward_model(source, angles_deg, origins_A, pixel_size_A * d / m, ctf=ctf) * (d / m)
     return fourier_crop_images(images, box_out)
 
 
@@ -410,13 +415,9 @@ def predictions(
         sel = torch.nonzero(pix == p).squeeze(1)
         vol = maps(float(p))
         d = vol.shape[-1]
-        cropped = None
-        m = d
-        if box_out is not None and 1 <= box_out < d:
-            m = prediction_box(d, box_out)
-            cropped = maps.cropped(float(p), m)
-        with torch.no_grad():
-            images = project_at_box(vol, angles[sel], origins[sel], float(p), ctf[sel] if with_ctf else None, box_out, cropped,
+        m = prediction_box(d, box_out) if box_out is not None and 1 <= box_out < d else d
+        with torch.no_grad():  # the cache's projector holds the map cropped to m
+            images = project_at_box(vol, angles[sel], origins[sel], float(p), ctf[sel] if with_ctf else None, box_out,
                                     projector=maps.projector(float(p), m))
         if out is None:
             out = torch.empty((len(df),) + tuple(images.shape[1:]), dtype=images.dtype, device=images.device)

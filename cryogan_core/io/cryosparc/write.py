@@ -155,9 +155,10 @@ def _has_ctf(df: pd.DataFrame, star_name: str) -> bool:
     if nan.all():
         return False
     if nan.any():
-        empty = np.flatnonzero(nan.all(axis=0))
+        column_empty = nan.all(axis=0)
+        empty = np.flatnonzero(column_empty)
         if empty.size:  # a whole column (the reader adds absent ones as NaN)
-            present = ", ".join(k for k, e in zip(keys, nan.all(axis=0)) if not e)
+            present = ", ".join(k for k, e in zip(keys, column_empty) if not e)
             raise InputError(f"{star_name}: column {keys[empty[0]]} is missing while {present} are given: a CTF needs all of them")
         r, c = np.argwhere(nan)[0]
         raise InputError(f"{star_name}: row {r + 1}: {keys[c]} is missing while other particles have a CTF")
