@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import mrcfile
 import numpy as np
 import pytest
@@ -9,8 +11,10 @@ import starfile
 import torch
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
+from torch_fourier_slice import extract_central_slices_rfft_3d
 
 from conftest import shared_path
+from cryogan_core.physics import projection
 from cryogan_core.physics.ctf import CtfParams, compute_ctf
 from cryogan_core.physics.euler import euler_to_matrix
 from cryogan_core.physics.projection import (
@@ -177,6 +181,53 @@ def test_gradient_matches_finite_difference() -> None:
     fd = (loss((v0 + h * direction).float()) - loss((v0 - h * direction).float())) / (2 * h)
     analytic = float((v.grad.double() * direction).sum())
     assert analytic == pytest.approx(float(fd), rel=2e-3)
+
+
+def _spy_on_slice_extraction(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Record (thread name, rotations) of every call the projector makes to the library's sampler."""
+    calls: list[tuple[str, int]] = []
+    library = projection.extract_central_slices_rfft_3d
+
+    def spy(volume_rfft: torch.Tensor, rotation_matrices: torch.Tensor) -> torch.Tensor:
+        calls.append((threading.current_thread().name, int(rotation_matrices.shape[0])))
+        return library(volume_rfft=volume_rfft, rotation_matrices=rotation_matrices)
+
+    monkeypatch.setattr(projection, "extract_central_slices_rfft_3d", spy)
+    return calls
+
+
+@pytest.mark.parametrize("d", [24, 25])
+def test_slices_on_threads_equal_one_library_call(d: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = torch.Generator().manual_seed(d)
+    pr = Projector(torch.randn(d, d, d, generator=gen))
+    mats = euler_to_matrix(torch.tensor(random_angles(37, seed=d), dtype=torch.float32))
+    whole = extract_central_slices_rfft_3d(volume_rfft=pr.volume_rfft, rotation_matrices=mats.transpose(-1, -2))
+    calls = _spy_on_slice_extraction(monkeypatch)
+    torch.set_num_threads(2)
+    assert torch.equal(pr.slices(mats), whole)  # 37 slices of ~1,200 samples: too little to split
+    assert calls == [(threading.current_thread().name, 37)]
+    calls.clear()
+    monkeypatch.setattr(projection, "MIN_SAMPLES_PER_THREAD", 1000)
+    assert torch.equal(pr.slices(mats), whole)
+    assert sorted(n for _, n in calls) == [18, 19]
+    assert all(name.startswith("projector") for name, _ in calls)
+    calls.clear()
+    torch.set_num_threads(1)
+    assert torch.equal(pr.slices(mats), whole)
+    assert calls == [(threading.current_thread().name, 37)]
+
+
+def test_differentiable_projection_is_one_library_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    d = 24
+    vol = torch.tensor(blobs_volume(d), dtype=torch.float32, requires_grad=True)
+    mats = euler_to_matrix(torch.tensor(random_angles(40, seed=1), dtype=torch.float32))
+    calls = _spy_on_slice_extraction(monkeypatch)
+    monkeypatch.setattr(projection, "MIN_SAMPLES_PER_THREAD", 1000)
+    torch.set_num_threads(2)
+    proj = project(vol, mats)
+    assert calls == [(threading.current_thread().name, 40)]
+    proj.sum().backward()
+    assert vol.grad is not None and float(vol.grad.abs().sum()) > 0
 
 
 def relion_ctf_np(box: int, px: float, du: float, dv: float, ang: float, kv: float, cs: float, q0: float) -> np.ndarray:

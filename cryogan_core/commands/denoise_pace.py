@@ -81,8 +81,8 @@ SCORES_SHARE_ADVISED = 0.4
 
 def scores_advice(n_left: int, rate_per_s: float, scores_share: float) -> str | None:
     """One log line when denoising every particle would take hours and the agreement scores
-    (one projection of the map per particle: 17 / 72 / 337 projections/s at 256 / 128 / 64 px
-    on 2 CPU threads) take much of it.
+    (one projection of the map per particle: about 37 / 140 / 520–760 projections/s at
+    256 / 128 / 64 px on 2 CPU threads, ``benchmarks/bench_projection_speed.py``) take much of it.
 
     Args:
         n_left: particles still to denoise.
