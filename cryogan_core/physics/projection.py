@@ -178,9 +178,11 @@ class Projector:
 
         On a CPU with more than one torch thread and nothing to differentiate, the rotations
         are sampled in chunks on that many Python threads (:func:`_chunks_in_threads`): the
-        library's trilinear sampler, ``torch.nn.functional.grid_sample`` on one volume, runs
-        on one thread whatever ``torch.get_num_threads()`` says. The slices are the same
-        to the bit either way.
+        library's trilinear sampler calls ``torch.nn.functional.grid_sample`` on ONE volume,
+        and PyTorch's CPU kernel parallelises over the batch only (``at::parallel_for(0, N,
+        ...)`` in ``grid_sampler_3d_cpu_impl``, ``aten/src/ATen/native/GridSampler.cpp``), so
+        it runs on one thread whatever ``torch.get_num_threads()`` says. The slices are the
+        same to the bit either way.
         """
         _check_rotations(rotations)
         a_t = rotations.to(device=self.volume_rfft.device, dtype=torch.float32).transpose(-1, -2)
