@@ -217,6 +217,20 @@ def test_slices_on_threads_equal_one_library_call(d: int, monkeypatch: pytest.Mo
     assert calls == [(threading.current_thread().name, 37)]
 
 
+@pytest.mark.parametrize(("n", "threads", "samples", "chunks"), [(100, 16, 10**6, 4), (100, 2, 10**6, 2), (3, 16, 10**6, 3), (100, 16, 2**17 // 50 + 1, 2), (100, 16, 2**17 // 200, 1)])
+def test_chunks_in_threads_splits_by_threads_cap_and_work(n: int, threads: int, samples: int, chunks: int) -> None:
+    rows: list[int] = []
+
+    def fn(r: torch.Tensor) -> torch.Tensor:
+        rows.append(int(r.shape[0]))
+        return r.sum(dim=(-2, -1))
+
+    rotations = torch.arange(9.0 * n).reshape(n, 3, 3)
+    out = projection._chunks_in_threads(fn, rotations, threads, samples)
+    assert torch.equal(out, rotations.sum(dim=(-2, -1)))
+    assert len(rows) == chunks and sum(rows) == n
+
+
 def test_differentiable_projection_is_one_library_call(monkeypatch: pytest.MonkeyPatch) -> None:
     d = 24
     vol = torch.tensor(blobs_volume(d), dtype=torch.float32, requires_grad=True)

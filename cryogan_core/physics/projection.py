@@ -113,6 +113,12 @@ def _check_rotations(rotations: torch.Tensor) -> None:
 #: 4 chunks, 2 threads).
 MIN_SAMPLES_PER_THREAD = 2**17
 
+#: Most Python threads :meth:`Projector.slices` uses. Each chunk's own operators still use all
+#: of torch's intra-op threads, so ``k`` chunks oversubscribe the cores up to ``k``-fold; the cap
+#: keeps that bounded on a many-core node (measured only on 2 cores, where 2 chunks gain
+#: 1.2-1.9x: ``benchmarks/bench_projection_speed.py``).
+MAX_PROJECTOR_THREADS = 4
+
 
 def _chunks_in_threads(
     fn: Callable[[torch.Tensor], torch.Tensor], rotations: torch.Tensor, n_threads: int, samples_per_rotation: int
@@ -127,7 +133,7 @@ def _chunks_in_threads(
     Args:
         fn: maps ``(k, 3, 3)`` rotations to a ``(k, ...)`` tensor.
         rotations: ``(n, 3, 3)``.
-        n_threads: threads to use at most.
+        n_threads: threads to use at most (and at most ``MAX_PROJECTOR_THREADS``).
         samples_per_rotation: the work of one rotation (slice samples); each chunk gets at
             least ``MIN_SAMPLES_PER_THREAD`` samples, so a small job runs as
             ``fn(rotations)`` on the caller's thread.
@@ -136,7 +142,7 @@ def _chunks_in_threads(
         ``(n, ...)``, equal to ``fn(rotations)``.
     """
     n = int(rotations.shape[0])
-    workers = min(n_threads, n, n * samples_per_rotation // MIN_SAMPLES_PER_THREAD)
+    workers = min(n_threads, MAX_PROJECTOR_THREADS, n, n * samples_per_rotation // MIN_SAMPLES_PER_THREAD)
     if workers < 2:
         return fn(rotations)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="projector") as pool:
