@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -183,7 +184,8 @@ class Projector:
         """Central slices ``(n, P, P//2+1)`` complex64 (rows fftshifted) for ``(n, 3, 3)`` matrices A.
 
         On a CPU with more than one torch thread and nothing to differentiate, the rotations
-        are sampled in chunks on that many Python threads (:func:`_chunks_in_threads`): the
+        are sampled in chunks on that many Python threads, at most ``MAX_PROJECTOR_THREADS``
+        (:func:`_chunks_in_threads`): the
         library's trilinear sampler calls ``torch.nn.functional.grid_sample`` on ONE volume,
         and PyTorch's CPU kernel parallelises over the batch only (``at::parallel_for(0, N,
         ...)`` in ``grid_sampler_3d_cpu_impl``, ``aten/src/ATen/native/GridSampler.cpp``), so
@@ -192,10 +194,7 @@ class Projector:
         """
         _check_rotations(rotations)
         a_t = rotations.to(device=self.volume_rfft.device, dtype=torch.float32).transpose(-1, -2)
-
-        def extract(chunk: torch.Tensor) -> torch.Tensor:
-            return extract_central_slices_rfft_3d(volume_rfft=self.volume_rfft, rotation_matrices=chunk)
-
+        extract = partial(extract_central_slices_rfft_3d, self.volume_rfft)  # rotations A^T -> slices
         differentiable = self.volume_rfft.requires_grad or a_t.requires_grad
         if self.volume_rfft.device.type != "cpu" or differentiable:
             return extract(a_t)
